@@ -1,0 +1,1 @@
+"""Front protocols: REST (ASGI) now; gRPC servicers next to them later."""

@@ -1,0 +1,110 @@
+"""The public REST app (raw ASGI): lifespan owns the route store and backend clients; requests go to one front."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gateway.api import tf_rest, torchserve_rest, v2_rest
+from gateway.api.asgi import ClientDisconnected, Front, Receive, Request, Response, Scope, Send, send_response
+from gateway.api.asgi import served_by as _served_by
+from gateway.backends.base import Backends
+from gateway.control.store import RouteStore
+from gateway.dataplane import DataPlane
+from gateway.errors import GatewayError, NotFound
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+_FALLBACK = Front(name="none", routes=(), encode_error=v2_rest.encode_error,
+                  no_route=lambda r: NotFound(f"no endpoint at {r.method} {r.path} (see /v2, /v1, /predictions)"))
+
+
+def front_for(path: str) -> Front:
+    if path.startswith("/v2"):
+        return v2_rest.FRONT
+    if path.startswith("/v1"):
+        return tf_rest.FRONT
+    if path.startswith("/predictions") or path == "/ping":
+        return torchserve_rest.FRONT
+    return _FALLBACK
+
+
+class GatewayApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.plane: DataPlane | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def startup(self) -> None:
+        store = RouteStore(self.settings.routes_file)
+        backends = Backends()
+        for config in store.current.backends.values():
+            backends.get(config)
+        self.plane = DataPlane(store, backends)
+        self._watch = asyncio.create_task(store.watch(self.settings.routes_poll_s))
+        log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
+                 store.path, len(store.current.models), len(store.current.backends))
+
+    async def shutdown(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self.plane is not None:
+            await self.plane.backends.close()
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.plane is not None, "the ASGI server must run the lifespan"
+        path = scope["path"]
+        front = front_for(path)
+        request = Request(scope, receive, self.plane, self.settings.max_body_bytes)
+        try:
+            response = await self.dispatch(front, request)
+        except ClientDisconnected:
+            return
+        except GatewayError as exc:
+            response = front.encode_error(exc)
+            if request.route is not None:
+                response.headers.extend(_served_by(request.route))
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], path)
+            response = front.encode_error(GatewayError(f"internal gateway error on {scope['method']} {path}"))
+        await send_response(send, response)
+
+    @staticmethod
+    async def dispatch(front: Front, request: Request) -> Response:
+        path, method = request.path, request.method
+        for route_method, pattern, handler in front.routes:
+            if route_method == method:
+                match = pattern.match(path)
+                if match is not None:
+                    return await handler(request, match)
+        raise front.no_route(request)
+
+
+def create_app() -> GatewayApp:
+    """uvicorn factory: settings from the environment, everything else built in the lifespan."""
+    return GatewayApp(Settings.from_env())

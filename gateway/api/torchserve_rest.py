@@ -1,0 +1,73 @@
+"""TorchServe-compatible REST: POST /predictions/{model}[/{version}] and GET /ping, TorchServe's error bodies."""
+
+from __future__ import annotations
+
+import re
+
+from gateway.api.asgi import Front, Request, Response, served_by
+from gateway.codecs import v2_json
+from gateway.codecs.jsonio import dumps
+from gateway.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    InvalidArgument,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    VersionNotFound,
+)
+from gateway.types import ModelRef
+
+_PREDICTIONS = re.compile(r"^/predictions/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?/?$")
+
+
+async def ping(request: Request, match: re.Match[str]) -> Response:
+    return Response(200, dumps({"status": "Healthy"}))
+
+
+async def predictions(request: Request, match: re.Match[str]) -> Response:
+    ref = ModelRef(name=match["name"], version=match["version"])
+    route = request.route = request.plane.route(ref)
+    body = await request.body()
+    if route.backend.kind == "torchserve":
+        # The handler's own format, whatever it is: pass it through untouched.
+        content_type = (request.header(b"content-type") or b"application/octet-stream").decode("latin-1")
+        answer, answer_type = await request.plane.forward(route, "", body, content_type)
+        return Response(200, answer, content_type=answer_type.encode() or b"application/json",
+                        headers=served_by(route))
+    # Other backends: the body is read as the v2 JSON request this project's TorchServe handlers accept.
+    response = await request.plane.infer(v2_json.decode_request(body, ref), route)
+    return Response(200, v2_json.encode_response(response), headers=served_by(route))
+
+
+# TorchServe's exception type names, so existing clients that switch on `type` keep working.
+_TYPES: tuple[tuple[type[GatewayError], str], ...] = (
+    (VersionNotFound, "ModelVersionNotFoundException"),
+    (ModelNotFound, "ModelNotFoundException"),
+    (NotFound, "ResourceNotFoundException"),
+    (PayloadTooLarge, "RequestEntityTooLargeException"),
+    (InvalidArgument, "BadRequestException"),
+    (MethodNotAllowed, "MethodNotAllowedException"),
+    (BackendUnavailable, "ServiceUnavailableException"),
+    (BackendTimeout, "RequestTimeoutException"),
+)
+
+
+def encode_error(error: GatewayError) -> Response:
+    kind = next((name for cls, name in _TYPES if isinstance(error, cls)), "InternalServerException")
+    return Response(error.http_status, dumps({"code": error.http_status, "type": kind, "message": error.message}))
+
+
+def no_route(request: Request) -> GatewayError:
+    return NotFound(f"Requested resource is not found, please refer to API document: {request.path}")
+
+
+ROUTES = (
+    ("GET", re.compile(r"^/ping$"), ping),
+    ("POST", _PREDICTIONS, predictions),
+    ("PUT", _PREDICTIONS, predictions),
+)
+
+FRONT = Front(name="torchserve", routes=ROUTES, encode_error=encode_error, no_route=no_route)

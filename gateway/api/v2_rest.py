@@ -1,0 +1,83 @@
+"""Open Inference Protocol v2 over REST: health, server and model metadata, readiness, infer."""
+
+from __future__ import annotations
+
+import re
+
+from gateway import __version__
+from gateway.api.asgi import Front, Request, Response, served_by
+from gateway.codecs import v2_json
+from gateway.codecs.jsonio import dumps
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.types import ModelRef
+
+_MODEL = r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+PLATFORMS = {"tfserving": "tensorflow_savedmodel", "torchserve": "pytorch_torchserve"}
+
+
+def _ref(match: re.Match[str]) -> ModelRef:
+    return ModelRef(name=match["name"], version=match["version"])
+
+
+async def live(request: Request, match: re.Match[str]) -> Response:
+    return Response(200, dumps({"live": True}))
+
+
+async def ready(request: Request, match: re.Match[str]) -> Response:
+    # Ready means this process can route: a valid table is loaded. A single backend being down must not take
+    # the whole gateway out of a load balancer; per-model readiness is the model ready endpoint.
+    return Response(200, dumps({"ready": True}))
+
+
+async def server_metadata(request: Request, match: re.Match[str]) -> Response:
+    return Response(200, dumps({"name": "model-gateway", "version": __version__, "extensions": []}))
+
+
+async def model_metadata(request: Request, match: re.Match[str]) -> Response:
+    route = request.route = request.plane.route(_ref(match))
+    schema = await request.plane.schema(route)
+    versions = [match["version"]] if match["version"] else sorted(route.model.versions, key=int)
+    body = v2_json.encode_metadata(route.model.name, versions, PLATFORMS[route.backend.kind], schema)
+    return Response(200, body, headers=served_by(route))
+
+
+async def model_ready(request: Request, match: re.Match[str]) -> Response:
+    route = request.route = request.plane.route(_ref(match))
+    status = await request.plane.status(route)
+    ok = status.state == "AVAILABLE"
+    doc = {"name": route.model.name, "version": route.target.logical_version, "ready": ok}
+    if not ok:
+        doc["error"] = f"model '{route.model.name}' version {route.target.logical_version} is {status.state}: " \
+                       f"{status.error_message}"
+    # The protocol answers readiness with the status code: 200 ready, 4xx not.
+    return Response(200 if ok else 400, dumps(doc), headers=served_by(route))
+
+
+async def infer(request: Request, match: re.Match[str]) -> Response:
+    ref = _ref(match)
+    route = request.route = request.plane.route(ref)
+    body = await request.body()
+    response = await request.plane.infer(v2_json.decode_request(body, ref), route)
+    return Response(200, v2_json.encode_response(response), headers=served_by(route))
+
+
+def encode_error(error: GatewayError) -> Response:
+    return Response(error.http_status, dumps({"error": error.message}))
+
+
+def no_route(request: Request) -> GatewayError:
+    if any(p.match(request.path) for _, p, _ in ROUTES):
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+    return NotFound(f"no v2 endpoint at {request.method} {request.path}")
+
+
+ROUTES = (
+    ("GET", re.compile(r"^/v2/health/live$"), live),
+    ("GET", re.compile(r"^/v2/health/ready$"), ready),
+    ("GET", re.compile(r"^/v2/?$"), server_metadata),
+    ("GET", re.compile(_MODEL + r"/ready$"), model_ready),
+    ("POST", re.compile(_MODEL + r"/infer$"), infer),
+    ("GET", re.compile(_MODEL + r"/?$"), model_metadata),
+)
+
+FRONT = Front(name="v2", routes=ROUTES, encode_error=encode_error, no_route=no_route)

@@ -1,0 +1,60 @@
+"""The interface every backend adapter implements, and the registry that owns their clients."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.config import BackendConfig
+from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
+
+
+class Backend(Protocol):
+    config: BackendConfig
+
+    async def infer(self, target: Target, request: InferRequest) -> InferResponse:
+        """Translate, send, and translate back; raises GatewayError subclasses only."""
+        ...
+
+    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """Send a body already in this backend's own protocol unchanged; returns (body, content type)."""
+        ...
+
+    async def status(self, target: Target) -> ModelStatus:
+        ...
+
+    async def schema(self, target: Target, signature: str | None = None) -> ModelSchema | None:
+        """The target's tensors as the backend reports them; None when the backend cannot tell."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+class Backends:
+    """Backend clients keyed by their whole config, so a routes change to a URL or timeout gets a new client
+    (a client is never reused for a config it was not built for). Closed together on shutdown."""
+
+    def __init__(self) -> None:
+        self._clients: dict[BackendConfig, Backend] = {}
+
+    def get(self, config: BackendConfig) -> Backend:
+        client = self._clients.get(config)
+        if client is None:
+            client = self._clients[config] = _create(config)
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+
+def _create(config: BackendConfig) -> Backend:
+    # Imported here so each adapter module stays independent of the registry.
+    if config.kind == "tfserving":
+        from gateway.backends.tfserving import TFServingBackend
+
+        return TFServingBackend(config)
+    from gateway.backends.torchserve import TorchServeBackend
+
+    return TorchServeBackend(config)

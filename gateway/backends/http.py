@@ -1,0 +1,69 @@
+"""The pooled HTTP client every REST backend adapter uses; the one place aiohttp errors become gateway errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.config import BackendConfig
+from gateway.errors import BackendError, BackendTimeout, BackendUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResult:
+    status: int
+    body: bytes
+    content_type: str
+
+
+class HttpClient:
+    """One aiohttp session per backend: a bounded keep-alive pool and a timeout on every call."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.config.max_connections, ttl_dns_cache=10,
+                                             keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                skip_auto_headers=("User-Agent",),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def request(self, method: str, url: str, *, body: bytes | None = None,
+                      headers: Mapping[str, str] | None = None, timeout_s: float | None = None) -> HttpResult:
+        """Send once, and once more if a pooled keep-alive connection was closed under us (inference and
+        status calls are idempotent). Connection failures -> 503, timeouts -> 504, other client errors -> 502."""
+        session = self._open()
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self.config.timeout_s,
+                                        sock_connect=self.config.connect_timeout_s)
+        name = self.config.name
+        for attempt in (1, 2):
+            try:
+                async with session.request(method, url, data=body, headers=headers, timeout=timeout) as resp:
+                    data = await resp.read()
+                    return HttpResult(resp.status, data, resp.headers.get("Content-Type", ""))
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise BackendUnavailable(f"backend '{name}' is unreachable: {_reason(exc)}") from None
+            except TimeoutError:
+                limit = timeout_s if timeout_s is not None else self.config.timeout_s
+                raise BackendTimeout(f"backend '{name}' did not answer within {limit:g}s") from None
+            except aiohttp.ClientError as exc:
+                raise BackendError(f"backend '{name}' failed: {_reason(exc)}") from None
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,93 @@
+"""TF Serving REST adapter: predict, status and metadata through TF Serving's own /v1 API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.backends.http import HttpClient, HttpResult
+from gateway.codecs import tf_json
+from gateway.codecs.jsonio import loads
+from gateway.config import BackendConfig
+from gateway.errors import BackendError, BackendUnavailable, GatewayError, NotFound, error_for_status
+from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
+
+_JSON = {"Content-Type": "application/json"}
+
+
+class TFServingBackend:
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.http = HttpClient(config)
+        # SignatureDefs per (model, version): a loaded TF Serving version never changes its graph.
+        self._metadata: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _url(self, target: Target, suffix: str = "") -> str:
+        return f"{self.config.url}/v1/models/{target.model}/versions/{target.version}{suffix}"
+
+    async def infer(self, target: Target, request: InferRequest) -> InferResponse:
+        signature = request.signature_name or tf_json.DEFAULT_SIGNATURE
+        schema = await self.schema(target, signature)
+        result = await self.http.request("POST", self._url(target, ":predict"),
+                                         body=tf_json.encode_backend_request(request), headers=_JSON)
+        self._raise_for_status(result, target)
+        try:
+            outputs = tf_json.decode_backend_response(result.body, schema.outputs)
+        except GatewayError as exc:
+            raise BackendError(f"TF Serving's answer could not be read: {exc.message}") from None
+        return InferResponse(outputs=outputs)
+
+    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+        result = await self.http.request("POST", self._url(target, path_suffix), body=body,
+                                         headers={"Content-Type": content_type or "application/json"})
+        self._raise_for_status(result, target)
+        return result.body, result.content_type or "application/json"
+
+    async def status(self, target: Target) -> ModelStatus:
+        try:
+            result = await self.http.request("GET", self._url(target))
+        except GatewayError as exc:
+            return ModelStatus(version=target.version, state="UNKNOWN", error_message=exc.message)
+        if result.status != 200:
+            return ModelStatus(version=target.version, state="END", error_message=_error_text(result))
+        doc = loads(result.body)
+        states = doc.get("model_version_status") or [{}]
+        entry = states[0]
+        return ModelStatus(version=str(entry.get("version", target.version)), state=str(entry.get("state", "UNKNOWN")),
+                           error_message=str(entry.get("status", {}).get("error_message", "")))
+
+    async def metadata(self, target: Target) -> dict[str, Any]:
+        """TF Serving's metadata JSON for the target version (cached: a loaded version never changes)."""
+        key = (target.model, target.version)
+        cached = self._metadata.get(key)
+        if cached is None:
+            result = await self.http.request("GET", self._url(target, "/metadata"))
+            self._raise_for_status(result, target)
+            cached = self._metadata[key] = loads(result.body)
+        return cached
+
+    async def schema(self, target: Target, signature: str | None = None) -> ModelSchema:
+        return tf_json.signature_specs(await self.metadata(target), signature or tf_json.DEFAULT_SIGNATURE)
+
+    def _raise_for_status(self, result: HttpResult, target: Target) -> None:
+        if result.status == 200:
+            return
+        message = _error_text(result)
+        error = error_for_status(result.status, message)
+        if isinstance(error, NotFound):
+            # The route table points at a version TF Serving has not loaded: the gateway's problem, retryable.
+            raise BackendUnavailable(f"backend '{self.config.name}' has no model '{target.model}' version "
+                                     f"{target.version} available: {message}")
+        raise error
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+def _error_text(result: HttpResult) -> str:
+    try:
+        doc = loads(result.body)
+    except GatewayError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return str(doc["error"])
+    return f"HTTP {result.status}: {result.body[:200].decode(errors='replace')}"

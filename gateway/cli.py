@@ -1,0 +1,77 @@
+"""Command line: `gateway serve` (the gateway), `gateway dev` (the whole local stack), `gateway check-routes`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway.config import load_routes
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    # Fail before forking workers when the routes file is invalid, with the validator's message.
+    load_routes(settings.routes_file)
+    os.environ["GATEWAY_ROUTES_FILE"] = str(settings.routes_file)
+    uvicorn.run(
+        "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
+        workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
+        log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+    )
+
+
+def check_routes(path: Path) -> int:
+    try:
+        config = load_routes(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: revision {config.revision}, {len(config.models)} models on {len(config.backends)} backends: ok")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the gateway (settings from GATEWAY_* environment variables)")
+    p_serve.add_argument("--routes", type=Path, help="routes file (default: $GATEWAY_ROUTES_FILE or routes.yaml)")
+    p_serve.add_argument("--port", type=int)
+    p_serve.add_argument("--workers", type=int)
+    p_dev = sub.add_parser("dev", help="start TorchServe, TF Serving (real or stand-in) and the gateway locally")
+    p_dev.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+    p_dev.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "dev")
+    p_dev.add_argument("--no-token-auth", action="store_true", help="start TorchServe without token auth")
+    p_check = sub.add_parser("check-routes", help="validate a routes file and exit")
+    p_check.add_argument("routes", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if args.command == "check-routes":
+        return check_routes(args.routes)
+    if args.command == "dev":
+        from gateway.devstack import run_dev
+
+        return run_dev(port=args.port, workdir=args.workdir, token_auth=not args.no_token_auth)
+    settings = Settings.from_env()
+    overrides = {k: v for k, v in (("routes_file", args.routes), ("port", args.port), ("workers", args.workers))
+                 if v is not None}
+    try:
+        serve(dataclasses.replace(settings, **overrides))  # type: ignore[arg-type]
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

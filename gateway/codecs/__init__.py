@@ -1,0 +1,1 @@
+"""Codecs: pure functions between wire formats and the internal types in gateway.types."""

@@ -1,0 +1,255 @@
+"""Routes file: YAML schema and validation; every error names the file, the field path and what is wrong."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.errors import ConfigError
+from gateway.types import V2_TO_NUMPY, BackendKind, ModelSchema, TensorSpec
+
+BACKEND_KINDS: tuple[BackendKind, ...] = ("tfserving", "torchserve")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    kind: BackendKind
+    url: str
+    management_url: str | None = None
+    token_file: Path | None = None
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 2.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class VersionConfig:
+    backend: str
+    model: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    versions: Mapping[str, VersionConfig]
+    default_version: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    schema: ModelSchema | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutesConfig:
+    revision: int
+    backends: Mapping[str, BackendConfig]
+    models: Mapping[str, ModelConfig]
+    source: str = "<memory>"
+
+
+def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RoutesConfig:
+    """Read and validate a routes file; `${VAR}` and `${VAR:-default}` in strings come from the environment."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read routes file: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_routes(raw, str(path), os.environ if environ is None else environ)
+
+
+def parse_routes(raw: Any, source: str, environ: Mapping[str, str]) -> RoutesConfig:
+    p = _Parser(source, environ)
+    top = p.mapping(raw, "", required={"backends", "models"}, allowed={"revision", "backends", "models"})
+    revision = p.integer(top.get("revision", 0), "revision", minimum=0)
+    backends = {
+        name: p.backend(name, spec) for name, spec in p.mapping(top["backends"], "backends").items()
+    }
+    if not backends:
+        p.fail("backends", "must define at least one backend")
+    models = {name: p.model(name, spec, backends) for name, spec in p.mapping(top["models"], "models").items()}
+    return RoutesConfig(revision=revision, backends=backends, models=models, source=source)
+
+
+class _Parser:
+    def __init__(self, source: str, environ: Mapping[str, str]) -> None:
+        self.source = source
+        self.environ = environ
+
+    def fail(self, path: str, what: str) -> None:
+        raise ConfigError(f"{self.source}: {path or '<top level>'}: {what}")
+
+    def mapping(
+        self, value: Any, path: str, *, required: set[str] = frozenset(), allowed: set[str] | None = None  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, got {_kind(value)}")
+        out = {str(k): v for k, v in value.items()}
+        for key in sorted(required - out.keys()):
+            self.fail(_join(path, key), "is required")
+        if allowed is not None:
+            for key in sorted(out.keys() - allowed):
+                self.fail(_join(path, key), f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        return out
+
+    def string(self, value: Any, path: str) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self.fail(path, f"must be a string, got {_kind(value)}")
+        text = self.expand(str(value), path)
+        if not text:
+            self.fail(path, "must not be empty")
+        return text
+
+    def expand(self, text: str, path: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            val = self.environ.get(m.group(1))
+            if val is None:
+                if m.group(2) is None:
+                    self.fail(path, f"environment variable {m.group(1)} is not set and has no default")
+                return m.group(2) or ""
+            return val
+
+        return _ENV.sub(sub, text)
+
+    def name(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        if not _NAME.match(text):
+            self.fail(path, f"{text!r} is not a valid name (letters, digits, '_', '.', '-')")
+        return text
+
+    def version(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        if not text.isdigit() or int(text) <= 0:
+            self.fail(path, f"version {text!r} must be a positive integer")
+        return str(int(text))
+
+    def integer(self, value: Any, path: str, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(path, f"must be an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    def number(self, value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.fail(path, f"must be a positive number of seconds, got {value!r}")
+        return float(value)
+
+    def url(self, value: Any, path: str) -> str:
+        text = self.string(value, path).rstrip("/")
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(path, f"{text!r} must be an http(s) URL with a host")
+        return text
+
+    def backend(self, name: str, spec: Any) -> BackendConfig:
+        path = f"backends.{name}"
+        self.name(name, path)
+        allowed = {"kind", "url", "management_url", "token_file", "timeout_s", "connect_timeout_s",
+                   "max_connections"}
+        m = self.mapping(spec, path, required={"kind", "url"}, allowed=allowed)
+        kind = self.string(m["kind"], f"{path}.kind")
+        if kind not in BACKEND_KINDS:
+            self.fail(f"{path}.kind", f"{kind!r} is not one of {', '.join(BACKEND_KINDS)}")
+        token = m.get("token_file")
+        if isinstance(token, str) and not self.expand(token, f"{path}.token_file"):
+            token = None  # an empty value (e.g. an unset ${VAR:-}) means token auth is off
+        if token is not None and kind != "torchserve":
+            self.fail(f"{path}.token_file", "only torchserve backends use a token file")
+        return BackendConfig(
+            name=name,
+            kind=kind,  # type: ignore[arg-type]
+            url=self.url(m["url"], f"{path}.url"),
+            management_url=None if m.get("management_url") is None
+            else self.url(m["management_url"], f"{path}.management_url"),
+            token_file=None if token is None else Path(self.string(token, f"{path}.token_file")),
+            timeout_s=self.number(m.get("timeout_s", 30.0), f"{path}.timeout_s"),
+            connect_timeout_s=self.number(m.get("connect_timeout_s", 2.0), f"{path}.connect_timeout_s"),
+            max_connections=self.integer(m.get("max_connections", 256), f"{path}.max_connections", minimum=1),
+        )
+
+    def model(self, name: str, spec: Any, backends: Mapping[str, BackendConfig]) -> ModelConfig:
+        path = f"models.{name}"
+        self.name(name, path)
+        m = self.mapping(spec, path, required={"versions"},
+                         allowed={"versions", "default_version", "labels", "schema"})
+        raw_versions = self.mapping(m["versions"], f"{path}.versions")
+        if not raw_versions:
+            self.fail(f"{path}.versions", "must list at least one version")
+        versions: dict[str, VersionConfig] = {}
+        for key, target in raw_versions.items():
+            vpath = f"{path}.versions.{key}"
+            versions[self.version(key, vpath)] = self.target(target, vpath, backends)
+        default = (
+            self.version(m["default_version"], f"{path}.default_version")
+            if "default_version" in m else max(versions, key=int)
+        )
+        if default not in versions:
+            self.fail(f"{path}.default_version", f"version {default} is not listed under versions")
+        labels: dict[str, str] = {}
+        for label, version in self.mapping(m.get("labels", {}), f"{path}.labels").items():
+            lpath = f"{path}.labels.{label}"
+            self.name(label, lpath)
+            if label.isdigit():
+                self.fail(lpath, "a label must not be a number (it would read as a version)")
+            labels[label] = self.version(version, lpath)
+            if labels[label] not in versions:
+                self.fail(lpath, f"points at version {labels[label]}, which is not listed under versions")
+        schema = None if m.get("schema") is None else self.schema(m["schema"], f"{path}.schema")
+        return ModelConfig(name=name, versions=versions, default_version=default, labels=labels, schema=schema)
+
+    def target(self, spec: Any, path: str, backends: Mapping[str, BackendConfig]) -> VersionConfig:
+        m = self.mapping(spec, path, required={"backend", "model", "version"},
+                         allowed={"backend", "model", "version"})
+        backend = self.string(m["backend"], f"{path}.backend")
+        if backend not in backends:
+            self.fail(f"{path}.backend", f"unknown backend {backend!r} (defined: {', '.join(sorted(backends))})")
+        version = self.string(m["version"], f"{path}.version")
+        if backends[backend].kind == "tfserving":
+            version = self.version(version, f"{path}.version")
+        return VersionConfig(backend=backend, model=self.name(m["model"], f"{path}.model"), version=version)
+
+    def schema(self, spec: Any, path: str) -> ModelSchema:
+        m = self.mapping(spec, path, required={"inputs", "outputs"}, allowed={"inputs", "outputs"})
+        return ModelSchema(
+            inputs=self.specs(m["inputs"], f"{path}.inputs"),
+            outputs=self.specs(m["outputs"], f"{path}.outputs"),
+        )
+
+    def specs(self, value: Any, path: str) -> tuple[TensorSpec, ...]:
+        if not isinstance(value, list) or not value:
+            self.fail(path, "must be a non-empty list of {name, datatype, shape}")
+        out: list[TensorSpec] = []
+        for i, item in enumerate(value):
+            ipath = f"{path}[{i}]"
+            m = self.mapping(item, ipath, required={"name", "datatype", "shape"},
+                             allowed={"name", "datatype", "shape"})
+            dtype = self.string(m["datatype"], f"{ipath}.datatype")
+            if dtype not in V2_TO_NUMPY:
+                self.fail(f"{ipath}.datatype", f"{dtype!r} is not a v2 datatype ({', '.join(V2_TO_NUMPY)})")
+            shape = m["shape"]
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape
+            ):
+                self.fail(f"{ipath}.shape", "must be a list of integers (-1 for a free dimension)")
+            out.append(TensorSpec(name=self.string(m["name"], f"{ipath}.name"), datatype=dtype, shape=tuple(shape)))
+        if len({s.name for s in out}) != len(out):
+            self.fail(path, "tensor names must be unique")
+        return tuple(out)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__

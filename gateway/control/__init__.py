@@ -1,0 +1,1 @@
+"""Control plane: the route store (and, later, rollouts)."""

@@ -1,0 +1,49 @@
+"""Route store: the routes file is the source of truth; a change builds, validates and swaps one table."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from gateway.config import load_routes
+from gateway.errors import ConfigError
+from gateway.routing import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+class RouteStore:
+    """Holds the current RouteTable. Readers take `store.current` once per request, so a swap never mixes
+    versions inside one request; an invalid new file is refused and the last good table keeps serving."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = self._stat()
+        self.current = RouteTable.from_config(load_routes(path))
+
+    def _stat(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return -1.0
+
+    def reload(self) -> bool:
+        """Re-read the file; True when a new table was swapped in."""
+        self._mtime = self._stat()
+        try:
+            table = RouteTable.from_config(load_routes(self.path))
+        except ConfigError as exc:
+            log.error("routes file refused, previous table (revision %s) keeps serving: %s",
+                      self.current.revision, exc)
+            return False
+        self.current = table
+        log.info("routes revision %s applied from %s", table.revision, self.path)
+        return True
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        """Poll the file's mtime and reload on change; runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._stat() != self._mtime:
+                self.reload()

@@ -1,0 +1,78 @@
+"""The data plane: resolve -> validate -> backend -> answer. The one place that sees a request whole."""
+
+from __future__ import annotations
+
+from gateway.backends.base import Backend, Backends
+from gateway.control.store import RouteStore
+from gateway.errors import InvalidArgument
+from gateway.routing import Route
+from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor
+
+
+class DataPlane:
+    """Transport-neutral: every front (REST now, gRPC later) calls these methods."""
+
+    def __init__(self, store: RouteStore, backends: Backends) -> None:
+        self.store = store
+        self.backends = backends
+
+    def route(self, ref: ModelRef) -> Route:
+        # One read of `current` per request: a routes swap mid-request never mixes tables.
+        return self.store.current.resolve(ref)
+
+    def backend(self, route: Route) -> Backend:
+        return self.backends.get(route.backend)
+
+    async def infer(self, request: InferRequest, route: Route) -> InferResponse:
+        if route.model.schema is not None:
+            check_inputs(request, route.model.schema)
+        response = await self.backend(route).infer(route.target, request)
+        outputs = select_outputs(response.outputs, request.output_names)
+        return InferResponse(outputs=outputs, model_name=route.target.logical_model,
+                             model_version=route.target.logical_version, id=request.id)
+
+    async def forward(self, route: Route, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """A body already in the backend's protocol goes through unchanged (no decode on this path)."""
+        return await self.backend(route).forward(route.target, path_suffix, body, content_type)
+
+    async def status(self, route: Route) -> ModelStatus:
+        status = await self.backend(route).status(route.target)
+        return ModelStatus(version=route.target.logical_version, state=status.state,
+                           error_message=status.error_message)
+
+    async def schema(self, route: Route) -> ModelSchema:
+        """Declared in the routes file, else as the backend reports it, else empty."""
+        if route.model.schema is not None:
+            return route.model.schema
+        return await self.backend(route).schema(route.target) or ModelSchema()
+
+
+def check_inputs(request: InferRequest, schema: ModelSchema) -> None:
+    """Names, datatypes and shapes against the declared schema, before anything reaches a backend."""
+    specs = {s.name: s for s in schema.inputs}
+    given = {t.name for t in request.inputs}
+    missing = sorted(specs.keys() - given)
+    if missing:
+        raise InvalidArgument(f"model '{request.model.name}' needs input(s) {', '.join(missing)}")
+    for tensor in request.inputs:
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise InvalidArgument(f"model '{request.model.name}' has no input '{tensor.name}' "
+                                  f"(inputs: {', '.join(sorted(specs))})")
+        if tensor.datatype != spec.datatype:
+            raise InvalidArgument(f"input '{tensor.name}': datatype {tensor.datatype} given, model expects "
+                                  f"{spec.datatype}")
+        shape = tensor.shape
+        if len(shape) != len(spec.shape) or any(d not in (-1, s) for s, d in zip(shape, spec.shape, strict=True)):
+            raise InvalidArgument(f"input '{tensor.name}': shape {list(shape)} does not match the model's "
+                                  f"{list(spec.shape)} (-1 is any size)")
+
+
+def select_outputs(outputs: tuple[Tensor, ...], names: tuple[str, ...]) -> tuple[Tensor, ...]:
+    if not names:
+        return outputs
+    by_name = {t.name: t for t in outputs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise InvalidArgument(f"unknown output(s) {', '.join(unknown)} (outputs: {', '.join(sorted(by_name))})")
+    return tuple(by_name[n] for n in names)

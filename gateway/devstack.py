@@ -1,0 +1,72 @@
+"""`gateway dev`: the whole local stack without Docker: TorchServe, TF Serving (real or stand-in), the gateway."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from gateway import localstack
+from gateway.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_REPO = REPO_ROOT / "model_repo"
+EXAMPLE_ROUTES = REPO_ROOT / "examples" / "routes.local.yaml"
+TORCHSERVE_MODELS = (("mlp", "1", "mlp-1.mar"), ("mlp", "2", "mlp-2.mar"),
+                     ("scale", "1", "scale-1.mar"), ("scale", "2", "scale-2.mar"))
+TF_MODELS = ("affine", "mlp", "multi")
+
+
+def run_dev(port: int, workdir: Path, token_auth: bool = True) -> int:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    with localstack.Stack() as stack:
+        print("starting TorchServe and TF Serving (this takes about half a minute) ...", flush=True)
+        ts_proc, ts = localstack.start_torchserve(
+            workdir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS,
+            token_auth=token_auth, defaults={"mlp": "1", "scale": "2"})
+        stack.add(ts_proc)
+        tf_proc, tf = localstack.start_tfserving(
+            workdir / "tfserving", MODEL_REPO / "tfserving" / "models.config", MODEL_REPO / "tfserving",
+            wait_models=TF_MODELS)
+        stack.add(tf_proc)
+        os.environ.update({
+            "TFSERVING_URL": tf.rest_url,
+            "TORCHSERVE_URL": ts.inference_url,
+            "TORCHSERVE_MANAGEMENT_URL": ts.management_url,
+            "TORCHSERVE_KEY_FILE": str(ts.key_file or ""),
+        })
+        routes = workdir / "routes.yaml"
+        shutil.copyfile(EXAMPLE_ROUTES, routes)
+        print(banner(port, ts, tf, routes, "real binary" if tf.real_binary else "stand-in"), flush=True)
+        from gateway.cli import serve
+
+        serve(Settings(routes_file=routes, host="127.0.0.1", port=port))
+    return 0
+
+
+def banner(port: int, ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEndpoints, routes: Path,
+           tf_kind: str) -> str:
+    g = f"http://127.0.0.1:{port}"
+    return f"""
+Model Gateway local stack
+  gateway      {g}   (routes: {routes}; edit it and the gateway reloads within a second)
+  TorchServe   {ts.inference_url} (management {ts.management_url}, metrics {ts.metrics_url})
+  TF Serving   {tf.rest_url} (gRPC {tf.grpc_target}; {tf_kind})
+
+Try:
+  curl -s {g}/v2/health/ready
+  curl -s {g}/v2/models/mlp
+  curl -s -X POST {g}/v2/models/mlp/infer -H 'content-type: application/json' \\
+    -d '{{"inputs":[{{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}'
+  curl -s -X POST {g}/v2/models/mlp_torch/versions/2/infer -H 'content-type: application/json' \\
+    -d '{{"inputs":[{{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}'
+  curl -s -X POST {g}/v1/models/affine/labels/stable:predict -d '{{"instances":[[1,2,3]]}}'
+  curl -s -X POST {g}/v1/models/scale:predict -d '{{"instances":[[1,2,3]]}}'
+  curl -s -X POST {g}/predictions/scale/1 -H 'content-type: application/json' \\
+    -d '{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}}]}}'
+  curl -si {g}/v1/models/affine
+
+Ctrl-C stops everything.
+"""

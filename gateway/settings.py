@@ -1,0 +1,43 @@
+"""Process settings from environment variables (ports, limits, paths); routes live in the routes file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    routes_file: Path = Path("routes.yaml")
+    host: str = "0.0.0.0"
+    port: int = 8000
+    workers: int = 1
+    max_body_bytes: int = 64 * 1024 * 1024
+    routes_poll_s: float = 1.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        d = cls()
+        return cls(
+            routes_file=Path(env.get("GATEWAY_ROUTES_FILE", str(d.routes_file))),
+            host=env.get("GATEWAY_HOST", d.host),
+            port=_int(env, "GATEWAY_PORT", d.port),
+            workers=_int(env, "GATEWAY_WORKERS", d.workers),
+            max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes),
+            routes_poll_s=float(env.get("GATEWAY_ROUTES_POLL_S", d.routes_poll_s)),
+            log_level=env.get("GATEWAY_LOG_LEVEL", d.log_level).lower(),
+        )
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{key}={raw!r} is not an integer") from None
