@@ -1,0 +1,112 @@
+"""Routes file validation: each mistake is refused with the file, the field path and what is wrong."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config import load_routes, parse_routes
+from gateway.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "routes.local.yaml"
+
+BASE = {
+    "revision": 3,
+    "backends": {
+        "tf": {"kind": "tfserving", "url": "http://127.0.0.1:8501"},
+        "ts": {"kind": "torchserve", "url": "http://127.0.0.1:8080", "management_url": "http://127.0.0.1:8081"},
+    },
+    "models": {
+        "m": {
+            "default_version": 1,
+            "labels": {"stable": 1},
+            "versions": {1: {"backend": "tf", "model": "m", "version": 1},
+                         2: {"backend": "ts", "model": "m", "version": "2.0"}},
+        }
+    },
+}
+
+
+def parse(raw: object, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return parse_routes(raw, "routes.yaml", env or {})
+
+
+def with_change(path: str, value: object) -> dict:  # type: ignore[type-arg]
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    node = raw
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[int(key) if key.isdigit() and int(key) in node else key]
+    if value is _DELETE:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+
+def test_example_routes_file_is_valid() -> None:
+    config = load_routes(EXAMPLE, environ={})
+    assert {"affine", "multi", "mlp", "mlp_torch", "scale"} <= set(config.models)
+    assert config.backends["torchserve"].token_file is None  # empty ${TORCHSERVE_KEY_FILE:-} means auth off
+
+
+def test_valid_config_parses_versions_as_strings() -> None:
+    config = parse(BASE)
+    model = config.models["m"]
+    assert config.revision == 3
+    assert set(model.versions) == {"1", "2"}
+    assert model.versions["2"].version == "2.0"
+    assert model.labels == {"stable": "1"}
+
+
+def test_default_version_is_highest_when_omitted() -> None:
+    config = parse(with_change("models.m.default_version", _DELETE))
+    assert config.models["m"].default_version == "2"
+
+
+def test_environment_variables_expand() -> None:
+    raw = with_change("backends.tf.url", "${TF_URL:-http://fallback:1}")
+    assert parse(raw, {"TF_URL": "http://10.0.0.1:9"}).backends["tf"].url == "http://10.0.0.1:9"
+    assert parse(raw).backends["tf"].url == "http://fallback:1"
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("backends.tf.kind", "triton", "routes.yaml: backends.tf.kind: 'triton' is not one of tfserving, torchserve"),
+    ("backends.tf.url", "localhost:8501", "backends.tf.url: 'localhost:8501' must be an http(s) URL"),
+    ("backends.tf.timeout_s", -1, "backends.tf.timeout_s: must be a positive number"),
+    ("backends.tf.colour", "red", "backends.tf.colour: unknown field"),
+    ("backends.tf.token_file", "/k.json", "backends.tf.token_file: only torchserve backends"),
+    ("models.m.versions.1.backend", "nope", "models.m.versions.1.backend: unknown backend 'nope'"),
+    ("models.m.versions.1.model", _DELETE, "models.m.versions.1.model: is required"),
+    ("models.m.default_version", 7, "models.m.default_version: version 7 is not listed"),
+    ("models.m.labels", {"canary": 9}, "models.m.labels.canary: points at version 9"),
+    ("models.m.labels", {"3": 1}, "models.m.labels.3: a label must not be a number"),
+    ("models.m.versions", {"v1": {"backend": "tf", "model": "m", "version": 1}},
+     "models.m.versions.v1: version 'v1' must be a positive integer"),
+    ("models.m.versions.1.version", "latest", "models.m.versions.1.version: version 'latest' must be a positive"),
+    ("models.m.schema", {"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1]}], "outputs": []},
+     "models.m.schema.inputs[0].datatype: 'FLOAT' is not a v2 datatype"),
+    ("models", [], "models: must be a mapping, got list"),
+    ("backends", {}, "backends: must define at least one backend"),
+])
+def test_invalid_config_is_refused_with_path(path: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(with_change(path, value))
+    assert message in str(info.value)
+
+
+def test_unset_variable_without_default_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"backends.tf.url: environment variable NOPE is not set"):
+        parse(with_change("backends.tf.url", "${NOPE}"))
+
+
+def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read routes file"):
+        load_routes(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backends: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML"):
+        load_routes(bad)

@@ -1,0 +1,40 @@
+"""resolve(): explicit version, label, default; errors with the status codes clients rely on."""
+
+import pytest
+
+from gateway.config import parse_routes
+from gateway.errors import InvalidArgument, ModelNotFound, VersionNotFound
+from gateway.routing import RouteTable
+from gateway.types import ModelRef
+
+from .test_config import BASE
+
+TABLE = RouteTable.from_config(parse_routes(BASE, "routes.yaml", {}))
+
+
+def test_default_version() -> None:
+    route = TABLE.resolve(ModelRef("m"))
+    assert (route.target.backend, route.target.version, route.target.logical_version) == ("tf", "1", "1")
+
+
+def test_explicit_version_reaches_its_backend() -> None:
+    route = TABLE.resolve(ModelRef("m", version="2"))
+    assert (route.target.backend, route.target.model, route.target.version) == ("ts", "m", "2.0")
+    assert route.backend.kind == "torchserve"
+
+
+def test_label() -> None:
+    assert TABLE.resolve(ModelRef("m", label="stable")).target.logical_version == "1"
+
+
+@pytest.mark.parametrize(("ref", "error", "status", "message"), [
+    (ModelRef("nope"), ModelNotFound, 404, "Model 'nope' is not served"),
+    (ModelRef("m", version="9"), VersionNotFound, 404, "Model 'm' has no version 9"),
+    (ModelRef("m", label="gold"), InvalidArgument, 400, "Unrecognized servable version label: gold"),
+    (ModelRef("m", version="1", label="stable"), InvalidArgument, 400, "a version or a label, not both"),
+])
+def test_resolution_errors(ref: ModelRef, error: type, status: int, message: str) -> None:
+    with pytest.raises(error) as info:
+        TABLE.resolve(ref)
+    assert info.value.http_status == status
+    assert message in info.value.message
