@@ -1,0 +1,365 @@
+"""Contract tests for the committed model artifacts in model_repo/ (no servers started).
+
+(a) every TF SavedModel has the agreed serving_default signature and gives the agreed numbers;
+(b) the TorchScript inside each mlp .mar agrees with the TF SavedModel of the same version;
+(c) the .mar archives carry signature.json, the shared v2 handler and the right version strings;
+(d) the v2 handler shipped in the archives answers and validates v2 requests (fake TorchServe context).
+
+The artifacts are rebuilt by `python model_repo/build.py` (`--check` verifies a rebuild is byte-identical).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+with warnings.catch_warnings():
+    # torchserve 0.12.0's ts/version.py leaks an open file at import (ResourceWarning -> error under pytest)
+    warnings.simplefilter("ignore", ResourceWarning)
+    from ts.utils.util import PredictionException
+
+# torch 2.13 deprecates TorchScript (torch.jit.*) in favour of torch.export; TorchServe still needs it.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+REPO = Path(__file__).resolve().parents[2] / "model_repo"
+TF_ROOT = REPO / "tfserving"
+TS_ROOT = REPO / "torchserve"
+HANDLER_SRC = REPO / "handlers" / "v2_handler.py"
+
+SAMPLE4 = [[1.0, 2.0, 3.0, 4.0]]
+SAMPLE3 = [[1.0, 2.0, 3.0]]
+# mlp outputs for SAMPLE4 (TF float32); the gateway's tests may rely on the argmax (v1: 2, v2: 1).
+MLP_EXPECTED = {
+    1: [0.023942600935697556, 0.23793166875839233, 0.738125741481781],
+    2: [0.03787184879183769, 0.9606519937515259, 0.0014761509373784065],
+}
+
+# name -> version list, {input: (dtype, shape)}, {output: (dtype, shape)}
+TF_SIGNATURES: dict[str, tuple[list[int], dict[str, Any], dict[str, Any]]] = {
+    "mlp": ([1, 2], {"x": (tf.float32, [None, 4])}, {"probabilities": (tf.float32, [None, 3])}),
+    "affine": ([1, 2], {"x": (tf.float32, [None, 3])}, {"y": (tf.float32, [None, 3])}),
+    "multi": (
+        [1],
+        {"a": (tf.float32, [None, 2]), "b": (tf.int64, [None, 2]), "s": (tf.string, [None])},
+        {
+            "total": (tf.float32, [None]),
+            "b_doubled": (tf.int64, [None, 2]),
+            "text": (tf.string, [None]),
+            "positive": (tf.bool, [None]),
+        },
+    ),
+}
+TORCH_SIGNATURES = {
+    "mlp": {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+    },
+    "scale": {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+    },
+}
+MARS = [("mlp", 1), ("mlp", 2), ("scale", 1), ("scale", 2)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------
+
+_loaded: dict[Path, Any] = {}
+
+
+def serving_fn(name: str, version: int) -> Any:
+    path = TF_ROOT / name / str(version)
+    if path not in _loaded:
+        _loaded[path] = tf.saved_model.load(str(path))
+    return _loaded[path].signatures["serving_default"]
+
+
+def tf_predict(name: str, version: int, **inputs: Any) -> dict[str, np.ndarray]:
+    out = serving_fn(name, version)(**{k: tf.constant(v) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def mar_read(name: str, version: int, member: str) -> bytes:
+    with zipfile.ZipFile(TS_ROOT / f"{name}-{version}.mar") as z:
+        return z.read(member)
+
+
+def mar_manifest(name: str, version: int) -> dict[str, Any]:
+    return json.loads(mar_read(name, version, "MAR-INF/MANIFEST.json"))
+
+
+def torchscript(name: str, version: int) -> torch.jit.ScriptModule:
+    data = mar_read(name, version, mar_manifest(name, version)["model"]["serializedFile"])
+    return torch.jit.load(io.BytesIO(data), map_location="cpu")
+
+
+# ----------------------------------------------------------------------------------------------------
+# (a) TF SavedModels
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_tfserving_tree_has_exactly_the_agreed_versions() -> None:
+    for name, (versions, _, _) in TF_SIGNATURES.items():
+        found = sorted(int(p.name) for p in (TF_ROOT / name).iterdir() if p.is_dir())
+        assert found == versions, name
+        for v in versions:
+            assert (TF_ROOT / name / str(v) / "saved_model.pb").is_file()
+
+
+@pytest.mark.parametrize(("name", "version"), [(n, v) for n, (vs, _, _) in TF_SIGNATURES.items() for v in vs])
+def test_savedmodel_signature(name: str, version: int) -> None:
+    _, inputs, outputs = TF_SIGNATURES[name]
+    fn = serving_fn(name, version)
+    args, kwargs = fn.structured_input_signature
+    assert args == ()
+    assert {k: (s.dtype, s.shape.as_list()) for k, s in kwargs.items()} == inputs
+    assert {k: (s.dtype, s.shape.as_list()) for k, s in fn.structured_outputs.items()} == outputs
+
+
+@pytest.mark.parametrize(("version", "bias"), [(1, 2.0), (2, 3.0)])
+def test_affine_outputs(version: int, bias: float) -> None:
+    y = tf_predict("affine", version, x=np.asarray(SAMPLE3, np.float32))["y"]
+    assert y.dtype == np.float32
+    assert y.tolist() == [[0.5 + bias, 1.0 + bias, 1.5 + bias]]
+    if version == 1:
+        assert y.tolist() == [[2.5, 3.0, 3.5]]
+
+
+def test_multi_outputs() -> None:
+    got = tf_predict(
+        "multi",
+        1,
+        a=np.asarray([[1.5, 2.0], [-10.0, 0.5]], np.float32),
+        b=np.asarray([[1, 2], [3, -4]], np.int64),
+        s=np.asarray([b"hello", b"Mixed Case"]),
+    )
+    assert got["total"].dtype == np.float32 and got["total"].tolist() == [6.5, -10.5]
+    assert got["b_doubled"].dtype == np.int64 and got["b_doubled"].tolist() == [[2, 4], [6, -8]]
+    assert got["text"].tolist() == [b"HELLO", b"MIXED CASE"]
+    assert got["positive"].dtype == np.bool_ and got["positive"].tolist() == [True, False]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_mlp_tf_outputs(version: int) -> None:
+    p = tf_predict("mlp", version, x=np.asarray(SAMPLE4, np.float32))["probabilities"]
+    assert p.shape == (1, 3) and p.dtype == np.float32
+    np.testing.assert_allclose(p[0], MLP_EXPECTED[version], rtol=0, atol=1e-6)
+    assert abs(float(p.sum()) - 1.0) < 1e-5
+
+
+def test_mlp_versions_disagree_on_sample() -> None:
+    x = np.asarray(SAMPLE4, np.float32)
+    v1 = tf_predict("mlp", 1, x=x)["probabilities"]
+    v2 = tf_predict("mlp", 2, x=x)["probabilities"]
+    assert int(np.argmax(v1)) == 2
+    assert int(np.argmax(v2)) == 1
+
+
+def test_models_config() -> None:
+    config = text_format.Parse((TF_ROOT / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    entries = {c.name: c for c in config.model_config_list.config}
+    assert list(entries) == ["mlp", "affine", "multi"]
+    for name, c in entries.items():
+        assert c.base_path == f"/models/{name}"
+        assert c.model_platform == "tensorflow"
+    for name in ("mlp", "affine"):
+        assert entries[name].model_version_policy.WhichOneof("policy_choice") == "all"
+        assert dict(entries[name].version_labels) == {"stable": 1, "canary": 2}
+    assert not entries["multi"].HasField("model_version_policy")
+    assert dict(entries["multi"].version_labels) == {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# (b) TorchScript vs TF
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_mlp_torch_matches_tf(version: int) -> None:
+    rng = np.random.default_rng(7)
+    x = np.concatenate([np.asarray(SAMPLE4, np.float32), rng.normal(0, 3, (15, 4)).astype(np.float32)])
+    tf_p = tf_predict("mlp", version, x=x)["probabilities"]
+    with torch.no_grad():
+        torch_p = torchscript("mlp", version)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(torch_p, tf_p, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("version", "factor"), [(1, 2.0), (2, 3.0)])
+def test_scale_torchscript(version: int, factor: float) -> None:
+    with torch.no_grad():
+        y = torchscript("scale", version)(torch.tensor(SAMPLE3)).tolist()
+    assert y == [[factor * 1.0, factor * 2.0, factor * 3.0]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# (c) archive contents
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_torchserve_store_has_exactly_the_agreed_archives() -> None:
+    assert sorted(p.name for p in TS_ROOT.glob("*.mar")) == sorted(f"{n}-{v}.mar" for n, v in MARS)
+
+
+@pytest.mark.parametrize(("name", "version"), MARS)
+def test_mar_contents(name: str, version: int) -> None:
+    manifest = mar_manifest(name, version)
+    model = manifest["model"]
+    assert model["modelName"] == name
+    assert model["modelVersion"] == str(version)
+    assert model["handler"] == "v2_handler.py"
+    with zipfile.ZipFile(TS_ROOT / f"{name}-{version}.mar") as z:
+        names = set(z.namelist())
+    assert {"MAR-INF/MANIFEST.json", "signature.json", "v2_handler.py", model["serializedFile"]} <= names
+    assert json.loads(mar_read(name, version, "signature.json")) == TORCH_SIGNATURES[name]
+    # the archive ships the current shared handler (rebuild with model_repo/build.py after editing it)
+    assert mar_read(name, version, "v2_handler.py") == HANDLER_SRC.read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------------
+# (d) the shipped v2 handler, driven like TorchServe drives it
+# ----------------------------------------------------------------------------------------------------
+
+
+class FakeContext:
+    def __init__(self, model_dir: Path, model_name: str, manifest: dict[str, Any]) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 1}
+        self.model_name = model_name
+        self.manifest = manifest
+        self.content_types: dict[int, str] = {}
+        self.statuses: dict[int, tuple[int, str]] = {}
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = (code, phrase)
+
+
+_services: dict[tuple[str, int], tuple[Any, Path, dict[str, Any]]] = {}
+
+
+def service(tmp_path_factory: pytest.TempPathFactory, name: str, version: int) -> tuple[Any, FakeContext]:
+    """A V2Service built from the handler and files inside the .mar (as a TorchServe worker would),
+    plus a fresh per-batch context."""
+    key = (name, version)
+    if key not in _services:
+        model_dir = tmp_path_factory.mktemp(f"{name}-{version}")
+        with zipfile.ZipFile(TS_ROOT / f"{name}-{version}.mar") as z:
+            z.extractall(model_dir)
+        spec = importlib.util.spec_from_file_location(f"v2_handler_{name}_{version}", model_dir / "v2_handler.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        manifest = mar_manifest(name, version)
+        _services[key] = (module.V2Service(FakeContext(model_dir, name, manifest)), model_dir, manifest)
+    svc, model_dir, manifest = _services[key]
+    return svc, FakeContext(model_dir, name, manifest)
+
+
+def v2_body(data: Any, shape: list[int], **extra: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}], **extra}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_handler_mlp_answers_v2(tmp_path_factory: pytest.TempPathFactory, version: int) -> None:
+    svc, ctx = service(tmp_path_factory, "mlp", version)
+    [raw] = svc.handle([{"body": v2_body(SAMPLE4, [1, 4], id="req-7")}], ctx)
+    answer = json.loads(raw)
+    assert ctx.content_types == {0: "application/json"}
+    assert answer["model_name"] == "mlp"
+    assert answer["model_version"] == str(version)
+    assert answer["id"] == "req-7"
+    [out] = answer["outputs"]
+    assert (out["name"], out["datatype"], out["shape"]) == ("probabilities", "FP32", [1, 3])
+    np.testing.assert_allclose(out["data"], MLP_EXPECTED[version], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("version", "factor"), [(1, 2.0), (2, 3.0)])
+def test_handler_scale_body_encodings(tmp_path_factory: pytest.TempPathFactory, version: int, factor: float) -> None:
+    svc, ctx = service(tmp_path_factory, "scale", version)
+    body = v2_body([1, 2, 3, 4, 5, 6], [2, 3])
+    text = json.dumps(body)
+    rows = [{"body": body}, {"body": text.encode()}, {"data": bytearray(text.encode())}, {"body": text}]
+    answers = [json.loads(raw) for raw in svc.handle(rows, ctx)]
+    assert ctx.statuses == {}
+    for answer in answers:
+        assert answer["model_version"] == str(version)
+        assert "id" not in answer
+        assert answer["outputs"] == [
+            {"name": "y", "datatype": "FP32", "shape": [2, 3], "data": [factor * i for i in range(1, 7)]}
+        ]
+
+
+def test_handler_nested_data_and_output_filter(tmp_path_factory: pytest.TempPathFactory) -> None:
+    svc, ctx = service(tmp_path_factory, "mlp", 1)
+    body = v2_body([SAMPLE4[0], [0, 0, 0, 0]], [2, 4], outputs=[{"name": "probabilities"}], parameters={})
+    [raw] = svc.handle([{"body": body}], ctx)
+    [out] = json.loads(raw)["outputs"]
+    assert out["shape"] == [2, 3] and len(out["data"]) == 6
+
+
+INVALID = [
+    (b"not json", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    ({"id": "x"}, "no 'inputs'"),
+    ({"inputs": {"x": 1}}, "'inputs' must be a list"),
+    ({"inputs": []}, "missing input(s) ['x']"),
+    ({"inputs": [{"name": "z", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, "unknown input 'z'"),
+    ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}, "datatype 'FP64'"),
+    (v2_body([1, 2, 3], [1, 4]), "needs 4 elements but data has 3"),
+    (v2_body([1, 2, 3, 4], [4]), "not compatible with the model's shape [-1, 4]"),
+    (v2_body([1, 2, 3, 4, 5, 6], [1, 6]), "not compatible"),
+    (v2_body([1, 2, 3, 4], [1, -4]), "non-negative integers"),
+    (v2_body([1, "a", 3, 4], [1, 4]), "not valid for datatype FP32"),
+    (v2_body([1, True, 3, 4], [1, 4]), "not valid for datatype FP32"),
+    (v2_body([1, 2, 3, 4], [1, 4], outputs=[{"name": "logits"}]), "unknown output(s) ['logits']"),
+    (v2_body([1, 2, 3, 4], [1, 4], id=5), "'id' must be a string"),
+    ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}, "missing 'data'"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), INVALID, ids=[m for _, m in INVALID])
+def test_handler_rejects_with_400(tmp_path_factory: pytest.TempPathFactory, body: Any, message: str) -> None:
+    svc, ctx = service(tmp_path_factory, "mlp", 1)
+    with pytest.raises(PredictionException) as info:
+        svc.handle([{"body": body}], ctx)
+    assert info.value.error_code == 400
+    assert message in info.value.message
+
+
+def test_handler_rejects_missing_body(tmp_path_factory: pytest.TempPathFactory) -> None:
+    svc, ctx = service(tmp_path_factory, "mlp", 1)
+    with pytest.raises(PredictionException, match="no body"):
+        svc.handle([{"some_form_field": b"1"}], ctx)
+
+
+def test_handler_batch_isolates_bad_requests(tmp_path_factory: pytest.TempPathFactory) -> None:
+    svc, ctx = service(tmp_path_factory, "mlp", 2)
+    good = {"body": v2_body(SAMPLE4, [1, 4], id="good")}
+    bad = {"body": v2_body([1, 2, 3], [1, 4], id="bad")}
+    answers = [json.loads(raw) for raw in svc.handle([good, bad, good], ctx)]
+    assert ctx.statuses == {1: (400, "Bad Request")}
+    assert ctx.content_types == {0: "application/json", 1: "application/json", 2: "application/json"}
+    assert answers[1]["code"] == 400 and "needs 4 elements" in answers[1]["message"]
+    for answer in (answers[0], answers[2]):
+        assert answer["id"] == "good"
+        np.testing.assert_allclose(answer["outputs"][0]["data"], MLP_EXPECTED[2], rtol=0, atol=1e-5)
