@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("routes_file", args.routes), ("port", args.port), ("workers", args.workers))
                  if v is not None}
     try:
-        serve(dataclasses.replace(settings, **overrides))  # type: ignore[arg-type]
+        serve(dataclasses.replace(settings, **overrides))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -24,8 +24,11 @@ class DataPlane:
         return self.backends.get(route.backend)
 
     async def infer(self, request: InferRequest, route: Route) -> InferResponse:
-        if route.model.schema is not None:
-            check_inputs(request, route.model.schema)
+        # TF Serving does not check shapes against the signature itself (a wrong width can even "work"),
+        # so validate against the declared schema, else the backend's own (cached) signature.
+        schema = route.model.schema or await self.backend(route).schema(route.target, request.signature_name)
+        if schema is not None:
+            check_inputs(request, schema)
         response = await self.backend(route).infer(route.target, request)
         outputs = select_outputs(response.outputs, request.output_names)
         return InferResponse(outputs=outputs, model_name=route.target.logical_model,

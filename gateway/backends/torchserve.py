@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 from gateway.backends.http import HttpClient, HttpResult
@@ -21,7 +23,8 @@ from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus,
 
 
 class TokenFile:
-    """TorchServe's key_file.json. Keys are re-read when TorchServe refuses one (it rotates them), not per call."""
+    """TorchServe's key_file.json (inference, management and API keys). Read once, and again only when
+    TorchServe refuses a key: it rewrites the file when a key is rotated."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -34,18 +37,21 @@ class TokenFile:
             self.reload()
         return self._keys.get(kind)
 
-    def reload(self) -> bool:
-        """Read the file again; True when any key changed."""
+    def reload(self) -> None:
         if self.path is None:
-            return False
-        try:
-            doc = json.loads(self.path.read_text())
-            keys = {kind: str(doc[kind]["key"]) for kind in ("inference", "management") if kind in doc}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BackendUnavailable(f"cannot read TorchServe key file {self.path}: {exc}") from None
-        changed = keys != self._keys
-        self._keys = keys
-        return changed
+            return
+        for attempt in range(3):
+            try:
+                doc = json.loads(self.path.read_text())
+                self._keys = {kind: str(doc[kind]["key"]) for kind in ("inference", "management", "API")
+                              if kind in doc}
+                return
+            except ValueError:
+                # TorchServe rewrites the file in place: a read can land on a half-written file.
+                time.sleep(0.02 * (attempt + 1))
+            except (OSError, KeyError, TypeError) as exc:
+                raise BackendUnavailable(f"cannot read TorchServe key file {self.path}: {exc}") from None
+        raise BackendUnavailable(f"TorchServe key file {self.path} is not valid JSON")
 
     def headers(self, kind: str) -> dict[str, str]:
         key = self.key(kind)
@@ -57,20 +63,43 @@ class TorchServeBackend:
         self.config = config
         self.http = HttpClient(config)
         self.tokens = TokenFile(config.token_file)
+        self._refreshing = asyncio.Lock()
 
     async def _call(self, kind: str, method: str, url: str, body: bytes | None = None,
                     content_type: str | None = None) -> HttpResult:
-        """One call with the right bearer key; if TorchServe says the key is invalid and the key file has
-        changed since we read it (a rotation), retry once with the new key."""
+        """One call with the right bearer key; when TorchServe refuses the key, get a valid one and retry once."""
         for attempt in (1, 2):
+            used = self.tokens.key(kind)
             headers = self.tokens.headers(kind)
             if content_type:
                 headers["Content-Type"] = content_type
             result = await self.http.request(method, url, body=body, headers=headers)
-            if attempt == 1 and _invalid_key(result) and self.tokens.reload():
+            if attempt == 1 and _invalid_key(result) and await self._refresh_key(kind, used):
                 continue
             return result
         raise AssertionError("unreachable")
+
+    async def _refresh_key(self, kind: str, refused: str | None) -> bool:
+        """A refused key was rotated (the file has a new one) or expired (after 60 min by default, and the file
+        is NOT rewritten then): re-read the file, else rotate with the API key. One refresh at a time, so a burst
+        of refusals does not rotate the key over and over."""
+        if self.tokens.path is None:
+            return False
+        async with self._refreshing:
+            if self.tokens.key(kind) != refused:
+                return True  # refreshed by a concurrent request meanwhile
+            self.tokens.reload()
+            if self.tokens.key(kind) != refused:
+                return True
+            api_key = self.tokens.key("API")
+            if api_key is None or self.config.management_url is None:
+                return False
+            result = await self.http.request("POST", f"{self.config.management_url}/token?type={kind}",
+                                             headers={"Authorization": f"Bearer {api_key}"})
+            if result.status != 200:
+                return False
+            self.tokens.reload()
+            return self.tokens.key(kind) != refused
 
     def _predictions_url(self, target: Target) -> str:
         return f"{self.config.url}/predictions/{target.model}/{target.version}"

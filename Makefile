@@ -1,0 +1,19 @@
+# The two commands of the README's quick start: `make up` (local stack) and `make test`.
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint bench
+
+$(STAMP): pyproject.toml scripts/bootstrap
+	./scripts/bootstrap
+
+up: $(STAMP)
+	$(VENV)/bin/gateway dev
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python load_tests/bench_overhead.py

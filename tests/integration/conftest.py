@@ -1,0 +1,120 @@
+"""Real processes for integration tests: TorchServe (token auth on), TF Serving (real binary or the stand-in),
+and the gateway itself as its own process, wired by a routes file built from examples/routes.local.yaml."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway import localstack
+from gateway.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    routes_file: Path
+    process: localstack.ManagedProcess
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def torchserve(stack_dir: Path) -> Iterator[localstack.TorchServeEndpoints]:
+    proc, endpoints = localstack.start_torchserve(
+        stack_dir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS, token_auth=True,
+        defaults={"mlp": "1", "scale": "2"})
+    yield endpoints
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tfserving(stack_dir: Path) -> Iterator[localstack.TFServingEndpoints]:
+    proc, endpoints = localstack.start_tfserving(
+        stack_dir / "tfserving", MODEL_REPO / "tfserving" / "models.config", MODEL_REPO / "tfserving",
+        wait_models=TF_MODELS)
+    yield endpoints
+    proc.stop()
+
+
+class Blackhole:
+    """A TCP server that accepts connections and never answers: a backend that hangs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture(scope="session")
+def blackhole() -> Iterator[Blackhole]:
+    hole = Blackhole()
+    yield hole
+    hole.close()
+
+
+def build_routes(ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEndpoints, hole_port: int) -> dict:  # type: ignore[type-arg]
+    """The example routes with real URLs, plus targets that fail on purpose."""
+    routes = yaml.safe_load(EXAMPLE_ROUTES.read_text())
+    backends = routes["backends"]
+    backends["tfserving"]["url"] = tf.rest_url
+    backends["torchserve"].update(url=ts.inference_url, management_url=ts.management_url,
+                                  token_file=str(ts.key_file))
+    backends["down"] = {"kind": "torchserve", "url": f"http://127.0.0.1:{localstack.free_port()}",
+                        "management_url": f"http://127.0.0.1:{localstack.free_port()}", "connect_timeout_s": 1}
+    backends["hanging"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 0.5}
+    routes["models"].update({
+        "ghost": {"versions": {1: {"backend": "down", "model": "ghost", "version": "1"}}},
+        "sleepy": {"versions": {1: {"backend": "hanging", "model": "sleepy", "version": 1}}},
+        "unloaded": {"versions": {1: {"backend": "torchserve", "model": "scale", "version": "9"},
+                                  2: {"backend": "tfserving", "model": "affine", "version": 9}}},
+    })
+    return routes  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def gateway(stack_dir: Path, torchserve: localstack.TorchServeEndpoints, tfserving: localstack.TFServingEndpoints,
+            blackhole: Blackhole) -> Iterator[Gateway]:
+    routes_file = stack_dir / "routes.yaml"
+    routes_file.write_text(yaml.safe_dump(build_routes(torchserve, tfserving, blackhole.port)))
+    proc, url = localstack.start_gateway(
+        stack_dir / "gateway", routes_file,
+        env={"GATEWAY_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "GATEWAY_ROUTES_POLL_S": "0.2"})
+    yield Gateway(url=url, routes_file=routes_file, process=proc)
+    proc.stop()
+
+
+@pytest.fixture()
+def client(gateway: Gateway) -> Iterator[httpx.Client]:
+    with gateway.client() as c:
+        yield c
