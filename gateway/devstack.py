@@ -22,7 +22,7 @@ def run_dev(port: int, workdir: Path, token_auth: bool = True) -> int:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     with localstack.Stack() as stack:
-        print("starting TorchServe and TF Serving (this takes about half a minute) ...", flush=True)
+        print("starting TorchServe and TF Serving (about 15 s) ...", flush=True)
         ts_proc, ts = localstack.start_torchserve(
             workdir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS,
             token_auth=token_auth, defaults={"mlp": "1", "scale": "2"})
