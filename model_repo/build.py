@@ -65,16 +65,12 @@ model_config_list {
     base_path: "/models/mlp"
     model_platform: "tensorflow"
     model_version_policy { all {} }
-    version_labels { key: "stable" value: 1 }
-    version_labels { key: "canary" value: 2 }
   }
   config {
     name: "affine"
     base_path: "/models/affine"
     model_platform: "tensorflow"
     model_version_policy { all {} }
-    version_labels { key: "stable" value: 1 }
-    version_labels { key: "canary" value: 2 }
   }
   config {
     name: "multi"

@@ -159,6 +159,5 @@ def encode_signature_metadata(name: str, version: str, schema: ModelSchema) -> b
                 "inputs": tensors(schema.inputs), "outputs": tensors(schema.outputs),
                 "method_name": "tensorflow/serving/predict", "defaults": {},
             }},
-            "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
         }},
     })

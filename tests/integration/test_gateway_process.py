@@ -26,8 +26,8 @@ async def main():
     sent = []
     async def send(message):
         sent.append(message)
-    for path, body in (("/v2/models/scale/infer", b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}'),
-                       ("/v1/models/affine:predict", b'{"instances":[[1,2,3]]}')):
+    v2 = b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}'
+    for path, body in (("/v2/models/scale/infer", v2), ("/v1/models/affine:predict", b'{"instances":[[1,2,3]]}')):
         chunks = [{"type": "http.request", "body": body, "more_body": False}]
         async def receive():
             return chunks.pop(0)

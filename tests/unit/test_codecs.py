@@ -93,7 +93,7 @@ def test_tf_row_format_unnamed_input_takes_schema_name() -> None:
 def test_tf_named_rows_and_b64_become_columns() -> None:
     body = b'{"instances": [{"a": [1.5, 2], "s": "hi"}, {"a": [3, 4], "s": {"b64": "' + \
         base64.b64encode(b"\x00\xff").decode().encode() + b'"}}]}'
-    request, row = tf_json.decode_predict(body, REF, None)
+    request, _ = tf_json.decode_predict(body, REF, None)
     by_name = {t.name: t for t in request.inputs}
     assert by_name["a"].datatype == "FP32" and by_name["a"].shape == (2, 2)
     assert by_name["s"].data.tolist() == [b"hi", b"\x00\xff"]
