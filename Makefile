@@ -11,6 +11,7 @@ up: $(STAMP)
 	$(VENV)/bin/gateway dev
 
 test: $(STAMP)
+	$(VENV)/bin/python -m gateway.protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
