@@ -84,6 +84,8 @@ class InferRequest:
     id: str | None = None
     signature_name: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Outputs the client wants as raw bytes (v2 binary data extension); "*" means all of them.
+    binary_outputs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

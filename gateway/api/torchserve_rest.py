@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from gateway.api.asgi import Front, Request, Response, served_by
-from gateway.codecs import v2_json
+from gateway.api.v2_rest import infer_v2_json
 from gateway.codecs.jsonio import dumps
 from gateway.errors import (
     BackendTimeout,
@@ -30,16 +30,15 @@ async def ping(request: Request, match: re.Match[str]) -> Response:
 async def predictions(request: Request, match: re.Match[str]) -> Response:
     ref = ModelRef(name=match["name"], version=match["version"])
     route = request.route = request.plane.route(ref)
-    body = await request.body()
     if route.backend.kind == "torchserve":
+        body = await request.body()
         # The handler's own format, whatever it is: pass it through untouched.
         content_type = (request.header(b"content-type") or b"application/octet-stream").decode("latin-1")
         answer, answer_type = await request.plane.forward(route, "", body, content_type)
         return Response(200, answer, content_type=answer_type.encode() or b"application/json",
                         headers=served_by(route))
     # Other backends: the body is read as the v2 JSON request this project's TorchServe handlers accept.
-    response = await request.plane.infer(v2_json.decode_request(body, ref), route)
-    return Response(200, v2_json.encode_response(response), headers=served_by(route))
+    return await infer_v2_json(request, ref, route)
 
 
 # TorchServe's exception type names, so existing clients that switch on `type` keep working.

@@ -8,7 +8,8 @@ from gateway import __version__
 from gateway.api.asgi import Front, Request, Response, served_by
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import dumps
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.errors import GatewayError, InvalidArgument, MethodNotAllowed, NotFound
+from gateway.routing import Route
 from gateway.types import ModelRef
 
 _MODEL = r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -56,9 +57,33 @@ async def model_ready(request: Request, match: re.Match[str]) -> Response:
 async def infer(request: Request, match: re.Match[str]) -> Response:
     ref = _ref(match)
     route = request.route = request.plane.route(ref)
+    return await infer_v2_json(request, ref, route)
+
+
+async def infer_v2_json(request: Request, ref: ModelRef, route: Route) -> Response:
+    """v2 JSON in and out, with the binary data extension (Inference-Header-Content-Length) both ways."""
     body = await request.body()
-    response = await request.plane.infer(v2_json.decode_request(body, ref), route)
-    return Response(200, v2_json.encode_response(response), headers=served_by(route))
+    infer_request = v2_json.decode_request(body, ref, _header_length(request))
+    response = await request.plane.infer(infer_request, route)
+    answer, header_length = v2_json.encode_response(response, infer_request.binary_outputs)
+    headers = served_by(route)
+    if header_length is None:
+        return Response(200, answer, headers=headers)
+    headers.append((BINARY_HEADER, str(header_length).encode()))
+    return Response(200, answer, content_type=b"application/octet-stream", headers=headers)
+
+
+BINARY_HEADER = b"inference-header-content-length"
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.header(BINARY_HEADER)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        shown = raw.decode(errors="replace")
+        raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {shown!r}")
+    return int(raw)
 
 
 def encode_error(error: GatewayError) -> Response:

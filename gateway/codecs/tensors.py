@@ -126,3 +126,54 @@ def _bytes_json(value: Any, b64: bool) -> Any:
         except UnicodeDecodeError:
             pass
     return {"b64": base64.b64encode(raw).decode()}
+
+
+def from_raw(name: str, datatype: str, raw: bytes, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """The v2 binary tensor layout (REST binary extension and gRPC raw contents): little-endian row-major
+    values; BYTES as a 4-byte little-endian length before each element."""
+    dtype = V2_TO_NUMPY.get(datatype)
+    if dtype is None:
+        raise InvalidArgument(f"input '{name}': unsupported datatype '{datatype}'")
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        items = _split_bytes(name, raw)
+        if len(items) != count:
+            raise InvalidArgument(f"input '{name}': shape {list(shape)} needs {count} elements, got {len(items)}")
+        arr = np.empty(count, dtype=object)
+        arr[:] = items
+        return arr.reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes of raw data, "
+                              f"got {len(raw)}")
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    if datatype == "BOOL" and raw.translate(None, b"\x00\x01"):
+        raise InvalidArgument(f"input '{name}': BOOL raw data must be bytes 0 or 1")
+    return arr.astype(dtype, copy=False)
+
+
+def _split_bytes(name: str, raw: bytes) -> list[bytes]:
+    items: list[bytes] = []
+    offset, end = 0, len(raw)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidArgument(f"input '{name}': BYTES raw data ends inside a length prefix")
+        size = int.from_bytes(raw[offset:offset + 4], "little")
+        offset += 4
+        if offset + size > end:
+            raise InvalidArgument(f"input '{name}': BYTES element of {size} bytes runs past the raw data")
+        items.append(raw[offset:offset + size])
+        offset += size
+    return items
+
+
+def to_raw(tensor: Tensor) -> bytes:
+    """Inverse of from_raw."""
+    if tensor.datatype != "BYTES":
+        return np.ascontiguousarray(tensor.data, dtype=tensor.data.dtype.newbyteorder("<")).tobytes()
+    parts = []
+    for item in tensor.data.reshape(-1).tolist():
+        value = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(len(value).to_bytes(4, "little"))
+        parts.append(value)
+    return b"".join(parts)

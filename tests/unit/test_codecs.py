@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from gateway.codecs import tf_json, v2_json
+from gateway.codecs.tensors import from_raw
 from gateway.errors import BackendError, InvalidArgument, MalformedRequest
 from gateway.types import InferResponse, ModelRef, ModelSchema, Tensor, TensorSpec
 
@@ -44,7 +45,7 @@ def test_v2_bytes_and_nested_data_and_outputs_filter() -> None:
 def test_v2_response_is_flat_and_names_the_model() -> None:
     response = InferResponse(outputs=(Tensor("y", "FP32", np.arange(6, dtype=np.float32).reshape(2, 3)),),
                              model_name="m", model_version="2", id="abc")
-    doc = orjson.loads(v2_json.encode_response(response))
+    doc = orjson.loads(v2_json.encode_response(response)[0])
     assert doc == {"model_name": "m", "model_version": "2", "id": "abc",
                    "outputs": [{"name": "y", "datatype": "FP32", "shape": [2, 3], "data": [0, 1, 2, 3, 4, 5]}]}
 
@@ -168,3 +169,65 @@ def test_signature_metadata_round_trips_through_specs() -> None:
     assert tf_json.signature_specs(doc, "serving_default") == SCALE
     with pytest.raises(InvalidArgument, match='"other" not found'):
         tf_json.signature_specs(doc, "other")
+
+
+# --- v2 binary data extension (and the raw layout gRPC shares) ---
+
+def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:  # type: ignore[type-arg]
+    head = orjson.dumps(header)
+    return head + b"".join(chunks), len(head)
+
+
+def test_binary_inputs_every_layout() -> None:
+    x = np.array([[1.5, -2.0]], dtype=np.float32)
+    words = b"".join(len(w).to_bytes(4, "little") + w for w in (b"ab", b"", b"\xff"))
+    body, n = binary_body({"inputs": [
+        {"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+        {"name": "f", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}},
+        {"name": "s", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": len(words)}},
+        {"name": "j", "shape": [1], "datatype": "INT64", "data": [7]},
+    ], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}, x.tobytes(), b"\x01\x00", words)
+    request = v2_json.decode_request(body, REF, n)
+    by_name = {t.name: t.data for t in request.inputs}
+    assert np.array_equal(by_name["x"], x)
+    assert by_name["f"].tolist() == [True, False]
+    assert by_name["s"].tolist() == [b"ab", b"", b"\xff"]
+    assert by_name["j"].tolist() == [7]
+    assert request.binary_outputs == frozenset({"y"})
+
+
+@pytest.mark.parametrize(("inputs", "chunk", "message"), [
+    ([{"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 4}}], b"\0" * 4,
+     "needs 8 bytes of raw data, got 4"),
+    ([{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 8}}], b"\0" * 4,
+     "runs past the end of the body"),
+    ([{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}], b"\0" * 6,
+     "2 bytes of binary data are not claimed"),
+    ([{"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 3}}], b"\5\0\0",
+     "ends inside a length prefix"),
+    ([{"name": "b", "shape": [1], "datatype": "BOOL", "parameters": {"binary_data_size": 1}}], b"\x07",
+     "BOOL raw data must be bytes 0 or 1"),
+])
+def test_binary_inputs_refused(inputs: list, chunk: bytes, message: str) -> None:  # type: ignore[type-arg]
+    body, n = binary_body({"inputs": inputs}, chunk)
+    with pytest.raises(InvalidArgument, match=message):
+        v2_json.decode_request(body, REF, n)
+
+
+def test_binary_header_length_outside_body() -> None:
+    with pytest.raises(InvalidArgument, match="outside the body"):
+        v2_json.decode_request(b"{}", REF, 10)
+
+
+def test_binary_outputs_round_trip_through_raw_layout() -> None:
+    y = Tensor("y", "FP16", np.array([0.5, 2.0], dtype=np.float16))
+    s = Tensor("s", "BYTES", np.array([b"x", b"yz"], dtype=object))
+    body, n = v2_json.encode_response(InferResponse(outputs=(y, s), model_name="m"), frozenset({"*"}))
+    assert n is not None
+    header = orjson.loads(body[:n])
+    sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
+    assert sizes == [4, 11] and "data" not in header["outputs"][0]
+    assert np.array_equal(from_raw("y", "FP16", body[n:n + 4], (2,)), y.data)
+    assert from_raw("s", "BYTES", body[n + 4:], (2,)).tolist() == [b"x", b"yz"]
+    plain, none = v2_json.encode_response(InferResponse(outputs=(y,)))
+    assert none is None and orjson.loads(plain)["outputs"][0]["data"] == [0.5, 2.0]
