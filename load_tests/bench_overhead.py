@@ -1,0 +1,868 @@
+"""The gateway's overhead, measured side by side with a direct-to-backend baseline in one run.
+
+Starts, on free 127.0.0.1 ports:
+
+* a FAST test backend (``load_tests/fast_backend.py``: raw ASGI on uvicorn + httptools + uvloop, fixed
+  TF Serving-shaped answers), which isolates the gateway's own cost;
+* the real backends through :mod:`gateway.localstack`: TorchServe with the model_repo archives (token
+  auth on) and TF Serving (the real binary when on PATH, else the stand-in) with model_repo/tfserving;
+* the gateway itself (``localstack.start_gateway``, 1 worker) with a routes file made from
+  examples/routes.local.yaml plus a model ``fast`` served by the fast backend.
+
+Then, per scenario, the SAME request is sent direct to the backend and through the gateway, one after the
+other, at concurrency C and at concurrency 1: req/s, p50/p99 latency, the ratio gateway/direct and the
+added p50.  The gateway's RSS and its CPU time per request (from /proc) are reported as well.
+
+Load comes from ``wrk`` (Lua script: POST body, headers, p50/p99 as JSON from the ``done`` hook); when
+wrk is not installed, a Python closed-loop generator (aiohttp) is used instead, which is much slower
+itself.  Either way the load generator runs on the same cores as the gateway and the backends and competes
+with them for CPU: on a small machine every req/s is below what the servers could do alone.  Processes this
+benchmark did not start show up in the "other CPU %" column (noise).
+
+    python load_tests/bench_overhead.py [--duration S] [--connections C] [--quick] [--json FILE]
+                                        [--repeat N] [--scenarios a,b] [--loadgen auto|wrk|python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from gateway import localstack
+from gateway.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
+
+HERE = Path(__file__).resolve().parent
+FAST_BACKEND = HERE / "fast_backend.py"
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+JSON_MARK = "BENCH_JSON "
+
+# ~1 KB request: 64 rows of 3 floats, all exactly representable in float32 so the body the gateway
+# builds when it translates (columnar TF JSON, v2 JSON) is byte-for-byte the body sent direct.
+ROWS = [[i * 0.5, i * 0.5 + 0.25, i * 0.5 + 0.5] for i in range(64)]
+FLAT = [v for row in ROWS for v in row]
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+TF_ROW_BODY = _dumps({"instances": ROWS})
+TF_COLUMNAR_BODY = _dumps({"inputs": {"x": ROWS}})
+V2_BODY = _dumps({"inputs": [{"name": "x", "shape": [len(ROWS), 3], "datatype": "FP32", "data": FLAT}]})
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+# --------------------------------------------------------------------------------------------
+# What is measured
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str  # short name in the table
+    role: str  # "direct" or "gateway"
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    backend: str  # which process group serves it: "fast", "tfserving", "torchserve"
+    direct: Target
+    gateways: list[Target]
+    note: str = ""
+    skipped: str = ""  # why it was not measured
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    target: str
+    role: str
+    url: str
+    concurrency: int
+    requests: int
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    errors: dict[str, int]
+    non_2xx: int
+    gateway_cpu_us_per_req: float | None = None
+    backend_cpu_us_per_req: float | None = None
+    loadgen_cpu_us_per_req: float | None = None
+    machine_busy_pct: float | None = None  # all cores, everything running
+    other_cpu_pct: float | None = None  # of all cores, used by processes this benchmark did not start
+    ratio_rps: float | None = None  # gateway / direct
+    added_p50_ms: float | None = None  # gateway p50 - direct p50
+    runs: list[dict[str, Any]] | None = None  # the single runs behind the medians (with --repeat)
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    duration_s: float
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    mean_us: float
+    max_us: float
+    errors: dict[str, int] = field(default_factory=dict)  # connect/read/write/timeout/status(non-2xx)
+
+
+# --------------------------------------------------------------------------------------------
+# Load generators
+# --------------------------------------------------------------------------------------------
+
+
+def _lua_long_string(data: str) -> str:
+    level = 1
+    while f"]{'=' * level}]" in data:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{data}]{eq}]"
+
+
+_WRK_DONE = r"""
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"p50_us":%.1f,"p90_us":%.1f,"p99_us":%.1f,' ..
+    '"mean_us":%.1f,"max_us":%.1f,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.mean, latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+class WrkLoad:
+    """wrk with a Lua script: POST body + headers; the ``done`` hook prints the figures as one JSON line."""
+
+    name = "wrk"
+
+    def __init__(self, binary: str, threads: int, workdir: Path) -> None:
+        self.binary = binary
+        self.threads = threads
+        self.workdir = workdir
+        self._scripts: dict[tuple[bytes, tuple[tuple[str, str], ...]], Path] = {}
+        self._running: subprocess.Popen[str] | None = None
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+            self.version = (out.stdout or out.stderr).splitlines()[0].strip()
+        except (OSError, subprocess.SubprocessError, IndexError):
+            self.version = "wrk (version unknown)"
+
+    def describe(self, connections: int) -> str:
+        return f"{self.version}; {min(self.threads, connections)} thread(s)"
+
+    def _script(self, target: Target) -> Path:
+        key = (target.body, tuple(sorted(target.headers.items())))
+        path = self._scripts.get(key)
+        if path is None:
+            lines = ['wrk.method = "POST"', f"wrk.body = {_lua_long_string(target.body.decode())}"]
+            lines += [f"wrk.headers[ {_lua_long_string(k)} ] = {_lua_long_string(v)}"
+                      for k, v in target.headers.items()]
+            path = self.workdir / f"wrk-{len(self._scripts)}.lua"
+            path.write_text("\n".join(lines) + "\n" + _WRK_DONE, encoding="utf-8")
+            self._scripts[key] = path
+        return path
+
+    def run(self, target: Target, connections: int, seconds: int) -> LoadResult:
+        threads = max(1, min(self.threads, connections))
+        argv = [self.binary, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, seconds)}s",
+                "--timeout", "10s", "-s", str(self._script(target)), target.url]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._running = proc
+        try:
+            out, _ = proc.communicate(timeout=seconds + 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            self._running = None
+        line = next((ln for ln in out.splitlines() if ln.startswith(JSON_MARK)), None)
+        if proc.returncode != 0 or line is None:
+            raise RuntimeError(f"wrk failed (exit {proc.returncode}): {' '.join(argv)}\n{out}")
+        d = json.loads(line[len(JSON_MARK):])
+        return LoadResult(
+            requests=int(d["requests"]), duration_s=d["duration_us"] / 1e6, p50_us=d["p50_us"], p90_us=d["p90_us"],
+            p99_us=d["p99_us"], mean_us=d["mean_us"], max_us=d["max_us"],
+            errors={k: int(d[k]) for k in ("connect", "read", "write", "timeout", "status")},
+        )
+
+
+class PythonLoad:
+    """Closed-loop fallback: C aiohttp workers, each sending the next request when the last one answered.
+
+    Far slower than wrk (it is Python on the same cores): it caps the measurable req/s well below what
+    the direct backend can do, so ratios against the direct baseline understate the gateway's cost.
+    """
+
+    name = "python-aiohttp"
+
+    def __init__(self) -> None:
+        import aiohttp
+
+        self.version = f"Python closed-loop generator (aiohttp {aiohttp.__version__})"
+
+    def describe(self, connections: int) -> str:
+        return f"{self.version}; 1 process"
+
+    def run(self, target: Target, connections: int, seconds: int) -> LoadResult:
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(self._run(target, connections, float(max(1, seconds))))
+
+    @staticmethod
+    async def _run(target: Target, connections: int, seconds: float) -> LoadResult:
+        import aiohttp
+
+        latencies: list[float] = []
+        errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0}
+        connector = aiohttp.TCPConnector(limit=connections)
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
+                                         timeout=timeout) as session:
+            start = time.perf_counter()
+            end = start + seconds
+
+            async def worker() -> None:
+                clock = time.perf_counter
+                while clock() < end:
+                    t0 = clock()
+                    try:
+                        async with session.post(target.url, data=target.body, headers=target.headers) as resp:
+                            await resp.read()
+                            status = resp.status
+                    except aiohttp.ClientConnectorError:
+                        errors["connect"] += 1
+                        continue
+                    except TimeoutError:
+                        errors["timeout"] += 1
+                        continue
+                    except aiohttp.ClientError:
+                        errors["read"] += 1
+                        continue
+                    latencies.append(clock() - t0)
+                    if not 200 <= status < 300:
+                        errors["status"] += 1
+
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            elapsed = time.perf_counter() - start
+        latencies.sort()
+
+        def pct(p: float) -> float:
+            if not latencies:
+                return 0.0
+            return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6
+
+        return LoadResult(
+            requests=len(latencies) + errors["connect"] + errors["read"] + errors["timeout"], duration_s=elapsed,
+            p50_us=pct(50), p90_us=pct(90), p99_us=pct(99),
+            mean_us=(sum(latencies) / len(latencies) * 1e6) if latencies else 0.0,
+            max_us=latencies[-1] * 1e6 if latencies else 0.0, errors=errors,
+        )
+
+
+def pick_load_generator(choice: str, threads: int, workdir: Path) -> WrkLoad | PythonLoad:
+    binary = shutil.which("wrk")
+    if choice == "python":
+        return PythonLoad()
+    if binary is None:
+        if choice == "wrk":
+            raise SystemExit("wrk is not installed (Debian: apt-get update && apt-get install -y wrk)")
+        print("NOTE: wrk is not installed (Debian: `apt-get update && apt-get install -y wrk`); falling back to a\n"
+              "      Python aiohttp closed-loop load generator, which is itself CPU-bound well below what the\n"
+              "      backends and the gateway can do: absolute req/s and ratios are much less meaningful.\n",
+              flush=True)
+        return PythonLoad()
+    return WrkLoad(binary, threads, workdir)
+
+
+# --------------------------------------------------------------------------------------------
+# /proc readings
+# --------------------------------------------------------------------------------------------
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in the process group (the gateway's group is just its process)."""
+    total = 0
+    for pid in _group_pids(pgid):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds summed over all cores since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this process plus its reaped children (wrk), i.e. the load generator's CPU."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def other_load(seconds: float = 1.0) -> float:
+    """Share (0..1) of all cores busy over ``seconds``, measured before this benchmark starts anything."""
+    b0, t0 = machine_cpu()
+    time.sleep(seconds)
+    b1, t1 = machine_cpu()
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of one process, in kB."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Stack
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Endpoints:
+    fast_url: str
+    fast_proc: localstack.ManagedProcess
+    gateway_url: str
+    gateway_proc: localstack.ManagedProcess
+    ts: localstack.TorchServeEndpoints | None
+    ts_proc: localstack.ManagedProcess | None
+    tf: localstack.TFServingEndpoints | None
+    tf_proc: localstack.ManagedProcess | None
+    failures: dict[str, str]
+
+
+def start_fast_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = localstack.free_port()
+    proc = localstack.spawn_process("fast-backend", [sys.executable, str(FAST_BACKEND), "--port", str(port)],
+                                    cwd=workdir, env=dict(os.environ), log_path=workdir / "fast_backend.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if not proc.running():
+                    raise localstack.LocalStackError(f"fast backend exited:\n{proc.log_tail()}")
+                try:
+                    if client.get(f"{url}/v1/models/fast/versions/1").status_code == 200:
+                        return proc, url
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise localstack.LocalStackError(f"fast backend not ready in 30 s:\n{proc.log_tail()}")
+                time.sleep(0.05)
+    except BaseException:
+        proc.stop()
+        raise
+
+
+def write_routes(path: Path, fast_url: str, ts: localstack.TorchServeEndpoints | None,
+                 tf: localstack.TFServingEndpoints | None) -> None:
+    routes = yaml.safe_load(EXAMPLE_ROUTES.read_text())
+    backends = routes["backends"]
+    # A backend that failed to start points at a closed port: its models answer 503, the rest still works.
+    backends["tfserving"]["url"] = tf.rest_url if tf else f"http://127.0.0.1:{localstack.free_port()}"
+    if ts is not None:
+        backends["torchserve"].update(url=ts.inference_url, management_url=ts.management_url,
+                                      token_file=str(ts.key_file) if ts.key_file else "")
+    else:
+        backends["torchserve"].update(url=f"http://127.0.0.1:{localstack.free_port()}",
+                                      management_url=f"http://127.0.0.1:{localstack.free_port()}", token_file="")
+    backends["fast"] = {"kind": "tfserving", "url": fast_url, "timeout_s": 10, "connect_timeout_s": 1}
+    routes["models"]["fast"] = {"versions": {1: {"backend": "fast", "model": "fast", "version": 1}}}
+    path.write_text(yaml.safe_dump(routes, sort_keys=False), encoding="utf-8")
+
+
+def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[str, str] | None = None) -> Endpoints:
+    """Fast backend, TorchServe and TF Serving in parallel, then the gateway. A real backend that fails to
+    start is reported and its scenarios skipped; the fast backend or the gateway failing is fatal."""
+    failures: dict[str, str] = {}
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="start")
+    futures: dict[str, Future[tuple[localstack.ManagedProcess, Any]]] = {
+        "fast": pool.submit(start_fast_backend, workdir / "fast"),
+        "torchserve": pool.submit(
+            localstack.start_torchserve, workdir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS,
+            token_auth=True, defaults={"mlp": "1", "scale": "2"}),
+        "tfserving": pool.submit(
+            localstack.start_tfserving, workdir / "tfserving", MODEL_REPO / "tfserving" / "models.config",
+            MODEL_REPO / "tfserving", wait_models=TF_MODELS),
+    }
+    results: dict[str, tuple[localstack.ManagedProcess, Any]] = {}
+    try:
+        wait_futures(list(futures.values()))
+    finally:
+        pool.shutdown(wait=True)  # on Ctrl-C: let the starts finish (bounded), so their processes get stopped
+        for name, fut in futures.items():
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if exc is None:
+                results[name] = fut.result()
+                stack.add(results[name][0])
+            else:
+                failures[name] = f"{type(exc).__name__}: {exc}"
+    if "fast" not in results:
+        raise SystemExit(f"the fast backend did not start: {failures.get('fast')}")
+    for name, why in failures.items():
+        print(f"WARNING: {name} did not start; its scenarios are skipped.\n{why}\n", file=sys.stderr, flush=True)
+    fast_proc, fast_url = results["fast"]
+    ts_proc, ts = results.get("torchserve", (None, None))
+    tf_proc, tf = results.get("tfserving", (None, None))
+    routes = workdir / "routes.yaml"
+    write_routes(routes, fast_url, ts, tf)
+    gw_proc, gw_url = stack.add_started(localstack.start_gateway(workdir / "gateway", routes, env=gateway_env))
+    return Endpoints(fast_url, fast_proc, gw_url, gw_proc, ts, ts_proc, tf, tf_proc, failures)
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------
+
+
+def build_scenarios(ep: Endpoints) -> list[Scenario]:
+    g = ep.gateway_url
+    out = [
+        Scenario(
+            "fast_tf_predict", "fast backend, TF predict", "fast",
+            Target("direct", "direct", f"{ep.fast_url}/v1/models/fast/versions/1:predict", TF_ROW_BODY, JSON_HEADERS),
+            [Target("gateway /v1 (pass-through)", "gateway", f"{g}/v1/models/fast/versions/1:predict", TF_ROW_BODY,
+                    JSON_HEADERS)],
+            note="TF front -> TF backend: body forwarded unchanged"),
+        Scenario(
+            "fast_v2_translate", "fast backend, v2 infer", "fast",
+            Target("direct (TF columnar)", "direct", f"{ep.fast_url}/v1/models/fast/versions/1:predict",
+                   TF_COLUMNAR_BODY, JSON_HEADERS),
+            [Target("gateway /v2 -> TF (translate)", "gateway", f"{g}/v2/models/fast/versions/1/infer", V2_BODY,
+                    JSON_HEADERS)],
+            note="v2 JSON -> TF columnar JSON -> v2 JSON; direct sends the columnar body the gateway sends"),
+    ]
+    tf_direct = f"{ep.tf.rest_url}/v1/models/affine/versions/2:predict" if ep.tf else ""
+    tf_kind = ("real TF Serving" if ep.tf.real_binary else "TF Serving stand-in") if ep.tf else "TF Serving"
+    out.append(Scenario(
+        "tfserving_affine", f"{tf_kind}, affine predict", "tfserving",
+        Target("direct", "direct", tf_direct, TF_ROW_BODY, JSON_HEADERS),
+        [Target("gateway /v1 (pass-through)", "gateway", f"{g}/v1/models/affine/versions/2:predict", TF_ROW_BODY,
+                JSON_HEADERS)],
+        skipped="" if ep.tf else f"TF Serving did not start: {ep.failures.get('tfserving', '?')}"))
+    ts_headers = dict(JSON_HEADERS)
+    skipped = ""
+    if ep.ts is not None and ep.ts.key_file is not None:
+        ts_headers.update(ep.ts.auth_headers("inference"))
+    elif ep.ts is None:
+        skipped = f"TorchServe did not start: {ep.failures.get('torchserve', '?')}"
+    out.append(Scenario(
+        "torchserve_scale", "TorchServe, scale v2", "torchserve",
+        Target("direct (bearer key)", "direct", f"{ep.ts.inference_url}/predictions/scale/2" if ep.ts else "",
+               V2_BODY, ts_headers),
+        [Target("gateway /predictions (pass-through)", "gateway", f"{g}/predictions/scale/2", V2_BODY, JSON_HEADERS),
+         Target("gateway /v2 -> TS (translate)", "gateway", f"{g}/v2/models/scale/versions/2/infer", V2_BODY,
+                JSON_HEADERS)],
+        skipped=skipped))
+    return out
+
+
+def check_targets(scenario: Scenario) -> None:
+    """One request per target before any load: a wrong URL or a refused key fails loudly, not as 'fast 4xx'."""
+    with httpx.Client(timeout=30) as client:
+        for t in (scenario.direct, *scenario.gateways):
+            try:
+                r = client.post(t.url, content=t.body, headers=t.headers)
+            except httpx.HTTPError as exc:
+                scenario.skipped = f"{t.label}: POST {t.url} failed: {type(exc).__name__}: {exc}"
+                return
+            if r.status_code != 200:
+                scenario.skipped = f"{t.label}: POST {t.url} answered {r.status_code}: {r.text[:300]}"
+                return
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, ep: Endpoints, load: WrkLoad | PythonLoad, duration: int, warmup: int) -> None:
+        self.ep = ep
+        self.load = load
+        self.duration = duration
+        self.warmup = warmup
+        self.groups: dict[str, localstack.ManagedProcess | None] = {
+            "fast": ep.fast_proc, "tfserving": ep.tf_proc, "torchserve": ep.ts_proc}
+
+    def measure(self, scenario: Scenario, target: Target, connections: int) -> Measurement:
+        if self.warmup > 0:
+            self.load.run(target, connections, self.warmup)
+        backend = self.groups.get(scenario.backend)
+        ours = [p.pgid for p in (self.ep.gateway_proc, *self.groups.values()) if p is not None]
+        gw0 = cpu_seconds(self.ep.gateway_proc.pgid)
+        be0 = cpu_seconds(backend.pgid) if backend else 0.0
+        ours0 = sum(cpu_seconds(g) for g in ours)
+        lg0 = own_cpu_seconds()
+        busy0, total0 = machine_cpu()
+        res = self.load.run(target, connections, self.duration)
+        busy1, total1 = machine_cpu()
+        lg1 = own_cpu_seconds()
+        ours1 = sum(cpu_seconds(g) for g in ours)
+        gw1 = cpu_seconds(self.ep.gateway_proc.pgid)
+        be1 = cpu_seconds(backend.pgid) if backend else 0.0
+        n = max(1, res.requests)
+        span = total1 - total0
+        other = (busy1 - busy0) - (ours1 - ours0) - (lg1 - lg0)
+        return Measurement(
+            scenario=scenario.key, target=target.label, role=target.role, url=target.url, concurrency=connections,
+            requests=res.requests, duration_s=round(res.duration_s, 3),
+            rps=round(res.requests / res.duration_s, 1) if res.duration_s > 0 else 0.0,
+            p50_ms=round(res.p50_us / 1000, 3), p90_ms=round(res.p90_us / 1000, 3),
+            p99_ms=round(res.p99_us / 1000, 3), mean_ms=round(res.mean_us / 1000, 3),
+            max_ms=round(res.max_us / 1000, 3), errors=res.errors, non_2xx=res.errors.get("status", 0),
+            gateway_cpu_us_per_req=round((gw1 - gw0) / n * 1e6, 1) if target.role == "gateway" else None,
+            backend_cpu_us_per_req=round((be1 - be0) / n * 1e6, 1) if backend else None,
+            loadgen_cpu_us_per_req=round((lg1 - lg0) / n * 1e6, 1),
+            machine_busy_pct=round(100 * (busy1 - busy0) / span, 1) if span > 0 else None,
+            other_cpu_pct=round(max(0.0, 100 * other / span), 1) if span > 0 else None,
+        )
+
+
+def run_scenarios(bench: Bench, scenarios: Sequence[Scenario], concurrencies: Sequence[int],
+                  repeat: int = 1) -> list[Measurement]:
+    """Direct, then each gateway path, per scenario and concurrency; ``repeat`` rounds of that sequence
+    (interleaved, so slow drifts hit both sides alike) are folded into medians."""
+    results: list[Measurement] = []
+    for scenario in scenarios:
+        if scenario.skipped:
+            continue
+        targets = [scenario.direct, *scenario.gateways]
+        for c in concurrencies:
+            runs: list[list[Measurement]] = [[] for _ in targets]
+            for _ in range(repeat):
+                for i, target in enumerate(targets):
+                    m = bench.measure(scenario, target, c)
+                    runs[i].append(m)
+                    _progress(m)
+            direct, *gateways = (median_of(r) for r in runs)
+            results.append(direct)
+            for m in gateways:
+                if direct.rps > 0:
+                    m.ratio_rps = round(m.rps / direct.rps, 3)
+                m.added_p50_ms = round(m.p50_ms - direct.p50_ms, 3)
+                results.append(m)
+    return results
+
+
+def median_of(runs: Sequence[Measurement]) -> Measurement:
+    """One Measurement from repeated runs: the median of every figure, the sum of requests and errors."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def med(name: str) -> Any:
+        values = [getattr(r, name) for r in runs if getattr(r, name) is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    first = runs[0]
+    errors = {k: sum(r.errors.get(k, 0) for r in runs) for k in first.errors}
+    out = Measurement(
+        scenario=first.scenario, target=first.target, role=first.role, url=first.url,
+        concurrency=first.concurrency, requests=sum(r.requests for r in runs),
+        duration_s=round(sum(r.duration_s for r in runs), 3), rps=med("rps"), p50_ms=med("p50_ms"),
+        p90_ms=med("p90_ms"), p99_ms=med("p99_ms"), mean_ms=med("mean_ms"), max_ms=max(r.max_ms for r in runs),
+        errors=errors, non_2xx=sum(r.non_2xx for r in runs),
+        gateway_cpu_us_per_req=med("gateway_cpu_us_per_req"), backend_cpu_us_per_req=med("backend_cpu_us_per_req"),
+        loadgen_cpu_us_per_req=med("loadgen_cpu_us_per_req"), machine_busy_pct=med("machine_busy_pct"),
+        other_cpu_pct=med("other_cpu_pct"))
+    out.runs = [{"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "other_cpu_pct": r.other_cpu_pct}
+                for r in runs]
+    return out
+
+
+def _progress(m: Measurement) -> None:
+    print(f"  {m.scenario:<18} {m.target:<36} c={m.concurrency:<3} {m.rps:>9,.0f} req/s  p50 {m.p50_ms:.2f} ms  "
+          f"p99 {m.p99_ms:.2f} ms  errors {m.error_total}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return format(value, ("+" if signed else "") + spec)
+
+
+def render_table(scenarios: Sequence[Scenario], results: Sequence[Measurement]) -> str:
+    header = ("scenario", "path", "c", "req/s", "p50 ms", "p99 ms", "gw/direct", "+p50 ms", "gw CPU us/req",
+              "backend CPU us/req", "other CPU %", "errors")
+    rows: list[tuple[str, ...]] = []
+    titles = {s.key: s.title for s in scenarios}
+    last = None
+    for m in results:
+        title = titles.get(m.scenario, m.scenario) if m.scenario != last else ""
+        last = m.scenario
+        rows.append((title, m.target, str(m.concurrency), _fmt(m.rps, ",.0f"), _fmt(m.p50_ms, ".2f"),
+                     _fmt(m.p99_ms, ".2f"), _fmt(m.ratio_rps, ".2f"), _fmt(m.added_p50_ms, ".2f", signed=True),
+                     _fmt(m.gateway_cpu_us_per_req, ",.0f"), _fmt(m.backend_cpu_us_per_req, ",.0f"),
+                     _fmt(m.other_cpu_pct, ".0f"), str(m.error_total)))
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    left = {0, 1}
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                                 strict=True)))
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    for r in rows:
+        if r[0] and len(out) > 2:
+            out.append("")
+        out.append(line(r))
+    return "\n".join(out)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("uvicorn", "httptools", "uvloop", "aiohttp", "orjson"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=int, default=None, help="seconds per measurement (default 10, --quick 2)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up seconds before each measurement (default 2, "
+                                                               "--quick 1)")
+    p.add_argument("--connections", "-c", type=int, default=32, help="concurrency C (default 32)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of each measurement, reported as medians "
+                                                         "(default 1)")
+    p.add_argument("--quick", action="store_true", help="smoke run: ~2 s per measurement, concurrency C only")
+    p.add_argument("--scenarios", default="", help="comma-separated scenario keys to run (default: all): "
+                                                    "fast_tf_predict, fast_v2_translate, tfserving_affine, "
+                                                    "torchserve_scale")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                   help="load generator (auto: wrk when installed, else Python)")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the gateway process (repeatable), e.g. GATEWAY_GRPC_PORT=0")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    p.add_argument("--workdir", type=Path, help="where the processes' logs go (default: a temporary directory, "
+                                                "removed at the end)")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2 if args.quick else 10
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    for item in args.gateway_env:
+        if "=" not in item:
+            p.error(f"--gateway-env {item!r}: expected KEY=VALUE")
+    args.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
+    if args.connections < 1 or args.duration < 1 or args.repeat < 1:
+        p.error("--connections, --duration and --repeat must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="bench-")) if own_workdir else args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(args, workdir)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process started here has been stopped", file=sys.stderr)
+        return 130
+    except localstack.LocalStackError as exc:
+        print(f"\nERROR: {exc}\n(every process started here has been stopped)", file=sys.stderr)
+        return 2
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, workdir: Path) -> int:
+    load = pick_load_generator(args.loadgen, args.threads, workdir)
+    concurrencies = [args.connections] if args.quick else list(dict.fromkeys([args.connections, 1]))
+    ncpu = os.cpu_count() or 1
+    print(f"machine: {ncpu} CPU(s), {_cpu_model()}; Python {platform.python_version()}", flush=True)
+    print(f"load generator: {load.describe(args.connections)}; {args.duration} s per measurement after a "
+          f"{args.warmup} s warm-up; concurrency {', '.join(map(str, concurrencies))}"
+          + (f"; {args.repeat} rounds each, medians reported" if args.repeat > 1 else ""), flush=True)
+    print(f"NOTE: the load generator runs on the same {ncpu} core(s) as the gateway and the backends and competes "
+          "with them for CPU: every req/s is a lower bound of what the servers could do alone, and ratios compare "
+          "runs that share the machine the same way.\n", flush=True)
+
+    background = other_load()
+    print(f"CPU busy before starting anything: {100 * background:.0f}% of {ncpu} core(s)", flush=True)
+    if background > 0.10:
+        print("WARNING: other processes are using the CPU; the figures below will be noisy "
+              "(see the 'other CPU %' column).", flush=True)
+
+    with localstack.Stack() as stack:
+        t0 = time.monotonic()
+        print("starting the fast backend, TorchServe, TF Serving and the gateway ...", flush=True)
+        ep = start_everything(stack, workdir, args.gateway_env)
+        tf_kind = ("real binary" if ep.tf.real_binary else "stand-in") if ep.tf else "not started"
+        print(f"  started in {time.monotonic() - t0:.1f} s: gateway {ep.gateway_url} (pid {ep.gateway_proc.pgid}), "
+              f"fast backend {ep.fast_url}, TorchServe {ep.ts.inference_url if ep.ts else '-'}, TF Serving "
+              f"{ep.tf.rest_url if ep.tf else '-'} ({tf_kind})", flush=True)
+
+        scenarios = build_scenarios(ep)
+        wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        unknown = set(wanted) - {s.key for s in scenarios}
+        if unknown:
+            raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+        if wanted:
+            scenarios = [s for s in scenarios if s.key in wanted]
+        for s in scenarios:
+            if not s.skipped:
+                check_targets(s)
+            if s.skipped:
+                print(f"WARNING: scenario {s.key} skipped: {s.skipped}", file=sys.stderr, flush=True)
+
+        bench = Bench(ep, load, args.duration, args.warmup)
+        # Warm the gateway on every path it will serve (pools, caches, metadata), then read its memory.
+        for s in scenarios:
+            for target in s.gateways if not s.skipped else ():
+                load.run(target, args.connections, max(1, args.warmup))
+        mem_warm = memory_kb(ep.gateway_proc.pgid)
+        print(f"gateway RSS after warm-up: {mem_warm.get('VmRSS', 0) / 1024:.1f} MiB\n", flush=True)
+
+        print("measuring (direct, then through the gateway, for each scenario and concurrency):", flush=True)
+        results = run_scenarios(bench, scenarios, concurrencies, args.repeat)
+        mem_end = memory_kb(ep.gateway_proc.pgid)
+
+        print("\n" + render_table(scenarios, results) + "\n")
+        print("gw/direct: gateway req/s divided by direct req/s for the same request at the same concurrency;\n"
+              "+p50 ms: gateway p50 minus direct p50. CPU us/req: utime+stime from /proc over the measured run,\n"
+              "divided by the requests completed (gateway process; backend = its whole process group).\n"
+              "other CPU %: share of all cores used by processes this benchmark did not start (noise).\n"
+              "errors: connect/read/write/timeout errors plus answers with status >= 400.")
+        for s in scenarios:
+            print(f"  {s.key}: {s.title}" + (f" -- {s.note}" if s.note else "")
+                  + (f" [SKIPPED: {s.skipped.splitlines()[0]}]" if s.skipped else ""))
+        print(f"gateway RSS: {mem_warm.get('VmRSS', 0) / 1024:.1f} MiB after warm-up, "
+              f"{mem_end.get('VmRSS', 0) / 1024:.1f} MiB at the end (peak {mem_end.get('VmHWM', 0) / 1024:.1f} MiB)")
+        print("gateway forwarding stack: uvicorn (httptools, uvloop), raw ASGI app, aiohttp client pool per backend "
+              f"({', '.join(f'{k} {v}' for k, v in _versions().items())})", flush=True)
+
+        if args.json:
+            doc = {
+                "meta": {
+                    "cpus": ncpu, "cpu_model": _cpu_model(), "python": platform.python_version(),
+                    "load_generator": load.name, "load_generator_detail": load.describe(args.connections),
+                    "duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
+                    "connections": args.connections,
+                    "concurrencies": concurrencies, "quick": args.quick, "tfserving": tf_kind,
+                    "gateway_env": args.gateway_env,
+                    "versions": _versions(),
+                    "note": "load generator shares the CPU cores with the gateway and the backends",
+                    "cpu_busy_before_start_pct": round(100 * background, 1),
+                },
+                "process_groups": {name: proc.pgid for name, proc in (
+                    ("gateway", ep.gateway_proc), ("fast", ep.fast_proc), ("torchserve", ep.ts_proc),
+                    ("tfserving", ep.tf_proc)) if proc is not None},
+                "gateway": {"pid": ep.gateway_proc.pgid, "rss_kb_after_warmup": mem_warm.get("VmRSS"),
+                            "rss_kb_end": mem_end.get("VmRSS"), "rss_kb_peak": mem_end.get("VmHWM")},
+                "scenarios": [{
+                    "key": s.key, "title": s.title, "backend": s.backend, "note": s.note, "skipped": s.skipped,
+                    "measurements": [asdict(m) for m in results if m.scenario == s.key],
+                } for s in scenarios],
+            }
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            print(f"figures written to {args.json}")
+        print("stopping every process started here ...", flush=True)
+    return 1 if any(s.skipped for s in scenarios) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

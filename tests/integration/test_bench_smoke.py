@@ -1,0 +1,67 @@
+"""Smoke test of load_tests/bench_overhead.py: it starts its whole stack, measures every scenario and cleans up.
+
+No timing thresholds: speed targets are not unit tests. This only checks that every path is measured, that
+each one served requests, and that none of them answered an error.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCH = REPO_ROOT / "load_tests" / "bench_overhead.py"
+SCENARIOS = {"fast_tf_predict", "fast_v2_translate", "tfserving_affine", "torchserve_scale"}
+
+
+@pytest.mark.timeout(180)
+def test_bench_overhead_quick(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    doc = json.loads(out.read_text())
+
+    scenarios = {s["key"]: s for s in doc["scenarios"]}
+    assert set(scenarios) == SCENARIOS
+    for key, scenario in scenarios.items():
+        assert not scenario["skipped"], f"{key}: {scenario['skipped']}"
+        measurements = scenario["measurements"]
+        roles = {m["role"] for m in measurements}
+        assert roles == {"direct", "gateway"}, f"{key}: measured {roles}"
+        for m in measurements:
+            where = f"{key} / {m['target']} c={m['concurrency']}"
+            assert m["requests"] > 0 and m["rps"] > 0, f"{where}: no requests served"
+            assert m["non_2xx"] == 0, f"{where}: {m['non_2xx']} non-2xx answers"
+            assert sum(m["errors"].values()) == 0, f"{where}: errors {m['errors']}"
+            if m["role"] == "gateway":
+                assert m["ratio_rps"] is not None and m["ratio_rps"] > 0, where
+                assert m["gateway_cpu_us_per_req"] is not None, where
+    assert doc["gateway"]["rss_kb_after_warmup"] > 0
+    assert doc["gateway"]["rss_kb_end"] > 0
+    # Every process group the benchmark started is gone.
+    assert set(doc["process_groups"]) == {"gateway", "fast", "torchserve", "tfserving"}
+    for name, pgid in doc["process_groups"].items():
+        assert not _live_members(pgid), f"{name}: process group {pgid} still has live processes"
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Pids of the non-zombie processes in a process group."""
+    live = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            live.append(int(entry.name))
+    return live
