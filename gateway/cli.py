@@ -21,7 +21,7 @@ def serve(settings: Settings) -> None:
 
     # Fail before forking workers when the routes file is invalid, with the validator's message.
     load_routes(settings.routes_file)
-    os.environ["GATEWAY_ROUTES_FILE"] = str(settings.routes_file)
+    os.environ.update(settings.to_env())  # uvicorn's factory (in every worker) rebuilds Settings from these
     uvicorn.run(
         "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the gateway (settings from GATEWAY_* environment variables)")
     p_serve.add_argument("--routes", type=Path, help="routes file (default: $GATEWAY_ROUTES_FILE or routes.yaml)")
     p_serve.add_argument("--port", type=int)
+    p_serve.add_argument("--grpc-port", type=int, help="0 turns gRPC off (default: $GATEWAY_GRPC_PORT or 8001)")
     p_serve.add_argument("--workers", type=int)
     p_dev = sub.add_parser("dev", help="start TorchServe, TF Serving (real or stand-in) and the gateway locally")
     p_dev.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+    p_dev.add_argument("--grpc-port", type=int, default=int(os.environ.get("GATEWAY_GRPC_PORT", "8001")))
     p_dev.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "dev")
     p_dev.add_argument("--no-token-auth", action="store_true", help="start TorchServe without token auth")
     p_check = sub.add_parser("check-routes", help="validate a routes file and exit")
@@ -62,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         from gateway.devstack import run_dev
 
-        return run_dev(port=args.port, workdir=args.workdir, token_auth=not args.no_token_auth)
+        return run_dev(port=args.port, grpc_port=args.grpc_port, workdir=args.workdir,
+                       token_auth=not args.no_token_auth)
     settings = Settings.from_env()
-    overrides = {k: v for k, v in (("routes_file", args.routes), ("port", args.port), ("workers", args.workers))
-                 if v is not None}
+    overrides = {k: v for k, v in (("routes_file", args.routes), ("port", args.port), ("grpc_port", args.grpc_port),
+                                   ("workers", args.workers)) if v is not None}
     try:
         serve(dataclasses.replace(settings, **overrides))
     except ConfigError as exc:

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.errors import ConfigError
-from gateway.types import V2_TO_NUMPY, BackendKind, ModelSchema, TensorSpec
+from gateway.types import V2_TO_NUMPY, BackendKind, ModelSchema, TensorSpec, Transport
 
 BACKEND_KINDS: tuple[BackendKind, ...] = ("tfserving", "torchserve")
+TRANSPORTS: tuple[Transport, ...] = ("rest", "grpc")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -26,6 +27,9 @@ class BackendConfig:
     kind: BackendKind
     url: str
     management_url: str | None = None
+    transport: Transport = "rest"  # how inference calls reach the backend
+    grpc_target: str | None = None  # host:port of its inference gRPC API (TF Serving 8500, TorchServe 7070)
+    grpc_management_target: str | None = None  # TorchServe's management gRPC API (7071)
     token_file: Path | None = None
     timeout_s: float = 30.0
     connect_timeout_s: float = 2.0
@@ -151,11 +155,21 @@ class _Parser:
             self.fail(path, f"{text!r} must be an http(s) URL with a host")
         return text
 
+    def target_address(self, value: Any, path: str) -> str | None:
+        """A gRPC target: host:port, optionally with a scheme such as dns:///host:port."""
+        if value is None:
+            return None
+        text = self.string(value, path)
+        host, sep, port = text.rpartition("/")[2].rpartition(":")
+        if not sep or not host or not port.isdigit():
+            self.fail(path, f"{text!r} must be host:port")
+        return text
+
     def backend(self, name: str, spec: Any) -> BackendConfig:
         path = f"backends.{name}"
         self.name(name, path)
         allowed = {"kind", "url", "management_url", "token_file", "timeout_s", "connect_timeout_s",
-                   "max_connections"}
+                   "max_connections", "transport", "grpc_target", "grpc_management_target"}
         m = self.mapping(spec, path, required={"kind", "url"}, allowed=allowed)
         kind = self.string(m["kind"], f"{path}.kind")
         if kind not in BACKEND_KINDS:
@@ -165,9 +179,21 @@ class _Parser:
             token = None  # an empty value (e.g. an unset ${VAR:-}) means token auth is off
         if token is not None and kind != "torchserve":
             self.fail(f"{path}.token_file", "only torchserve backends use a token file")
+        transport = self.string(m.get("transport", "rest"), f"{path}.transport")
+        if transport not in TRANSPORTS:
+            self.fail(f"{path}.transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}")
+        grpc_target = self.target_address(m.get("grpc_target"), f"{path}.grpc_target")
+        if transport == "grpc" and grpc_target is None:
+            self.fail(f"{path}.grpc_target", "is required when transport is grpc (host:port)")
+        grpc_management = self.target_address(m.get("grpc_management_target"), f"{path}.grpc_management_target")
+        if grpc_management is not None and kind != "torchserve":
+            self.fail(f"{path}.grpc_management_target", "only torchserve backends have a management gRPC API")
         return BackendConfig(
             name=name,
             kind=kind,  # type: ignore[arg-type]
+            transport=transport,  # type: ignore[arg-type]
+            grpc_target=grpc_target,
+            grpc_management_target=grpc_management,
             url=self.url(m["url"], f"{path}.url"),
             management_url=None if m.get("management_url") is None
             else self.url(m["management_url"], f"{path}.management_url"),

@@ -6,7 +6,7 @@ from gateway.backends.base import Backend, Backends
 from gateway.control.store import RouteStore
 from gateway.errors import InvalidArgument
 from gateway.routing import Route
-from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor
+from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor, TensorSpec
 
 
 class DataPlane:
@@ -24,15 +24,18 @@ class DataPlane:
         return self.backends.get(route.backend)
 
     async def infer(self, request: InferRequest, route: Route) -> InferResponse:
-        # TF Serving does not check shapes against the signature itself (a wrong width can even "work"),
-        # so validate against the declared schema, else the backend's own (cached) signature.
-        schema = route.model.schema or await self.backend(route).schema(route.target, request.signature_name)
+        schema = await self.input_schema(route, request.signature_name)
         if schema is not None:
             check_inputs(request, schema)
         response = await self.backend(route).infer(route.target, request)
         outputs = select_outputs(response.outputs, request.output_names)
         return InferResponse(outputs=outputs, model_name=route.target.logical_model,
                              model_version=route.target.logical_version, id=request.id)
+
+    async def input_schema(self, route: Route, signature: str | None) -> ModelSchema | None:
+        """What inputs are checked against: TF Serving does not check shapes against the signature itself (a
+        wrong width can even "work"), so the declared schema, else the backend's own (cached) signature."""
+        return route.model.schema or await self.backend(route).schema(route.target, signature)
 
     async def forward(self, route: Route, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
         """A body already in the backend's protocol goes through unchanged (no decode on this path)."""
@@ -52,15 +55,19 @@ class DataPlane:
 
 def check_inputs(request: InferRequest, schema: ModelSchema) -> None:
     """Names, datatypes and shapes against the declared schema, before anything reaches a backend."""
+    check_specs(request.model.name, [TensorSpec(t.name, t.datatype, t.shape) for t in request.inputs], schema)
+
+
+def check_specs(model: str, given: list[TensorSpec], schema: ModelSchema) -> None:
+    """The same check for inputs known only by their headers (a forwarded TensorProto is never decoded)."""
     specs = {s.name: s for s in schema.inputs}
-    given = {t.name for t in request.inputs}
-    missing = sorted(specs.keys() - given)
+    missing = sorted(specs.keys() - {t.name for t in given})
     if missing:
-        raise InvalidArgument(f"model '{request.model.name}' needs input(s) {', '.join(missing)}")
-    for tensor in request.inputs:
+        raise InvalidArgument(f"model '{model}' needs input(s) {', '.join(missing)}")
+    for tensor in given:
         spec = specs.get(tensor.name)
         if spec is None:
-            raise InvalidArgument(f"model '{request.model.name}' has no input '{tensor.name}' "
+            raise InvalidArgument(f"model '{model}' has no input '{tensor.name}' "
                                   f"(inputs: {', '.join(sorted(specs))})")
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(f"input '{tensor.name}': datatype {tensor.datatype} given, model expects "

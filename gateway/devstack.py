@@ -17,7 +17,7 @@ TORCHSERVE_MODELS = (("mlp", "1", "mlp-1.mar"), ("mlp", "2", "mlp-2.mar"),
 TF_MODELS = ("affine", "mlp", "multi")
 
 
-def run_dev(port: int, workdir: Path, token_auth: bool = True) -> int:
+def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -39,19 +39,21 @@ def run_dev(port: int, workdir: Path, token_auth: bool = True) -> int:
         })
         routes = workdir / "routes.yaml"
         shutil.copyfile(EXAMPLE_ROUTES, routes)
-        print(banner(port, ts, tf, routes, "real binary" if tf.real_binary else "stand-in"), flush=True)
+        tf_kind = "real binary" if tf.real_binary else "stand-in"
+        print(banner(port, grpc_port, ts, tf, routes, tf_kind), flush=True)
         from gateway.cli import serve
 
-        serve(Settings(routes_file=routes, host="127.0.0.1", port=port))
+        serve(Settings(routes_file=routes, host="127.0.0.1", port=port, grpc_port=grpc_port))
     return 0
 
 
-def banner(port: int, ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEndpoints, routes: Path,
-           tf_kind: str) -> str:
+def banner(port: int, grpc_port: int, ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEndpoints,
+           routes: Path, tf_kind: str) -> str:
     g = f"http://127.0.0.1:{port}"
     return f"""
 Model Gateway local stack
   gateway      {g}   (routes: {routes}; edit it and the gateway reloads within a second)
+               gRPC 127.0.0.1:{grpc_port} (v2 inference.GRPCInferenceService, tensorflow.serving.*, health, reflection)
   TorchServe   {ts.inference_url} (management {ts.management_url}, metrics {ts.metrics_url})
   TF Serving   {tf.rest_url} (gRPC {tf.grpc_target}; {tf_kind})
 

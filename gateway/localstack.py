@@ -933,7 +933,8 @@ def start_gateway(
 ) -> tuple[ManagedProcess, str]:
     """Run ``python -m gateway serve --routes ROUTES --port PORT`` on 127.0.0.1; return it and its URL.
 
-    ``env`` adds GATEWAY_* settings (GATEWAY_HOST defaults to 127.0.0.1, GATEWAY_WORKERS to 1).
+    ``env`` adds GATEWAY_* settings (GATEWAY_HOST defaults to 127.0.0.1, GATEWAY_WORKERS to 1, and
+    GATEWAY_GRPC_PORT to a free port, so that gateways started side by side never collide).
     Waits for ``GET /v2/health/live`` to answer 200; on failure stops it and raises with the log tail.
     """
     t_start = time.monotonic()
@@ -944,6 +945,7 @@ def start_gateway(
     child_env = dict(os.environ)
     child_env.setdefault("GATEWAY_HOST", "127.0.0.1")
     child_env["GATEWAY_WORKERS"] = "1"
+    child_env["GATEWAY_GRPC_PORT"] = str(free_port())
     child_env.update(env or {})
     child_env["GATEWAY_PORT"] = str(port)
     repo_root = str(Path(__file__).resolve().parent.parent)

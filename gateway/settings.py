@@ -13,6 +13,7 @@ class Settings:
     routes_file: Path = Path("routes.yaml")
     host: str = "0.0.0.0"
     port: int = 8000
+    grpc_port: int = 8001  # 0 turns the gRPC listener off
     workers: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
     routes_poll_s: float = 1.0
@@ -26,11 +27,22 @@ class Settings:
             routes_file=Path(env.get("GATEWAY_ROUTES_FILE", str(d.routes_file))),
             host=env.get("GATEWAY_HOST", d.host),
             port=_int(env, "GATEWAY_PORT", d.port),
+            grpc_port=_int(env, "GATEWAY_GRPC_PORT", d.grpc_port),
             workers=_int(env, "GATEWAY_WORKERS", d.workers),
             max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes),
             routes_poll_s=float(env.get("GATEWAY_ROUTES_POLL_S", d.routes_poll_s)),
             log_level=env.get("GATEWAY_LOG_LEVEL", d.log_level).lower(),
         )
+
+
+    def to_env(self) -> dict[str, str]:
+        """The same settings as environment variables, for worker processes that build their own."""
+        return {
+            "GATEWAY_ROUTES_FILE": str(self.routes_file), "GATEWAY_HOST": self.host, "GATEWAY_PORT": str(self.port),
+            "GATEWAY_GRPC_PORT": str(self.grpc_port), "GATEWAY_WORKERS": str(self.workers),
+            "GATEWAY_MAX_BODY_BYTES": str(self.max_body_bytes), "GATEWAY_ROUTES_POLL_S": str(self.routes_poll_s),
+            "GATEWAY_LOG_LEVEL": self.log_level,
+        }
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

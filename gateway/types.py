@@ -26,6 +26,7 @@ V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
 NUMPY_TO_V2: dict[np.dtype[Any], str] = {v: k for k, v in V2_TO_NUMPY.items()}
 
 BackendKind = Literal["tfserving", "torchserve"]
+Transport = Literal["rest", "grpc"]
 
 
 @dataclass(frozen=True, slots=True)

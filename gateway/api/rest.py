@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from gateway.api import tf_rest, torchserve_rest, v2_rest
 from gateway.api.asgi import ClientDisconnected, Front, Receive, Request, Response, Scope, Send, send_response
@@ -14,6 +15,9 @@ from gateway.control.store import RouteStore
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, NotFound
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.api.grpc import GrpcFront
 
 log = logging.getLogger("gateway")
 
@@ -35,6 +39,7 @@ class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.plane: DataPlane | None = None
+        self.grpc: GrpcFront | None = None
         self._watch: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -50,10 +55,17 @@ class GatewayApp:
             backends.get(config)
         self.plane = DataPlane(store, backends)
         self._watch = asyncio.create_task(store.watch(self.settings.routes_poll_s))
+        if self.settings.grpc_port:
+            from gateway.api.grpc import GrpcFront  # grpc servicers load only when the listener is on
+
+            self.grpc = GrpcFront(self.plane, self.settings)
+            await self.grpc.start()
         log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
                  store.path, len(store.current.models), len(store.current.backends))
 
     async def shutdown(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

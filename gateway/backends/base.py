@@ -50,11 +50,19 @@ class Backends:
 
 
 def _create(config: BackendConfig) -> Backend:
-    # Imported here so each adapter module stays independent of the registry.
+    # Imported here so each adapter module (and grpc for the REST ones) loads only when a backend uses it.
     if config.kind == "tfserving":
+        if config.transport == "grpc":
+            from gateway.backends.tfserving_grpc import TFServingGrpcBackend
+
+            return TFServingGrpcBackend(config)
         from gateway.backends.tfserving import TFServingBackend
 
         return TFServingBackend(config)
+    if config.transport == "grpc":
+        from gateway.backends.torchserve_grpc import TorchServeGrpcBackend
+
+        return TorchServeGrpcBackend(config)
     from gateway.backends.torchserve import TorchServeBackend
 
     return TorchServeBackend(config)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from gateway.config import BackendConfig
+from gateway.deadline import timeout_for
 from gateway.errors import BackendError, BackendTimeout, BackendUnavailable
 
 
@@ -41,8 +42,8 @@ class HttpClient:
         """Send once, and once more if a pooled keep-alive connection was closed under us (inference and
         status calls are idempotent). Connection failures -> 503, timeouts -> 504, other client errors -> 502."""
         session = self._open()
-        timeout = aiohttp.ClientTimeout(total=timeout_s or self.config.timeout_s,
-                                        sock_connect=self.config.connect_timeout_s)
+        limit = timeout_for(timeout_s or self.config.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=limit, sock_connect=self.config.connect_timeout_s)
         name = self.config.name
         for attempt in (1, 2):
             try:

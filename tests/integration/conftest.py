@@ -22,6 +22,7 @@ MAX_BODY_BYTES = 1024 * 1024
 @dataclass(frozen=True)
 class Gateway:
     url: str
+    grpc_target: str
     routes_file: Path
     process: localstack.ManagedProcess
 
@@ -90,9 +91,21 @@ def build_routes(ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEnd
     backends["tfserving"]["url"] = tf.rest_url
     backends["torchserve"].update(url=ts.inference_url, management_url=ts.management_url,
                                   token_file=str(ts.key_file))
+    # The same servers over their gRPC APIs: every front must reach both backend kinds over both transports.
+    backends["tfserving_grpc"] = {"kind": "tfserving", "url": tf.rest_url, "transport": "grpc",
+                                  "grpc_target": tf.grpc_target, "timeout_s": 10}
+    backends["torchserve_grpc"] = {"kind": "torchserve", "url": ts.inference_url, "transport": "grpc",
+                                   "grpc_target": ts.grpc_inference_target, "management_url": ts.management_url,
+                                   "grpc_management_target": ts.grpc_management_target,
+                                   "token_file": str(ts.key_file), "timeout_s": 10}
     backends["down"] = {"kind": "torchserve", "url": f"http://127.0.0.1:{localstack.free_port()}",
                         "management_url": f"http://127.0.0.1:{localstack.free_port()}", "connect_timeout_s": 1}
     backends["hanging"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 0.5}
+    models = routes["models"]
+    models["affine_grpc"] = {**models["affine"], "versions": {
+        v: {**t, "backend": "tfserving_grpc"} for v, t in models["affine"]["versions"].items()}}
+    models["scale_grpc"] = {**models["scale"], "versions": {
+        v: {**t, "backend": "torchserve_grpc"} for v, t in models["scale"]["versions"].items()}}
     routes["models"].update({
         "ghost": {"versions": {1: {"backend": "down", "model": "ghost", "version": "1"}}},
         "sleepy": {"versions": {1: {"backend": "hanging", "model": "sleepy", "version": 1}}},
@@ -107,10 +120,12 @@ def gateway(stack_dir: Path, torchserve: localstack.TorchServeEndpoints, tfservi
             blackhole: Blackhole) -> Iterator[Gateway]:
     routes_file = stack_dir / "routes.yaml"
     routes_file.write_text(yaml.safe_dump(build_routes(torchserve, tfserving, blackhole.port)))
+    grpc_port = localstack.free_port()
     proc, url = localstack.start_gateway(
         stack_dir / "gateway", routes_file,
-        env={"GATEWAY_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "GATEWAY_ROUTES_POLL_S": "0.2"})
-    yield Gateway(url=url, routes_file=routes_file, process=proc)
+        env={"GATEWAY_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "GATEWAY_ROUTES_POLL_S": "0.2",
+             "GATEWAY_GRPC_PORT": str(grpc_port)})
+    yield Gateway(url=url, grpc_target=f"127.0.0.1:{grpc_port}", routes_file=routes_file, process=proc)
     proc.stop()
 
 

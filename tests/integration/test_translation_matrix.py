@@ -10,8 +10,11 @@ import pytest
 X = [[1.0, 2.0, 3.0], [-4.0, 0.5, 10.0]]
 AFFINE = {"1": lambda x: 0.5 * np.asarray(x) + 2, "2": lambda x: 0.5 * np.asarray(x) + 3}
 SCALE = {"1": lambda x: 2 * np.asarray(x), "2": lambda x: 3 * np.asarray(x)}
-EXPECTED = {"affine": AFFINE, "scale": SCALE}
-BACKEND = {"affine": "tfserving", "scale": "torchserve"}
+EXPECTED = {"affine": AFFINE, "scale": SCALE, "affine_grpc": AFFINE, "scale_grpc": SCALE}
+# Same servers, two transports: `*_grpc` models reach the backend over its gRPC API.
+BACKEND = {"affine": "tfserving", "scale": "torchserve", "affine_grpc": "tfserving_grpc",
+           "scale_grpc": "torchserve_grpc"}
+MODELS = list(BACKEND)
 
 
 def v2_request(x: list[list[float]]) -> dict:  # type: ignore[type-arg]
@@ -31,7 +34,7 @@ def v2_output(doc: dict, name: str = "y") -> np.ndarray:  # type: ignore[type-ar
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
-@pytest.mark.parametrize("model", ["affine", "scale"])
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_v2_rest(client: httpx.Client, model: str, version: str) -> None:
     r = client.post(f"/v2/models/{model}/versions/{version}/infer", json=v2_request(X))
@@ -42,7 +45,7 @@ def test_v2_rest(client: httpx.Client, model: str, version: str) -> None:
     np.testing.assert_allclose(v2_output(doc), EXPECTED[model][version](X), rtol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["affine", "scale"])
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_tf_rest_row_format(client: httpx.Client, model: str, version: str) -> None:
     r = client.post(f"/v1/models/{model}/versions/{version}:predict", json={"instances": X})
@@ -50,20 +53,23 @@ def test_tf_rest_row_format(client: httpx.Client, model: str, version: str) -> N
     np.testing.assert_allclose(r.json()["predictions"], EXPECTED[model][version](X), rtol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["affine", "scale"])
+@pytest.mark.parametrize("model", MODELS)
 def test_tf_rest_columnar_named_with_label(client: httpx.Client, model: str) -> None:
     r = client.post(f"/v1/models/{model}/labels/canary:predict", json={"inputs": {"x": X}})
     assert_served_by(r, model, "2")
     np.testing.assert_allclose(r.json()["outputs"], EXPECTED[model]["2"](X), rtol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["affine", "scale"])
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_torchserve_rest(client: httpx.Client, model: str, version: str) -> None:
     r = client.post(f"/predictions/{model}/{version}", json=v2_request(X))
     assert_served_by(r, model, version)
     doc = r.json()
-    assert doc["model_name"] == model  # logical name (TorchServe's handler names the same model here)
+    # TorchServe targets pass through untouched, so the handler names its own model; translated answers name
+    # the logical model.
+    passthrough = BACKEND[model].startswith("torchserve")
+    assert doc["model_name"] == (model.removesuffix("_grpc") if passthrough else model)
     np.testing.assert_allclose(v2_output(doc), EXPECTED[model][version](X), rtol=1e-6)
 
 
@@ -149,7 +155,7 @@ def test_tf_metadata_both_backends(client: httpx.Client) -> None:
         assert [d["size"] for d in sig["inputs"]["x"]["tensor_shape"]["dim"]] == ["-1", "3"]
 
 
-@pytest.mark.parametrize("model", ["affine", "scale"])
+@pytest.mark.parametrize("model", MODELS)
 def test_tf_status_and_v2_readiness(client: httpx.Client, model: str) -> None:
     doc = client.get(f"/v1/models/{model}").json()
     assert [(s["version"], s["state"]) for s in doc["model_version_status"]] == [("2", "AVAILABLE"), ("1", "AVAILABLE")]

@@ -110,3 +110,22 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     bad.write_text("backends: [unclosed\n")
     with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML"):
         load_routes(bad)
+
+
+def test_settings_round_trip_through_environment() -> None:
+    from gateway.settings import Settings
+
+    settings = Settings(routes_file=Path("/r.yaml"), port=9, grpc_port=0, workers=3, max_body_bytes=5,
+                        routes_poll_s=0.5, log_level="debug")
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_grpc_transport_needs_a_grpc_target() -> None:
+    raw = with_change("backends.tf.transport", "grpc")
+    with pytest.raises(ConfigError, match=r"backends\.tf\.grpc_target: is required when transport is grpc"):
+        parse(raw)
+    raw["backends"]["tf"]["grpc_target"] = "dns:///tf-serving:8500"
+    assert parse(raw).backends["tf"].grpc_target == "dns:///tf-serving:8500"
+    raw["backends"]["tf"]["grpc_target"] = "tf-serving"
+    with pytest.raises(ConfigError, match=r"'tf-serving' must be host:port"):
+        parse(raw)

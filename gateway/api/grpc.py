@@ -1,0 +1,220 @@
+"""gRPC fronts on grpc.aio, in the same event loop as the ASGI app: Open Inference Protocol v2, TF Serving's
+PredictionService and ModelService, grpc.health.v1 and server reflection. Each front decodes to the same
+InferRequest and calls the same DataPlane as REST."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from gateway import __version__
+from gateway.api import tf_compat
+from gateway.api.v2_rest import PLATFORMS
+from gateway.backends.tfserving_grpc import TFServingGrpcBackend
+from gateway.codecs import tf_proto, v2_grpc
+from gateway.codecs.tf_json import DEFAULT_SIGNATURE
+from gateway.dataplane import DataPlane, check_specs
+from gateway.deadline import set_deadline
+from gateway.errors import GatewayError, InvalidArgument
+from gateway.protos import services as svc
+from gateway.protos import tf_serving_pb2 as tfs
+from gateway.protos import v2_pb2 as v2
+from gateway.protos.reflection import public_pool
+from gateway.routing import Route
+from gateway.settings import Settings
+from gateway.types import ModelRef
+
+log = logging.getLogger("gateway.grpc")
+MAX_DETAILS = 1024  # TF Serving truncates gRPC error messages here too
+SERVED_SERVICES = (svc.V2_INFERENCE_SERVICE, svc.PREDICTION_SERVICE, svc.MODEL_SERVICE)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Impl = Callable[[Any, Context], Awaitable[Any]]
+
+
+def served_by(context: Context, route: Route) -> None:
+    t = route.target
+    context.set_trailing_metadata((("x-model-name", t.logical_model), ("x-model-version", t.logical_version),
+                                   ("x-backend", t.backend)))
+
+
+def _unary(method: svc.Method[Any, Any], impl: Impl) -> grpc.RpcMethodHandler[Any, Any]:
+    """One place where the client's deadline is taken and gateway errors become gRPC status codes."""
+
+    async def handler(request: Any, context: Context) -> Any:
+        set_deadline(context.time_remaining())
+        try:
+            return await impl(request, context)
+        except GatewayError as exc:
+            await context.abort(exc.grpc_code, exc.message[:MAX_DETAILS])
+        except Exception:
+            log.exception("unhandled error in %s", method.path)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal gateway error in {method.path}")
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=method.request.FromString, response_serializer=method.response.SerializeToString)
+
+
+def _ref(name: str, version: str = "", label: str = "") -> ModelRef:
+    return ModelRef(name=name, version=version or None, label=label or None)
+
+
+class V2Servicer:
+    """inference.GRPCInferenceService."""
+
+    def __init__(self, plane: DataPlane, front: GrpcFront) -> None:
+        self.plane = plane
+        self.front = front
+
+    async def server_live(self, request: v2.ServerLiveRequest, context: Context) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: v2.ServerReadyRequest, context: Context) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=not self.front.draining)
+
+    async def server_metadata(self, request: v2.ServerMetadataRequest, context: Context) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(name="model-gateway", version=__version__)
+
+    async def model_ready(self, request: v2.ModelReadyRequest, context: Context) -> v2.ModelReadyResponse:
+        route = self.plane.route(_ref(request.name, request.version))
+        status = await self.plane.status(route)
+        served_by(context, route)
+        return v2.ModelReadyResponse(ready=status.state == "AVAILABLE")
+
+    async def model_metadata(self, request: v2.ModelMetadataRequest, context: Context) -> v2.ModelMetadataResponse:
+        route = self.plane.route(_ref(request.name, request.version))
+        schema = await self.plane.schema(route)
+        versions = [request.version] if request.version else sorted(route.model.versions, key=int)
+        served_by(context, route)
+        return v2_grpc.encode_model_metadata(route.model.name, versions, PLATFORMS[route.backend.kind], schema)
+
+    async def model_infer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
+        ref = _ref(request.model_name, request.model_version)
+        route = self.plane.route(ref)
+        response = await self.plane.infer(v2_grpc.decode_infer_request(request, ref), route)
+        served_by(context, route)
+        return v2_grpc.encode_infer_response(response)
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return {
+            svc.V2_SERVER_LIVE.name: _unary(svc.V2_SERVER_LIVE, self.server_live),
+            svc.V2_SERVER_READY.name: _unary(svc.V2_SERVER_READY, self.server_ready),
+            svc.V2_SERVER_METADATA.name: _unary(svc.V2_SERVER_METADATA, self.server_metadata),
+            svc.V2_MODEL_READY.name: _unary(svc.V2_MODEL_READY, self.model_ready),
+            svc.V2_MODEL_METADATA.name: _unary(svc.V2_MODEL_METADATA, self.model_metadata),
+            svc.V2_MODEL_INFER.name: _unary(svc.V2_MODEL_INFER, self.model_infer),
+        }
+
+
+class TFServingServicer:
+    """tensorflow.serving.PredictionService (Predict, GetModelMetadata) and ModelService.GetModelStatus."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
+        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec))
+        backend = self.plane.backend(route)
+        forward = getattr(backend, "forward_predict", None)
+        if forward is not None:
+            # TF Serving over gRPC on both sides: only model_spec is rewritten, the TensorProtos pass untouched
+            # (their headers are still checked against the signature, which TF Serving does not do).
+            schema = await self.plane.input_schema(route, request.model_spec.signature_name or None)
+            if schema is not None:
+                check_specs(route.model.name, tf_proto.input_specs(request), schema)
+            response: tfs.PredictResponse = await forward(route.target, request)
+        else:
+            infer_request = tf_proto.decode_predict_request(request)
+            tf_compat.check_signature(infer_request.signature_name, route)
+            response = tf_proto.encode_predict_response(await self.plane.infer(infer_request, route),
+                                                        route.model.name, route.target.logical_version)
+        response.model_spec.name = route.model.name
+        response.model_spec.version.value = int(route.target.logical_version)
+        response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        served_by(context, route)
+        return response
+
+    async def get_model_metadata(self, request: tfs.GetModelMetadataRequest,
+                                 context: Context) -> tfs.GetModelMetadataResponse:
+        if not request.metadata_field:
+            raise InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise InvalidArgument(f"Metadata field {field} is not supported")
+        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec))
+        served_by(context, route)
+        version = route.target.logical_version
+        backend = self.plane.backend(route)
+        if isinstance(backend, TFServingGrpcBackend):
+            # TF Serving's own answer (every signature), renamed to the logical model and version.
+            answer = tfs.GetModelMetadataResponse()
+            answer.CopyFrom(await backend.model_metadata(route.target))
+            answer.model_spec.CopyFrom(tfs.ModelSpec(name=route.model.name))
+            answer.model_spec.version.value = int(version)
+            return answer
+        return tf_proto.encode_metadata_response(route.model.name, version, await self.plane.schema(route))
+
+    async def get_model_status(self, request: tfs.GetModelStatusRequest,
+                               context: Context) -> tfs.GetModelStatusResponse:
+        ref = tf_proto.model_ref(request.model_spec)
+        return tf_proto.encode_status_response(await tf_compat.statuses(self.plane, ref.name, ref.version))
+
+    def prediction_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return {
+            svc.TF_PREDICT.name: _unary(svc.TF_PREDICT, self.predict),
+            svc.TF_GET_MODEL_METADATA.name: _unary(svc.TF_GET_MODEL_METADATA, self.get_model_metadata),
+        }
+
+    def model_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return {svc.TF_GET_MODEL_STATUS.name: _unary(svc.TF_GET_MODEL_STATUS, self.get_model_status)}
+
+
+class GrpcFront:
+    """The gRPC listener. Started and stopped by the ASGI lifespan, so it shares the loop and the DataPlane;
+    with several worker processes each binds the same port (SO_REUSEPORT) and the kernel spreads connections."""
+
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+        self.plane = plane
+        self.settings = settings
+        self.draining = False
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> None:
+        limit = self.settings.max_body_bytes
+        server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ])
+        v2_servicer, tf_servicer = V2Servicer(self.plane, self), TFServingServicer(self.plane)
+        server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler(svc.V2_INFERENCE_SERVICE, v2_servicer.handlers()),
+            grpc.method_handlers_generic_handler(svc.PREDICTION_SERVICE, tf_servicer.prediction_handlers()),
+            grpc.method_handlers_generic_handler(svc.MODEL_SERVICE, tf_servicer.model_handlers()),
+        ))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(
+            names, server, pool=public_pool(reflection_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR))
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        await server.start()
+        for name in ("", *SERVED_SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.server = server
+        log.info("gRPC listening on %s:%d", self.settings.host, self.port)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Turn not-ready (health NOT_SERVING, ServerReady false), let in-flight calls finish, then close."""
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace_s)

@@ -1,0 +1,42 @@
+"""TF Serving semantics shared by the TF-compatible REST and gRPC fronts: resolution and status wording."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.codecs.tf_json import DEFAULT_SIGNATURE
+from gateway.dataplane import DataPlane
+from gateway.errors import InvalidArgument, ModelNotFound, NotFound, VersionNotFound
+from gateway.routing import Route
+from gateway.types import ModelRef, ModelStatus
+
+
+def resolve(plane: DataPlane, ref: ModelRef) -> Route:
+    """Route the request, with TF Serving's wording for servables it cannot find."""
+    try:
+        return plane.route(ref)
+    except ModelNotFound:
+        spec = f"Specific({ref.name}, {ref.version})" if ref.version else f"Latest({ref.name})"
+        raise NotFound(f"Servable not found for request: {spec}") from None
+    except VersionNotFound:
+        raise NotFound(f"Servable not found for request: Specific({ref.name}, {ref.version})") from None
+
+
+async def statuses(plane: DataPlane, name: str, version: str | None) -> list[ModelStatus]:
+    """Every version's state (highest first), or one version's; labels are ignored, as TF Serving does."""
+    table = plane.store.current
+    try:
+        model = table.model(name)
+    except ModelNotFound:
+        raise NotFound(f"Could not find any versions of model {name}") from None
+    versions = [version] if version else sorted(model.versions, key=int, reverse=True)
+    if version and version not in model.versions:
+        raise NotFound(f"Could not find version {version} of model {name}")
+    routes = [table.resolve(ModelRef(name=name, version=v)) for v in versions]
+    return list(await asyncio.gather(*(plane.status(r) for r in routes)))
+
+
+def check_signature(signature: str | None, route: Route) -> None:
+    """Backends other than TF Serving have exactly one signature, serving_default."""
+    if route.backend.kind != "tfserving" and signature not in (None, "", DEFAULT_SIGNATURE):
+        raise InvalidArgument(f"Serving signature name: \"{signature}\" not found in signature def")

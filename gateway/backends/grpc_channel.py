@@ -1,0 +1,157 @@
+"""The gRPC channel every gRPC backend adapter uses; the one place gRPC status codes become gateway errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from gateway.config import BackendConfig
+from gateway.deadline import timeout_for
+from gateway.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    InvalidArgument,
+    PayloadTooLarge,
+    ResourceExhausted,
+    Unimplemented,
+)
+from gateway.protos.services import Method
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+# Clients default to a 4 MB receive limit (tensorflow/serving#1382); TF Serving itself allows INT32_MAX.
+MAX_MESSAGE_BYTES = 1 << 30
+# Keepalive within what TF Serving (grpc-core) and TorchServe (grpc-java) accept by default: a ping at most every
+# 5 min during calls, none on idle connections. Measured: with keepalive_permit_without_calls both answer idle
+# pings with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" (without calls they allow one ping per 2 h). A finite
+# keepalive also sets TCP_USER_TIMEOUT to keepalive_timeout_ms (gRPC proposal A18): a request written to a
+# vanished peer (a node gone without a FIN) fails its connection within 10 s instead of hanging for minutes.
+KEEPALIVE_TIME_MS = 300_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+# A Kubernetes Service does not spread long-lived HTTP/2 connections: resolve every address of the name
+# (a headless Service gives one per pod) and spread calls over them client-side.
+ROUND_ROBIN_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+
+
+class TargetNotLoaded(BackendUnavailable):
+    """The backend answered, but has no such model or version (NOT_FOUND): the route table points at a target
+    the backend has not loaded, which is the gateway's problem and retryable, as for the REST adapters."""
+
+
+class CredentialsRefused(BackendUnavailable):
+    """PERMISSION_DENIED / UNAUTHENTICATED: the backend refused the gateway's key (TorchServe token auth)."""
+
+
+#: An adapter's own reading of a failed call: (code, details, where) -> an error, or None for the generic one.
+Refine = Callable[[grpc.StatusCode, str, str], GatewayError | None]
+
+
+def channel_target(address: str) -> str:
+    """``host:port`` -> ``dns:///host:port``: the DNS resolver hands round_robin every address of the name.
+    Targets that already name a resolver scheme are kept as they are."""
+    return address if address.startswith(_SCHEMES) or "://" in address else f"dns:///{address}"
+
+
+def channel_options(config: BackendConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.service_config", ROUND_ROBIN_CONFIG),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 0),
+        # Each connection attempt gets connect_timeout_s; after failures, retry at most every 5 s (the default
+        # backoff grows to 120 s, failing every call fast for minutes after a backend restart).
+        ("grpc.min_reconnect_backoff_ms", int(config.connect_timeout_s * 1000)),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+
+
+class GrpcChannel:
+    """One grpc.aio channel to one backend address, opened lazily in the running loop (a channel belongs to
+    the loop it was created in) and closed by the adapter's close()."""
+
+    def __init__(self, config: BackendConfig, address: str, refine: Refine | None = None) -> None:
+        self.config = config
+        self.address = address
+        self.refine = refine
+        self._channel: grpc.aio.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._callables: dict[tuple[str, bool], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+
+    def _open(self) -> grpc.aio.Channel:
+        loop = asyncio.get_running_loop()
+        if self._channel is None or self._loop is not loop:
+            self._channel = grpc.aio.insecure_channel(channel_target(self.address),
+                                                      options=channel_options(self.config))
+            self._loop, self._callables = loop, {}
+        return self._channel
+
+    def _callable(self, method: Method[Any, Any], raw: bool) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        channel = self._open()
+        key = (method.path, raw)
+        found = self._callables.get(key)
+        if found is None:
+            # Public paths from gateway.protos.services: generated stubs would carry the private proto packages.
+            found = self._callables[key] = channel.unary_unary(
+                method.path, request_serializer=None if raw else method.request.SerializeToString,
+                response_deserializer=method.response.FromString)
+        return found
+
+    async def call(self, method: Method[Req, Resp], request: Req | bytes, *, where: str = "",
+                   timeout_s: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> Resp:
+        """One unary call. `request` may be the already serialized message. The timeout is the backend's
+        timeout_s (or `timeout_s`), shortened to what is left of the client's deadline. `where` names the
+        target in error messages. Raises GatewayError subclasses only."""
+        limit = timeout_for(timeout_s if timeout_s is not None else self.config.timeout_s)
+        call = self._callable(method, isinstance(request, bytes))
+        try:
+            response: Resp = await call(request, timeout=limit, metadata=tuple(metadata) or None)
+        except grpc.aio.AioRpcError as exc:
+            raise self.error(exc.code(), exc.details() or "", where, limit) from None
+        return response
+
+    def error(self, code: grpc.StatusCode, details: str, where: str, limit: float) -> GatewayError:
+        refined = self.refine(code, details, where) if self.refine is not None else None
+        return refined or map_status(code, details, backend=self.config.name, where=where, limit=limit)
+
+    async def close(self) -> None:
+        channel, self._channel, self._callables = self._channel, None, {}
+        if channel is not None and self._loop is asyncio.get_running_loop():
+            await channel.close()
+
+
+def map_status(code: grpc.StatusCode, details: str, *, backend: str, where: str = "",
+               limit: float | None = None) -> GatewayError:
+    """A backend's gRPC status -> the gateway error class (TF Serving's REST status table, in gRPC terms)."""
+    name = f"backend '{backend}'"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return BackendUnavailable(f"{name} is unavailable: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        within = f" within {limit:g}s" if limit is not None else ""
+        return BackendTimeout(f"{name} did not answer{within}: {details}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
+        return InvalidArgument(details)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return TargetNotLoaded(f"{name} has no {where or 'such model'} available: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # gRPC's own size limits say "Received/Sent message larger than max (N vs. M)".
+        if "larger than max" in details or "TooLarge" in details:
+            return PayloadTooLarge(f"{name}: {details}")
+        return ResourceExhausted(f"{name}: {details}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Unimplemented(f"{name} does not implement this call: {details}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return CredentialsRefused(f"{name} refused the gateway's credentials: {details}")
+    return BackendError(f"{name} failed ({code.name}): {details}")

@@ -1,0 +1,100 @@
+"""TF Serving gRPC adapter: Predict with TensorProtos, GetModelMetadata and GetModelStatus on TF Serving's :8500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
+from gateway.codecs import tf_json, tf_proto
+from gateway.codecs.jsonio import loads
+from gateway.config import BackendConfig
+from gateway.errors import BackendError, GatewayError, Unimplemented
+from gateway.protos import services as svc
+from gateway.protos import tf_serving_pb2 as tfs
+from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Target
+
+
+class TFServingGrpcBackend:
+    def __init__(self, config: BackendConfig) -> None:
+        if config.grpc_target is None:
+            raise ValueError(f"backend '{config.name}' has no grpc_target")
+        self.config = config
+        self.channel = GrpcChannel(config, config.grpc_target)
+        # Metadata per (model, version): a loaded TF Serving version never changes its graph.
+        self._metadata: dict[tuple[str, str], tfs.GetModelMetadataResponse] = {}
+
+    @staticmethod
+    def _where(target: Target) -> str:
+        return f"model '{target.model}' version {target.version}"
+
+    async def infer(self, target: Target, request: InferRequest) -> InferResponse:
+        resp = await self.channel.call(svc.TF_PREDICT, tf_proto.encode_predict_request(request, target),
+                                       where=self._where(target))
+        try:
+            outputs = tf_proto.decode_predict_response(resp)
+        except GatewayError as exc:
+            raise BackendError(f"TF Serving's answer could not be read: {exc.message}") from None
+        return InferResponse(outputs=outputs)
+
+    async def forward_predict(self, target: Target, request: tfs.PredictRequest) -> tfs.PredictResponse:
+        """A client's PredictRequest sent on with only model_spec's name and version rewritten: the TensorProtos
+        are neither decoded nor copied. The rewrite is appended on the wire: a parser merges a repeated
+        message field and keeps the last scalar and oneof member, so the backend reads the target's name and
+        version and the client's signature_name (the client's message itself is left unchanged)."""
+        patch = tfs.PredictRequest()
+        patch.model_spec.name = target.model
+        patch.model_spec.version.value = int(target.version)
+        payload = request.SerializeToString() + patch.SerializeToString()
+        return await self.channel.call(svc.TF_PREDICT, payload, where=self._where(target))
+
+    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """A TF REST predict body, sent as a PredictRequest (typed from the signature) and answered in TF's
+        REST format; classify and regress have no REST-to-gRPC translation here."""
+        if path_suffix.lower() != ":predict":
+            raise Unimplemented(f"'{path_suffix.lstrip(':')}' is not available through backend "
+                                f"'{self.config.name}' (TF Serving over gRPC): only predict is")
+        request, row_format = tf_json.decode_predict(body, ModelRef(target.model),
+                                                     await self.schema(target, _signature(body)))
+        response = await self.infer(target, request)
+        return tf_json.encode_predict_response(response, row_format), "application/json"
+
+    async def status(self, target: Target) -> ModelStatus:
+        try:
+            resp = await self.channel.call(svc.TF_GET_MODEL_STATUS, tf_proto.status_request(target),
+                                           where=self._where(target))
+        except TargetNotLoaded as exc:
+            return ModelStatus(version=target.version, state="END", error_message=exc.message)
+        except GatewayError as exc:
+            return ModelStatus(version=target.version, state="UNKNOWN", error_message=exc.message)
+        return tf_proto.status_from_proto(resp, target.version)
+
+    async def model_metadata(self, target: Target) -> tfs.GetModelMetadataResponse:
+        """TF Serving's GetModelMetadata answer (every signature) for the target version, cached."""
+        key = (target.model, target.version)
+        cached = self._metadata.get(key)
+        if cached is None:
+            cached = await self.channel.call(svc.TF_GET_MODEL_METADATA, tf_proto.metadata_request(target),
+                                             where=self._where(target))
+            tf_proto.signature_map(cached)  # an answer without signatures is not cached
+            self._metadata[key] = cached
+        return cached
+
+    async def metadata(self, target: Target) -> dict[str, Any]:
+        """The same document TFServingBackend.metadata returns (TF Serving's REST metadata JSON)."""
+        return tf_proto.metadata_to_json(await self.model_metadata(target))
+
+    async def schema(self, target: Target, signature: str | None = None) -> ModelSchema:
+        return tf_proto.signature_schema(await self.model_metadata(target), signature or tf_json.DEFAULT_SIGNATURE)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def _signature(body: bytes) -> str | None:
+    """The signature a TF REST body names (the body is parsed again by decode_predict, which reports errors)."""
+    try:
+        doc = loads(body, allow_nan=True)
+    except GatewayError:
+        return None
+    value = doc.get("signature_name") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None

@@ -1,0 +1,177 @@
+"""TorchServe gRPC adapter: inference via InferenceAPIsService/Predictions (the v2 JSON handlers read
+data[i]["body"]), status via ManagementAPIsService/DescribeModel; token auth as "authorization" metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, TargetNotLoaded
+from gateway.backends.http import HttpClient
+from gateway.backends.torchserve import TokenFile
+from gateway.codecs import v2_json
+from gateway.config import BackendConfig
+from gateway.errors import (
+    BackendError,
+    BackendUnavailable,
+    GatewayError,
+    InvalidArgument,
+    PayloadTooLarge,
+)
+from gateway.protos import services as svc
+from gateway.protos import torchserve_inference_pb2 as tsi
+from gateway.protos import torchserve_management_pb2 as tsm
+from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+# TorchServe's gRPC error details end with a line naming the Java exception, e.g.
+# "Model version: 9 does not exist for model: scale\norg.pytorch.serve.archive.model.ModelVersionNotFoundException".
+_NOT_REGISTERED = frozenset({"ModelNotFoundException", "ModelVersionNotFoundException"})
+
+
+class KeyRefresher:
+    """Gets a valid key after TorchServe refused one. A rotated key is in key_file.json (TorchServe rewrites
+    it); an expired one is not (the file keeps it after 60 min by default): then rotate with the API key. Key
+    rotation exists only on the REST management API, so that needs management_url. One refresh at a time, so
+    a burst of refusals does not rotate the key over and over."""
+
+    def __init__(self, config: BackendConfig, tokens: TokenFile, http: HttpClient) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.http = http
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, kind: str, refused: str | None) -> bool:
+        """True when the file now holds a key other than `refused` (worth one retry)."""
+        if self.tokens.path is None:
+            return False
+        async with self._lock:
+            if self.tokens.key(kind) != refused:
+                return True  # refreshed by a concurrent request meanwhile
+            self.tokens.reload()
+            if self.tokens.key(kind) != refused:
+                return True
+            api_key = self.tokens.key("API")
+            if api_key is None or self.config.management_url is None:
+                return False
+            result = await self.http.request("POST", f"{self.config.management_url}/token?type={kind}",
+                                             headers={"Authorization": f"Bearer {api_key}"})
+            if result.status != 200:
+                return False
+            self.tokens.reload()
+            return self.tokens.key(kind) != refused
+
+
+class TorchServeGrpcBackend:
+    def __init__(self, config: BackendConfig) -> None:
+        if config.grpc_target is None:
+            raise ValueError(f"backend '{config.name}' has no grpc_target")
+        self.config = config
+        self.inference = GrpcChannel(config, config.grpc_target, refine=self._refine)
+        self.management = (None if config.grpc_management_target is None
+                           else GrpcChannel(config, config.grpc_management_target, refine=self._refine))
+        self.tokens = TokenFile(config.token_file)
+        self.http = HttpClient(config)  # only for key rotation (REST management API)
+        self.keys = KeyRefresher(config, self.tokens, self.http)
+
+    @staticmethod
+    def _where(target: Target) -> str:
+        return f"model '{target.model}' version {target.version}"
+
+    async def _call(self, kind: str, channel: GrpcChannel, method: svc.Method[Req, Resp], request: Req,
+                    where: str) -> Resp:
+        """One call with the `kind` bearer key; when TorchServe refuses the key, get a valid one and retry once."""
+        for attempt in (1, 2):
+            used = self.tokens.key(kind)
+            metadata = () if used is None else (("authorization", f"Bearer {used}"),)
+            try:
+                return await channel.call(method, request, where=where, metadata=metadata)
+            except CredentialsRefused:
+                if attempt == 1 and await self.keys.refresh(kind, used):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _predict(self, target: Target, body: bytes) -> bytes:
+        request = tsi.PredictionsRequest(model_name=target.model, model_version=target.version,
+                                         input={"body": body})
+        resp = await self._call("inference", self.inference, svc.TS_PREDICTIONS, request, self._where(target))
+        return resp.prediction
+
+    async def infer(self, target: Target, request: InferRequest) -> InferResponse:
+        prediction = await self._predict(target, v2_json.encode_request(request))
+        try:
+            return v2_json.decode_response(prediction)
+        except GatewayError as exc:
+            raise BackendError(f"TorchServe's answer is not a v2 inference response: {exc.message}") from None
+
+    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """The body goes to the handler unchanged as data[0]["body"]. gRPC carries no content type: the answer
+        is called JSON when it looks like JSON."""
+        prediction = await self._predict(target, body)
+        looks_json = prediction.lstrip()[:1] in (b"{", b"[", b'"')
+        return prediction, "application/json" if looks_json else "application/octet-stream"
+
+    async def status(self, target: Target) -> ModelStatus:
+        if self.management is None:
+            return ModelStatus(version=target.version, state="UNKNOWN",
+                               error_message=f"backend '{self.config.name}' has no grpc_management_target")
+        request = tsm.DescribeModelRequest(model_name=target.model, model_version=target.version)
+        try:
+            resp = await self._call("management", self.management, svc.TS_DESCRIBE_MODEL, request,
+                                    self._where(target))
+        except TargetNotLoaded as exc:
+            return ModelStatus(version=target.version, state="END", error_message=exc.message)
+        except GatewayError as exc:
+            return ModelStatus(version=target.version, state="UNKNOWN", error_message=exc.message)
+        return _described_status(target.version, resp.msg)
+
+    async def schema(self, target: Target, signature: str | None = None) -> ModelSchema | None:
+        # TorchServe does not describe tensors; the routes file's schema is the source for its models.
+        return None
+
+    def _refine(self, code: grpc.StatusCode, details: str, where: str) -> GatewayError | None:
+        """TorchServe's codes, read with the Java exception named on the last line of the details."""
+        message, _, exception = details.rpartition("\n")
+        if not message or not exception.startswith(("org.pytorch.", "java.")):
+            message, exception = details, ""
+        kind = exception.rpartition(".")[2]
+        at = f"backend '{self.config.name}' {where}"
+        if kind in _NOT_REGISTERED or code == grpc.StatusCode.NOT_FOUND:
+            # Predictions answers INTERNAL for an unknown model or version, DescribeModel NOT_FOUND.
+            return TargetNotLoaded(f"{at} is not registered: {message}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(message)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and kind:
+            return PayloadTooLarge(f"{at}: {message}")
+        if code == grpc.StatusCode.UNAVAILABLE and kind == "ServiceUnavailableException":
+            return BackendUnavailable(f"{at}: {message}")
+        if kind:
+            # A handler that failed (503 InternalServerException over REST, UNAVAILABLE here), a worker that died.
+            return BackendError(f"{at} failed: {message}")
+        return None
+
+    async def close(self) -> None:
+        await self.inference.close()
+        if self.management is not None:
+            await self.management.close()
+        await self.http.close()
+
+
+def _described_status(version: str, msg: str) -> ModelStatus:
+    """DescribeModel's msg is the REST describe JSON: a list of versions, each with its workers."""
+    try:
+        described: Any = json.loads(msg)
+    except ValueError:
+        return ModelStatus(version=version, state="UNKNOWN", error_message=f"DescribeModel answered: {msg[:200]}")
+    entries = described if isinstance(described, list) else []
+    workers = [w for v in entries if isinstance(v, dict) for w in v.get("workers", []) if isinstance(w, dict)]
+    ready = any(w.get("status") == "READY" for w in workers)
+    return ModelStatus(version=version, state="AVAILABLE" if ready else "LOADING",
+                       error_message="" if ready else "no worker is READY")
