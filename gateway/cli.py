@@ -26,6 +26,8 @@ def serve(settings: Settings) -> None:
         "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
         log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+        # No X-Forwarded-* rewriting (a per-request middleware): the gateway does not use client addresses.
+        proxy_headers=False, server_header=False,
     )
 
 

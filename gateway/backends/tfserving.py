@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.codecs import tf_json
@@ -12,6 +13,24 @@ from gateway.errors import BackendError, BackendUnavailable, GatewayError, NotFo
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
 _JSON = {"Content-Type": "application/json"}
+M = TypeVar("M")
+
+
+class Signatures:
+    """Parsed signatures per (model, version, signature name), shared by the REST and gRPC adapters: a loaded
+    TF Serving version never changes, and the data plane reads its inputs on every request."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, str, str], ModelSchema] = {}
+
+    async def schema(self, target: Target, signature: str | None, load: Callable[[], Awaitable[M]],
+                     parse: Callable[[M, str], ModelSchema]) -> ModelSchema:
+        name = signature or tf_json.DEFAULT_SIGNATURE
+        key = (target.model, target.version, name)
+        found = self._parsed.get(key)
+        if found is None:
+            found = self._parsed[key] = parse(await load(), name)
+        return found
 
 
 class TFServingBackend:
@@ -19,6 +38,7 @@ class TFServingBackend:
         self.config = config
         self.http = HttpClient(config)
         # SignatureDefs per (model, version): a loaded TF Serving version never changes its graph.
+        self.signatures = Signatures()
         self._metadata: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _url(self, target: Target, suffix: str = "") -> str:
@@ -66,7 +86,8 @@ class TFServingBackend:
         return cached
 
     async def schema(self, target: Target, signature: str | None = None) -> ModelSchema:
-        return tf_json.signature_specs(await self.metadata(target), signature or tf_json.DEFAULT_SIGNATURE)
+        return await self.signatures.schema(target, signature, lambda: self.metadata(target),
+                                            tf_json.signature_specs)
 
     def _raise_for_status(self, result: HttpResult, target: Target) -> None:
         if result.status == 200:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
+from gateway.backends.tfserving import Signatures
 from gateway.codecs import tf_json, tf_proto
 from gateway.codecs.jsonio import loads
 from gateway.config import BackendConfig
@@ -21,6 +22,7 @@ class TFServingGrpcBackend:
         self.config = config
         self.channel = GrpcChannel(config, config.grpc_target)
         # Metadata per (model, version): a loaded TF Serving version never changes its graph.
+        self.signatures = Signatures()
         self._metadata: dict[tuple[str, str], tfs.GetModelMetadataResponse] = {}
 
     @staticmethod
@@ -84,7 +86,8 @@ class TFServingGrpcBackend:
         return tf_proto.metadata_to_json(await self.model_metadata(target))
 
     async def schema(self, target: Target, signature: str | None = None) -> ModelSchema:
-        return tf_proto.signature_schema(await self.model_metadata(target), signature or tf_json.DEFAULT_SIGNATURE)
+        return await self.signatures.schema(target, signature, lambda: self.model_metadata(target),
+                                            tf_proto.signature_schema)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -58,34 +58,23 @@ class TokenFile:
         return {} if key is None else {"Authorization": f"Bearer {key}"}
 
 
-class TorchServeBackend:
-    def __init__(self, config: BackendConfig) -> None:
+class KeyRefresher:
+    """Gets a valid key after TorchServe refused one. A rotated key is in key_file.json (TorchServe rewrites
+    it); an expired one is not (the file keeps it after 60 min by default): then rotate with the API key. Key
+    rotation exists only on the REST management API, so that needs management_url. One refresh at a time, so
+    a burst of refusals does not rotate the key over and over."""
+
+    def __init__(self, config: BackendConfig, tokens: TokenFile, http: HttpClient) -> None:
         self.config = config
-        self.http = HttpClient(config)
-        self.tokens = TokenFile(config.token_file)
-        self._refreshing = asyncio.Lock()
+        self.tokens = tokens
+        self.http = http
+        self._lock = asyncio.Lock()
 
-    async def _call(self, kind: str, method: str, url: str, body: bytes | None = None,
-                    content_type: str | None = None) -> HttpResult:
-        """One call with the right bearer key; when TorchServe refuses the key, get a valid one and retry once."""
-        for attempt in (1, 2):
-            used = self.tokens.key(kind)
-            headers = self.tokens.headers(kind)
-            if content_type:
-                headers["Content-Type"] = content_type
-            result = await self.http.request(method, url, body=body, headers=headers)
-            if attempt == 1 and _invalid_key(result) and await self._refresh_key(kind, used):
-                continue
-            return result
-        raise AssertionError("unreachable")
-
-    async def _refresh_key(self, kind: str, refused: str | None) -> bool:
-        """A refused key was rotated (the file has a new one) or expired (after 60 min by default, and the file
-        is NOT rewritten then): re-read the file, else rotate with the API key. One refresh at a time, so a burst
-        of refusals does not rotate the key over and over."""
+    async def refresh(self, kind: str, refused: str | None) -> bool:
+        """True when the file now holds a key other than `refused` (worth one retry)."""
         if self.tokens.path is None:
             return False
-        async with self._refreshing:
+        async with self._lock:
             if self.tokens.key(kind) != refused:
                 return True  # refreshed by a concurrent request meanwhile
             self.tokens.reload()
@@ -100,6 +89,28 @@ class TorchServeBackend:
                 return False
             self.tokens.reload()
             return self.tokens.key(kind) != refused
+
+
+class TorchServeBackend:
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.http = HttpClient(config)
+        self.tokens = TokenFile(config.token_file)
+        self.keys = KeyRefresher(config, self.tokens, self.http)
+
+    async def _call(self, kind: str, method: str, url: str, body: bytes | None = None,
+                    content_type: str | None = None) -> HttpResult:
+        """One call with the right bearer key; when TorchServe refuses the key, get a valid one and retry once."""
+        for attempt in (1, 2):
+            used = self.tokens.key(kind)
+            headers = self.tokens.headers(kind)
+            if content_type:
+                headers["Content-Type"] = content_type
+            result = await self.http.request(method, url, body=body, headers=headers)
+            if attempt == 1 and _invalid_key(result) and await self.keys.refresh(kind, used):
+                continue
+            return result
+        raise AssertionError("unreachable")
 
     def _predictions_url(self, target: Target) -> str:
         return f"{self.config.url}/predictions/{target.model}/{target.version}"

@@ -3,7 +3,6 @@ data[i]["body"]), status via ManagementAPIsService/DescribeModel; token auth as 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -12,7 +11,7 @@ from google.protobuf.message import Message
 
 from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, TargetNotLoaded
 from gateway.backends.http import HttpClient
-from gateway.backends.torchserve import TokenFile
+from gateway.backends.torchserve import KeyRefresher, TokenFile
 from gateway.codecs import v2_json
 from gateway.config import BackendConfig
 from gateway.errors import (
@@ -33,39 +32,6 @@ Resp = TypeVar("Resp", bound=Message)
 # TorchServe's gRPC error details end with a line naming the Java exception, e.g.
 # "Model version: 9 does not exist for model: scale\norg.pytorch.serve.archive.model.ModelVersionNotFoundException".
 _NOT_REGISTERED = frozenset({"ModelNotFoundException", "ModelVersionNotFoundException"})
-
-
-class KeyRefresher:
-    """Gets a valid key after TorchServe refused one. A rotated key is in key_file.json (TorchServe rewrites
-    it); an expired one is not (the file keeps it after 60 min by default): then rotate with the API key. Key
-    rotation exists only on the REST management API, so that needs management_url. One refresh at a time, so
-    a burst of refusals does not rotate the key over and over."""
-
-    def __init__(self, config: BackendConfig, tokens: TokenFile, http: HttpClient) -> None:
-        self.config = config
-        self.tokens = tokens
-        self.http = http
-        self._lock = asyncio.Lock()
-
-    async def refresh(self, kind: str, refused: str | None) -> bool:
-        """True when the file now holds a key other than `refused` (worth one retry)."""
-        if self.tokens.path is None:
-            return False
-        async with self._lock:
-            if self.tokens.key(kind) != refused:
-                return True  # refreshed by a concurrent request meanwhile
-            self.tokens.reload()
-            if self.tokens.key(kind) != refused:
-                return True
-            api_key = self.tokens.key("API")
-            if api_key is None or self.config.management_url is None:
-                return False
-            result = await self.http.request("POST", f"{self.config.management_url}/token?type={kind}",
-                                             headers={"Authorization": f"Bearer {api_key}"})
-            if result.status != 200:
-                return False
-            self.tokens.reload()
-            return self.tokens.key(kind) != refused
 
 
 class TorchServeGrpcBackend:
