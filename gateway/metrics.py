@@ -1,0 +1,144 @@
+"""Metrics: every Prometheus metric the gateway exports, defined once; the data plane records, /metrics renders.
+
+One ``Metrics`` per process, each with its own registry (nothing is registered on prometheus_client's global
+default registry, so tests can build several).
+
+Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory *before* the worker
+processes start (prometheus_client reads it when it is first imported). Every worker then writes its values to
+mmap files there, and ``render()`` in any worker merges all of them (a ``MultiProcessCollector``), so one scrape
+of any worker sees the whole gateway. The directory must be emptied when the gateway (not a worker) starts,
+else the previous run's counts are added in. Only counters and histograms are defined here, so no
+``mark_process_dead`` bookkeeping is needed when a worker exits: its counts stay part of the totals.
+
+Label values are small closed sets (models, versions and variants from the routes file, status codes,
+protocols), so each labelled child is looked up once and cached in a dict keyed by its label tuple: recording
+then costs one dict lookup plus the increments. Callers must not pass client-chosen strings (an unknown model's
+name) as labels; map them to a fixed value first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+# 0.5 ms .. 30 s: a fast backend answers in about a millisecond, the largest backend timeout is tens of seconds.
+DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                           30.0, math.inf)
+DIFF_BUCKETS: Final = (*(float(f"1e{e}") for e in range(-9, 4)), math.inf)  # 1e-9 .. 1e3, log-spaced
+RATIO_BUCKETS: Final = (0.5, 0.9, 0.99, 0.999, 1.0, math.inf)
+# A non-finite diff (shape mismatch, NaN on one side only) is observed as this: it lands in the +Inf bucket like
+# inf would, but keeps the histogram's _sum finite (an inf would turn _sum, and every rate() over it, into inf/NaN).
+NONFINITE_DIFF: Final = 1e4
+
+REQUEST_LABELS: Final = ("model", "version", "variant", "backend", "protocol", "code")
+SHADOW_LABELS: Final = ("model", "primary_version", "shadow_version")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        self.multiprocess = _multiprocess_mode()
+        if self.multiprocess:
+            # Metric objects still register on self.registry (harmless); a scrape reads every worker's files.
+            self._render_registry = CollectorRegistry()
+            MultiProcessCollector(self._render_registry)  # type: ignore[no-untyped-call]  # untyped in the library
+        else:
+            self._render_registry = self.registry
+        reg = self.registry
+        self.requests = Counter("gateway_requests", "Inference requests answered, by served target and status "
+                                "(HTTP status for REST fronts, gRPC code name for gRPC fronts).",
+                                REQUEST_LABELS, registry=reg)
+        self.duration = Histogram("gateway_request_duration_seconds", "Time from decoded request to answer.",
+                                  REQUEST_LABELS[:-1], registry=reg, buckets=DURATION_BUCKETS)
+        self.shadows = Counter("gateway_shadow_requests", "Mirrored (shadow) requests by outcome: "
+                               "ok, error, timeout, or dropped (too many in flight, or shut down).",
+                               (*SHADOW_LABELS, "outcome"), registry=reg)
+        self.max_abs_diff = Histogram("gateway_shadow_max_abs_diff", "Largest |primary - shadow| over the "
+                                      "compared outputs of one request (shape mismatch counts as +Inf).",
+                                      SHADOW_LABELS, registry=reg, buckets=DIFF_BUCKETS)
+        self.within_tolerance = Histogram("gateway_shadow_within_tolerance_ratio", "Fraction of output elements "
+                                          "where the shadow matches the primary within tolerance.",
+                                          SHADOW_LABELS, registry=reg, buckets=RATIO_BUCKETS)
+        self.argmax_agreement = Histogram("gateway_shadow_argmax_agreement_ratio", "Fraction of rows of "
+                                          "classifier outputs whose argmax agrees between primary and shadow.",
+                                          SHADOW_LABELS, registry=reg, buckets=RATIO_BUCKETS)
+        self.comparisons = Counter("gateway_shadow_comparisons", "Shadow answers compared with the primary's: "
+                                   "agree when every element is within tolerance and every argmax agrees.",
+                                   (*SHADOW_LABELS, "result"), registry=reg)
+        self.assignments = Counter("gateway_assignments", "Experiment assignments by variant and how the "
+                                   "variant was chosen (sticky, random, override, default).",
+                                   ("model", "experiment", "variant", "how"), registry=reg)
+        self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self._shadow_children: dict[tuple[str, ...], Counter] = {}
+        self._comparison_children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram, Counter, Counter]] = {}
+        self._assignment_children: dict[tuple[str, ...], Counter] = {}
+
+    def request(self, *, model: str, version: str, variant: str, backend: str, protocol: str, code: str,
+                seconds: float) -> None:
+        """One answered request. protocol: v2_rest | v2_grpc | tf_rest | tf_grpc | torchserve_rest; code: the
+        HTTP status as a string ("200") for REST, the gRPC code name ("OK") for gRPC; variant "" outside an
+        experiment."""
+        key = (model, version, variant, backend, protocol, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (self.requests.labels(*key), self.duration.labels(*key[:-1]))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def shadow(self, *, model: str, primary_version: str, shadow_version: str, outcome: str) -> None:
+        """outcome: ok | error | timeout | dropped."""
+        key = (model, primary_version, shadow_version, outcome)
+        child = self._shadow_children.get(key)
+        if child is None:
+            child = self._shadow_children[key] = self.shadows.labels(*key)
+        child.inc()
+
+    def comparison(self, *, model: str, primary_version: str, shadow_version: str, max_abs_diff: float,
+                   within_tolerance: float, argmax_agreement: float | None) -> None:
+        key = (model, primary_version, shadow_version)
+        children = self._comparison_children.get(key)
+        if children is None:
+            children = self._comparison_children[key] = (
+                self.max_abs_diff.labels(*key), self.within_tolerance.labels(*key),
+                self.argmax_agreement.labels(*key), self.comparisons.labels(*key, "agree"),
+                self.comparisons.labels(*key, "disagree"))
+        diff_h, within_h, argmax_h, agree, disagree = children
+        diff_h.observe(max_abs_diff if math.isfinite(max_abs_diff) else NONFINITE_DIFF)
+        within_h.observe(within_tolerance)
+        if argmax_agreement is not None:
+            argmax_h.observe(argmax_agreement)
+        if within_tolerance == 1.0 and (argmax_agreement is None or argmax_agreement == 1.0):
+            agree.inc()
+        else:
+            disagree.inc()
+
+    def assignment(self, *, model: str, experiment: str, variant: str, how: str) -> None:
+        """how: sticky | random | override | default."""
+        key = (model, experiment, variant, how)
+        child = self._assignment_children.get(key)
+        if child is None:
+            child = self._assignment_children[key] = self.assignments.labels(*key)
+        child.inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition (every worker's, in multiprocess mode) and its content type."""
+        return generate_latest(self._render_registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def _multiprocess_mode() -> bool:
+    """Whether values go to PROMETHEUS_MULTIPROC_DIR. prometheus_client picks its value class once, when it is
+    imported; a mismatch with the environment now would silently count in one process only, so refuse it."""
+    wanted = MULTIPROC_ENV in os.environ or MULTIPROC_ENV.lower() in os.environ
+    active = bool(getattr(values.ValueClass, "_multiprocess", False))
+    if wanted != active:
+        raise RuntimeError(
+            f"{MULTIPROC_ENV} is {'set' if wanted else 'unset'} but prometheus_client was imported when it was "
+            f"{'unset' if wanted else 'set'}: set it before the gateway process (or worker) starts")
+    return wanted
