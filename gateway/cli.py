@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from gateway.config import load_routes
@@ -22,6 +23,8 @@ def serve(settings: Settings) -> None:
     # Fail before forking workers when the routes file is invalid, with the validator's message.
     load_routes(settings.routes_file)
     os.environ.update(settings.to_env())  # uvicorn's factory (in every worker) rebuilds Settings from these
+    if settings.workers > 1:
+        _multiprocess_metrics_dir()
     uvicorn.run(
         "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
@@ -29,6 +32,16 @@ def serve(settings: Settings) -> None:
         # No X-Forwarded-* rewriting (a per-request middleware): the gateway does not use client addresses.
         proxy_headers=False, server_header=False,
     )
+
+
+def _multiprocess_metrics_dir() -> None:
+    """Several workers share one set of Prometheus metrics through files in PROMETHEUS_MULTIPROC_DIR (any worker's
+    /metrics shows all). The directory must exist and be empty before the workers start."""
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 def check_routes(path: Path) -> int:

@@ -44,12 +44,48 @@ class VersionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    version: str
+    weight: float  # percent; the variants of an experiment add up to 100
+
+
+@dataclass(frozen=True, slots=True)
+class StickyKey:
+    """Where the assignment key comes from: a header (gRPC metadata) or a v2 request parameter."""
+
+    header: str | None = None
+    parameter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    name: str
+    salt: str
+    variants: tuple[Variant, ...]
+    sticky_key: StickyKey | None = None
+    fallback: str = "random"  # requests without the sticky key: "random" (weighted) or "default"
+    log_assignments: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    version: str
+    percent: float
+    tolerance: float = 1e-4
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     versions: Mapping[str, VersionConfig]
     default_version: str
     labels: Mapping[str, str] = field(default_factory=dict)
     schema: ModelSchema | None = None
+    experiment: Experiment | None = None
+    shadow: Shadow | None = None
+    allow_overrides: bool = True  # x-model-variant / x-model-version request headers (QA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +99,11 @@ class RoutesConfig:
 def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RoutesConfig:
     """Read and validate a routes file; `${VAR}` and `${VAR:-default}` in strings come from the environment."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read routes file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -134,7 +172,7 @@ class _Parser:
 
     def version(self, value: Any, path: str) -> str:
         text = self.string(value, path)
-        if not text.isdigit() or int(text) <= 0:
+        if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) <= 0:
             self.fail(path, f"version {text!r} must be a positive integer")
         return str(int(text))
 
@@ -207,7 +245,8 @@ class _Parser:
         path = f"models.{name}"
         self.name(name, path)
         m = self.mapping(spec, path, required={"versions"},
-                         allowed={"versions", "default_version", "labels", "schema"})
+                         allowed={"versions", "default_version", "labels", "schema", "experiment", "shadow",
+                                  "allow_overrides"})
         raw_versions = self.mapping(m["versions"], f"{path}.versions")
         if not raw_versions:
             self.fail(f"{path}.versions", "must list at least one version")
@@ -231,7 +270,75 @@ class _Parser:
             if labels[label] not in versions:
                 self.fail(lpath, f"points at version {labels[label]}, which is not listed under versions")
         schema = None if m.get("schema") is None else self.schema(m["schema"], f"{path}.schema")
-        return ModelConfig(name=name, versions=versions, default_version=default, labels=labels, schema=schema)
+        experiment = None if m.get("experiment") is None else self.experiment(
+            name, m["experiment"], f"{path}.experiment", versions)
+        shadow = None if m.get("shadow") is None else self.shadow(m["shadow"], f"{path}.shadow", versions)
+        if shadow is not None:
+            primaries = {default} if experiment is None else {v.version for v in experiment.variants}
+            if shadow.version in primaries:
+                self.fail(f"{path}.shadow.version", f"version {shadow.version} also serves primary traffic; a "
+                                                    "shadow must differ from its primary")
+        overrides = m.get("allow_overrides", True)
+        if not isinstance(overrides, bool):
+            self.fail(f"{path}.allow_overrides", "must be true or false")
+        return ModelConfig(name=name, versions=versions, default_version=default, labels=labels, schema=schema,
+                           experiment=experiment, shadow=shadow, allow_overrides=overrides)
+
+    def experiment(self, model: str, spec: Any, path: str, versions: Mapping[str, VersionConfig]) -> Experiment:
+        m = self.mapping(spec, path, required={"variants"},
+                         allowed={"name", "salt", "variants", "sticky_key", "fallback", "log_assignments"})
+        name = self.name(m.get("name", model), f"{path}.name")
+        raw = m["variants"]
+        if not isinstance(raw, list) or len(raw) < 2:
+            self.fail(f"{path}.variants", "must list at least two variants ({name, version, weight})")
+        variants = tuple(self.variant(item, f"{path}.variants[{i}]", versions) for i, item in enumerate(raw))
+        if len({v.name for v in variants}) != len(variants):
+            self.fail(f"{path}.variants", "variant names must be unique")
+        total = sum(v.weight for v in variants)
+        if abs(total - 100.0) > 1e-6:
+            self.fail(f"{path}.variants", f"weights add up to {total:g}, not 100")
+        fallback = self.string(m.get("fallback", "random"), f"{path}.fallback")
+        if fallback not in ("random", "default"):
+            self.fail(f"{path}.fallback", f"{fallback!r} is not one of random, default")
+        log = m.get("log_assignments", False)
+        if not isinstance(log, bool):
+            self.fail(f"{path}.log_assignments", "must be true or false")
+        sticky = None if m.get("sticky_key") is None else self.sticky_key(m["sticky_key"], f"{path}.sticky_key")
+        return Experiment(name=name, salt=self.string(m.get("salt", name), f"{path}.salt"), variants=variants,
+                          sticky_key=sticky, fallback=fallback, log_assignments=log)
+
+    def variant(self, spec: Any, path: str, versions: Mapping[str, VersionConfig]) -> Variant:
+        m = self.mapping(spec, path, required={"name", "version", "weight"}, allowed={"name", "version", "weight"})
+        version = self.version(m["version"], f"{path}.version")
+        if version not in versions:
+            self.fail(f"{path}.version", f"version {version} is not listed under versions")
+        weight = m["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
+            self.fail(f"{path}.weight", f"must be a percentage between 0 and 100, got {weight!r}")
+        return Variant(name=self.name(m["name"], f"{path}.name"), version=version, weight=float(weight))
+
+    def sticky_key(self, spec: Any, path: str) -> StickyKey:
+        m = self.mapping(spec, path, allowed={"header", "parameter"})
+        if len(m) != 1:
+            self.fail(path, "must name exactly one of header or parameter")
+        if "header" in m:
+            return StickyKey(header=self.string(m["header"], f"{path}.header").lower())
+        return StickyKey(parameter=self.string(m["parameter"], f"{path}.parameter"))
+
+    def shadow(self, spec: Any, path: str, versions: Mapping[str, VersionConfig]) -> Shadow:
+        m = self.mapping(spec, path, required={"version", "percent"},
+                         allowed={"version", "percent", "tolerance", "timeout_s"})
+        version = self.version(m["version"], f"{path}.version")
+        if version not in versions:
+            self.fail(f"{path}.version", f"version {version} is not listed under versions")
+        percent = m["percent"]
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 < percent <= 100:
+            self.fail(f"{path}.percent", f"must be a percentage in (0, 100], got {percent!r}")
+        tolerance = m.get("tolerance", 1e-4)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or tolerance < 0:
+            self.fail(f"{path}.tolerance", f"must be a non-negative number, got {tolerance!r}")
+        return Shadow(version=version, percent=float(percent), tolerance=float(tolerance),
+                      timeout_s=self.number(m.get("timeout_s", 10.0), f"{path}.timeout_s"))
 
     def target(self, spec: Any, path: str, backends: Mapping[str, BackendConfig]) -> VersionConfig:
         m = self.mapping(spec, path, required={"backend", "model", "version"},

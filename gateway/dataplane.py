@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import logging
+from contextvars import ContextVar
+
 from gateway.backends.base import Backend, Backends
+from gateway.codecs.jsonio import dumps
 from gateway.control.store import RouteStore
+from gateway.deadline import set_deadline
 from gateway.errors import InvalidArgument
-from gateway.routing import Route
+from gateway.metrics import Metrics
+from gateway.routing import NO_HINTS, Hints, Route
+from gateway.shadow import Shadows
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor, TensorSpec
+
+assignments = logging.getLogger("gateway.assignment")
+# The route of the request being handled, for the fronts' per-request metrics (each request runs in its own task).
+current_route: ContextVar[Route | None] = ContextVar("gateway_route", default=None)
 
 
 class DataPlane:
-    """Transport-neutral: every front (REST now, gRPC later) calls these methods."""
+    """Transport-neutral: every front, REST and gRPC, calls these methods."""
 
-    def __init__(self, store: RouteStore, backends: Backends) -> None:
+    def __init__(self, store: RouteStore, backends: Backends, metrics: Metrics, shadows: Shadows) -> None:
         self.store = store
         self.backends = backends
+        self.metrics = metrics
+        self.shadows = shadows
 
-    def route(self, ref: ModelRef) -> Route:
+    def route(self, ref: ModelRef, hints: Hints = NO_HINTS) -> Route:
         # One read of `current` per request: a routes swap mid-request never mixes tables.
-        return self.store.current.resolve(ref)
+        route = self.store.current.resolve(ref, hints)
+        current_route.set(route)
+        experiment = route.model.experiment
+        if experiment is not None and route.variant:
+            self.metrics.assignment(model=route.model.name, experiment=experiment.name, variant=route.variant,
+                                    how=route.assigned)
+            if experiment.log_assignments:
+                assignments.info(dumps({
+                    "request_id": hints.request_id, "model": route.model.name, "experiment": experiment.name,
+                    "variant": route.variant, "version": route.target.logical_version, "how": route.assigned,
+                    "key_hash": route.key_hash}).decode())
+        return route
 
     def backend(self, route: Route) -> Backend:
         return self.backends.get(route.backend)
@@ -29,8 +53,25 @@ class DataPlane:
             check_inputs(request, schema)
         response = await self.backend(route).infer(route.target, request)
         outputs = select_outputs(response.outputs, request.output_names)
-        return InferResponse(outputs=outputs, model_name=route.target.logical_model,
-                             model_version=route.target.logical_version, id=request.id)
+        answer = InferResponse(outputs=outputs, model_name=route.target.logical_model,
+                               model_version=route.target.logical_version, id=request.id)
+        if route.shadow is not None:
+            self.mirror(request, route, route.shadow, answer)
+        return answer
+
+    def mirror(self, request: InferRequest, route: Route, shadow: Route, primary: InferResponse) -> None:
+        """Send the request to the shadow in the background and compare; never waits, never fails the primary."""
+        policy = route.model.shadow
+        assert policy is not None
+
+        async def call() -> InferResponse:
+            set_deadline(None)  # the client's deadline is the primary's, not the shadow's
+            response = await self.backend(shadow).infer(shadow.target, request)
+            return InferResponse(outputs=select_outputs(response.outputs, request.output_names))
+
+        self.shadows.submit(model=route.model.name, primary_version=route.target.logical_version,
+                            shadow_version=shadow.target.logical_version, call=call, primary=primary,
+                            tolerance=policy.tolerance, timeout_s=policy.timeout_s)
 
     async def input_schema(self, route: Route, signature: str | None) -> ModelSchema | None:
         """What inputs are checked against: TF Serving does not check shapes against the signature itself (a

@@ -46,6 +46,12 @@ class VersionNotFound(NotFound):
     pass
 
 
+class PermissionDenied(GatewayError):
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    tf_code = "PERMISSION_DENIED"
+
+
 class MethodNotAllowed(GatewayError):
     http_status = 405
     grpc_code = grpc.StatusCode.UNIMPLEMENTED

@@ -17,6 +17,7 @@ class Settings:
     workers: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
     routes_poll_s: float = 1.0
+    shadow_max_pending: int = 64  # shadow calls in flight per process; more are dropped (and counted)
     log_level: str = "info"
 
     @classmethod
@@ -31,6 +32,7 @@ class Settings:
             workers=_int(env, "GATEWAY_WORKERS", d.workers),
             max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes),
             routes_poll_s=float(env.get("GATEWAY_ROUTES_POLL_S", d.routes_poll_s)),
+            shadow_max_pending=_int(env, "GATEWAY_SHADOW_MAX_PENDING", d.shadow_max_pending),
             log_level=env.get("GATEWAY_LOG_LEVEL", d.log_level).lower(),
         )
 
@@ -41,6 +43,7 @@ class Settings:
             "GATEWAY_ROUTES_FILE": str(self.routes_file), "GATEWAY_HOST": self.host, "GATEWAY_PORT": str(self.port),
             "GATEWAY_GRPC_PORT": str(self.grpc_port), "GATEWAY_WORKERS": str(self.workers),
             "GATEWAY_MAX_BODY_BYTES": str(self.max_body_bytes), "GATEWAY_ROUTES_POLL_S": str(self.routes_poll_s),
+            "GATEWAY_SHADOW_MAX_PENDING": str(self.shadow_max_pending),
             "GATEWAY_LOG_LEVEL": self.log_level,
         }
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.routing import Hints
 
 if TYPE_CHECKING:
     from gateway.dataplane import DataPlane
@@ -37,7 +38,6 @@ class Request:
     receive: Receive
     plane: DataPlane
     max_body_bytes: int
-    route: Route | None = None  # set once resolved, so error answers can still say where they went
 
     @property
     def method(self) -> str:
@@ -52,6 +52,15 @@ class Request:
             if key == name:
                 return bytes(value)
         return None
+
+    def hints(self, parameters: Mapping[str, Any] | None = None, request_id: str | None = None) -> Hints:
+        """Routing hints: headers (sticky keys, QA overrides) and, for v2 bodies, the request's parameters."""
+        def header(name: str) -> str | None:
+            value = self.header(name.encode("latin-1"))
+            return None if value is None else value.decode("latin-1")
+
+        rid = request_id or header("x-request-id")
+        return Hints(header=header, parameters=parameters or {}, request_id=rid)
 
     async def body(self) -> bytes:
         """The whole body, refused with 413 as soon as it passes the limit (declared or streamed)."""
@@ -90,11 +99,14 @@ class Front:
 def served_by(route: Route) -> list[tuple[bytes, bytes]]:
     """Response headers naming what served the request."""
     t = route.target
-    return [
+    headers = [
         (b"x-model-name", t.logical_model.encode()),
         (b"x-model-version", t.logical_version.encode()),
         (b"x-backend", t.backend.encode()),
     ]
+    if route.variant:
+        headers.append((b"x-model-variant", route.variant.encode()))
+    return headers
 
 
 async def send_response(send: Send, response: Response) -> None:

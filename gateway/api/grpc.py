@@ -4,8 +4,10 @@ InferRequest and calls the same DataPlane as REST."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
@@ -18,14 +20,15 @@ from gateway.api.v2_rest import PLATFORMS
 from gateway.backends.tfserving_grpc import TFServingGrpcBackend
 from gateway.codecs import tf_proto, v2_grpc
 from gateway.codecs.tf_json import DEFAULT_SIGNATURE
-from gateway.dataplane import DataPlane, check_specs
+from gateway.dataplane import DataPlane, check_specs, current_route
 from gateway.deadline import set_deadline
 from gateway.errors import GatewayError, InvalidArgument
+from gateway.metrics import Metrics
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos import v2_pb2 as v2
 from gateway.protos.reflection import public_pool
-from gateway.routing import Route
+from gateway.routing import Hints, Route
 from gateway.settings import Settings
 from gateway.types import ModelRef
 
@@ -39,25 +42,51 @@ Impl = Callable[[Any, Context], Awaitable[Any]]
 
 def served_by(context: Context, route: Route) -> None:
     t = route.target
-    context.set_trailing_metadata((("x-model-name", t.logical_model), ("x-model-version", t.logical_version),
-                                   ("x-backend", t.backend)))
+    metadata = [("x-model-name", t.logical_model), ("x-model-version", t.logical_version), ("x-backend", t.backend)]
+    if route.variant:
+        metadata.append(("x-model-variant", route.variant))
+    context.set_trailing_metadata(tuple(metadata))
 
 
-def _unary(method: svc.Method[Any, Any], impl: Impl) -> grpc.RpcMethodHandler[Any, Any]:
-    """One place where the client's deadline is taken and gateway errors become gRPC status codes."""
+def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str,
+           metrics: Metrics | None = None) -> grpc.RpcMethodHandler[Any, Any]:
+    """One place where the client's deadline is taken, gateway errors become gRPC status codes, and each routed
+    inference call is measured (with `metrics`)."""
 
     async def handler(request: Any, context: Context) -> Any:
+        start = time.perf_counter()
+        current_route.set(None)
         set_deadline(context.time_remaining())
+        code = grpc.StatusCode.OK
         try:
             return await impl(request, context)
         except GatewayError as exc:
+            code = exc.grpc_code
             await context.abort(exc.grpc_code, exc.message[:MAX_DETAILS])
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the client went away: its backend call is cancelled with it
+            raise
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method.path)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal gateway error in {method.path}")
+        finally:
+            route = current_route.get()
+            if route is not None and metrics is not None:
+                t = route.target
+                metrics.request(model=t.logical_model, version=t.logical_version, variant=route.variant,
+                                backend=t.backend, protocol=protocol, code=code.name,
+                                seconds=time.perf_counter() - start)
 
     return grpc.unary_unary_rpc_method_handler(
         handler, request_deserializer=method.request.FromString, response_serializer=method.response.SerializeToString)
+
+
+def _hints(context: Context, parameters: Mapping[str, Any] | None = None, request_id: str = "") -> Hints:
+    """Routing hints from request metadata: the same names as the REST headers (sticky keys, overrides)."""
+    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    return Hints(header=metadata.get, parameters=parameters or {},
+                 request_id=request_id or metadata.get("x-request-id"))
 
 
 def _ref(name: str, version: str = "", label: str = "") -> ModelRef:
@@ -81,13 +110,13 @@ class V2Servicer:
         return v2.ServerMetadataResponse(name="model-gateway", version=__version__)
 
     async def model_ready(self, request: v2.ModelReadyRequest, context: Context) -> v2.ModelReadyResponse:
-        route = self.plane.route(_ref(request.name, request.version))
+        route = self.plane.route(_ref(request.name, request.version), _hints(context))
         status = await self.plane.status(route)
         served_by(context, route)
         return v2.ModelReadyResponse(ready=status.state == "AVAILABLE")
 
     async def model_metadata(self, request: v2.ModelMetadataRequest, context: Context) -> v2.ModelMetadataResponse:
-        route = self.plane.route(_ref(request.name, request.version))
+        route = self.plane.route(_ref(request.name, request.version), _hints(context))
         schema = await self.plane.schema(route)
         versions = [request.version] if request.version else sorted(route.model.versions, key=int)
         served_by(context, route)
@@ -95,19 +124,24 @@ class V2Servicer:
 
     async def model_infer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
         ref = _ref(request.model_name, request.model_version)
-        route = self.plane.route(ref)
-        response = await self.plane.infer(v2_grpc.decode_infer_request(request, ref), route)
+        infer_request = v2_grpc.decode_infer_request(request, ref)
+        route = self.plane.route(ref, _hints(context, infer_request.parameters, request.id))
+        response = await self.plane.infer(infer_request, route)
         served_by(context, route)
         return v2_grpc.encode_infer_response(response)
 
+    def _unary(self, method: svc.Method[Any, Any], impl: Impl) -> grpc.RpcMethodHandler[Any, Any]:
+        measured = self.plane.metrics if method is svc.V2_MODEL_INFER else None
+        return _unary(method, impl, "v2_grpc", measured)
+
     def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         return {
-            svc.V2_SERVER_LIVE.name: _unary(svc.V2_SERVER_LIVE, self.server_live),
-            svc.V2_SERVER_READY.name: _unary(svc.V2_SERVER_READY, self.server_ready),
-            svc.V2_SERVER_METADATA.name: _unary(svc.V2_SERVER_METADATA, self.server_metadata),
-            svc.V2_MODEL_READY.name: _unary(svc.V2_MODEL_READY, self.model_ready),
-            svc.V2_MODEL_METADATA.name: _unary(svc.V2_MODEL_METADATA, self.model_metadata),
-            svc.V2_MODEL_INFER.name: _unary(svc.V2_MODEL_INFER, self.model_infer),
+            svc.V2_SERVER_LIVE.name: self._unary(svc.V2_SERVER_LIVE, self.server_live),
+            svc.V2_SERVER_READY.name: self._unary(svc.V2_SERVER_READY, self.server_ready),
+            svc.V2_SERVER_METADATA.name: self._unary(svc.V2_SERVER_METADATA, self.server_metadata),
+            svc.V2_MODEL_READY.name: self._unary(svc.V2_MODEL_READY, self.model_ready),
+            svc.V2_MODEL_METADATA.name: self._unary(svc.V2_MODEL_METADATA, self.model_metadata),
+            svc.V2_MODEL_INFER.name: self._unary(svc.V2_MODEL_INFER, self.model_infer),
         }
 
 
@@ -118,10 +152,10 @@ class TFServingServicer:
         self.plane = plane
 
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
-        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec))
+        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec), _hints(context))
         backend = self.plane.backend(route)
         forward = getattr(backend, "forward_predict", None)
-        if forward is not None:
+        if forward is not None and route.shadow is None:
             # TF Serving over gRPC on both sides: only model_spec is rewritten, the TensorProtos pass untouched
             # (their headers are still checked against the signature, which TF Serving does not do).
             schema = await self.plane.input_schema(route, request.model_spec.signature_name or None)
@@ -146,7 +180,7 @@ class TFServingServicer:
         for field in request.metadata_field:
             if field != "signature_def":
                 raise InvalidArgument(f"Metadata field {field} is not supported")
-        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec))
+        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec), _hints(context))
         served_by(context, route)
         version = route.target.logical_version
         backend = self.plane.backend(route)
@@ -164,14 +198,18 @@ class TFServingServicer:
         ref = tf_proto.model_ref(request.model_spec)
         return tf_proto.encode_status_response(await tf_compat.statuses(self.plane, ref.name, ref.version))
 
+    def _unary(self, method: svc.Method[Any, Any], impl: Impl) -> grpc.RpcMethodHandler[Any, Any]:
+        measured = self.plane.metrics if method is svc.TF_PREDICT else None
+        return _unary(method, impl, "tf_grpc", measured)
+
     def prediction_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         return {
-            svc.TF_PREDICT.name: _unary(svc.TF_PREDICT, self.predict),
-            svc.TF_GET_MODEL_METADATA.name: _unary(svc.TF_GET_MODEL_METADATA, self.get_model_metadata),
+            svc.TF_PREDICT.name: self._unary(svc.TF_PREDICT, self.predict),
+            svc.TF_GET_MODEL_METADATA.name: self._unary(svc.TF_GET_MODEL_METADATA, self.get_model_metadata),
         }
 
     def model_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        return {svc.TF_GET_MODEL_STATUS.name: _unary(svc.TF_GET_MODEL_STATUS, self.get_model_status)}
+        return {svc.TF_GET_MODEL_STATUS.name: self._unary(svc.TF_GET_MODEL_STATUS, self.get_model_status)}
 
 
 class GrpcFront:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from gateway.api import tf_rest, torchserve_rest, v2_rest
@@ -12,9 +13,11 @@ from gateway.api.asgi import ClientDisconnected, Front, Receive, Request, Respon
 from gateway.api.asgi import served_by as _served_by
 from gateway.backends.base import Backends
 from gateway.control.store import RouteStore
-from gateway.dataplane import DataPlane
+from gateway.dataplane import DataPlane, current_route
 from gateway.errors import GatewayError, NotFound
+from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.shadow import Shadows
 
 if TYPE_CHECKING:
     from gateway.api.grpc import GrpcFront
@@ -53,7 +56,8 @@ class GatewayApp:
         backends = Backends()
         for config in store.current.backends.values():
             backends.get(config)
-        self.plane = DataPlane(store, backends)
+        metrics = Metrics()
+        self.plane = DataPlane(store, backends, metrics, Shadows(metrics, max_pending=self.settings.shadow_max_pending))
         self._watch = asyncio.create_task(store.watch(self.settings.routes_poll_s))
         if self.settings.grpc_port:
             from gateway.api.grpc import GrpcFront  # grpc servicers load only when the listener is on
@@ -71,6 +75,7 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         if self.plane is not None:
+            await self.plane.shadows.close()
             await self.plane.backends.close()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
@@ -91,6 +96,12 @@ class GatewayApp:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.plane is not None, "the ASGI server must run the lifespan"
         path = scope["path"]
+        if path == "/metrics":
+            body, content_type = self.plane.metrics.render()
+            await send_response(send, Response(200, body, content_type=content_type.encode()))
+            return
+        start = time.perf_counter()
+        current_route.set(None)
         front = front_for(path)
         request = Request(scope, receive, self.plane, self.settings.max_body_bytes)
         try:
@@ -99,12 +110,18 @@ class GatewayApp:
             return
         except GatewayError as exc:
             response = front.encode_error(exc)
-            if request.route is not None:
-                response.headers.extend(_served_by(request.route))
+            if (routed := current_route.get()) is not None:
+                response.headers.extend(_served_by(routed))
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = front.encode_error(GatewayError(f"internal gateway error on {scope['method']} {path}"))
         await send_response(send, response)
+        route = current_route.get()
+        if route is not None and request.method == "POST":  # inference calls, routed (model labels stay bounded)
+            t = route.target
+            self.plane.metrics.request(model=t.logical_model, version=t.logical_version, variant=route.variant,
+                                       backend=t.backend, protocol=front.name, code=str(response.status),
+                                       seconds=time.perf_counter() - start)
 
     @staticmethod
     async def dispatch(front: Front, request: Request) -> Response:

@@ -7,14 +7,14 @@ import asyncio
 from gateway.codecs.tf_json import DEFAULT_SIGNATURE
 from gateway.dataplane import DataPlane
 from gateway.errors import InvalidArgument, ModelNotFound, NotFound, VersionNotFound
-from gateway.routing import Route
+from gateway.routing import Hints, Route
 from gateway.types import ModelRef, ModelStatus
 
 
-def resolve(plane: DataPlane, ref: ModelRef) -> Route:
+def resolve(plane: DataPlane, ref: ModelRef, hints: Hints) -> Route:
     """Route the request, with TF Serving's wording for servables it cannot find."""
     try:
-        return plane.route(ref)
+        return plane.route(ref, hints)
     except ModelNotFound:
         spec = f"Specific({ref.name}, {ref.version})" if ref.version else f"Latest({ref.name})"
         raise NotFound(f"Servable not found for request: {spec}") from None

@@ -16,10 +16,10 @@ from gateway.types import ModelRef
 
 # TF Serving's own path grammar (http_rest_api_handler.cc); versions are integers, names and labels URL-decoded.
 _PREDICT = re.compile(
-    r"(?i)^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?i)^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18})|/labels/(?P<label>[^/:]+))?"
     r":(?P<verb>classify|regress|predict)$")
 _STATUS = re.compile(
-    r"(?i)^/v1/models(?:/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?i)^/v1/models(?:/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18})|/labels/(?P<label>[^/:]+))?"
     r"(?P<metadata>/metadata)?)?$")
 
 
@@ -29,8 +29,7 @@ def _ref(match: re.Match[str]) -> ModelRef:
 
 
 def _resolve(request: Request, ref: ModelRef) -> Route:
-    route = request.route = tf_compat.resolve(request.plane, ref)
-    return route
+    return tf_compat.resolve(request.plane, ref, request.hints())
 
 
 async def predict(request: Request, match: re.Match[str]) -> Response:
@@ -38,15 +37,18 @@ async def predict(request: Request, match: re.Match[str]) -> Response:
     route = _resolve(request, ref)
     verb = match["verb"].lower()
     body = await request.body()
-    if route.backend.kind == "tfserving" and route.backend.transport == "rest":
+    if route.backend.kind == "tfserving" and route.backend.transport == "rest" and route.shadow is None:
         # Same protocol on both sides: forward the body untouched, only the URL is rewritten.
         answer, _ = await request.plane.forward(route, f":{verb}", body, "application/json")
         return Response(200, answer, headers=served_by(route))
     if verb != "predict":
         raise Unimplemented(f"{verb} is only available for models served by TF Serving over REST; model "
                             f"'{ref.name}' version {route.target.logical_version} is served by {route.backend.name}")
-    # Unnamed inputs and JSON number types are read against the schema (declared, else the backend's signature).
-    infer_request, row_format = tf_json.decode_predict(body, ref, await request.plane.schema(route))
+    # Unnamed inputs and JSON number types are read against the schema: declared, else the backend's signature
+    # (the one the body names).
+    doc = tf_json.parse_predict(body)
+    schema = await request.plane.input_schema(route, tf_json.signature_of(doc))
+    infer_request, row_format = tf_json.decode_predict(doc, ref, schema)
     tf_compat.check_signature(infer_request.signature_name, route)
     response = await request.plane.infer(infer_request, route)
     return Response(200, tf_json.encode_predict_response(response, row_format), headers=served_by(route))
@@ -96,4 +98,4 @@ ROUTES = (
     ("GET", _STATUS, status_or_metadata),
 )
 
-FRONT = Front(name="tfserving", routes=ROUTES, encode_error=encode_error, no_route=no_route)
+FRONT = Front(name="tf_rest", routes=ROUTES, encode_error=encode_error, no_route=no_route)

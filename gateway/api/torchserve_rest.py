@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.api import v2_rest
 from gateway.api.asgi import Front, Request, Response, served_by
-from gateway.api.v2_rest import infer_v2_json
 from gateway.codecs.jsonio import dumps
 from gateway.errors import (
     BackendTimeout,
@@ -29,16 +29,17 @@ async def ping(request: Request, match: re.Match[str]) -> Response:
 
 async def predictions(request: Request, match: re.Match[str]) -> Response:
     ref = ModelRef(name=match["name"], version=match["version"])
-    route = request.route = request.plane.route(ref)
-    if route.backend.kind == "torchserve":
+    route = request.plane.route(ref, request.hints())
+    if route.backend.kind == "torchserve" and route.shadow is None:
         body = await request.body()
         # The handler's own format, whatever it is: pass it through untouched.
         content_type = (request.header(b"content-type") or b"application/octet-stream").decode("latin-1")
         answer, answer_type = await request.plane.forward(route, "", body, content_type)
         return Response(200, answer, content_type=answer_type.encode() or b"application/json",
                         headers=served_by(route))
-    # Other backends: the body is read as the v2 JSON request this project's TorchServe handlers accept.
-    return await infer_v2_json(request, ref, route)
+    # Other backends (and shadowed requests, which need the tensors): the body is read as the v2 JSON request
+    # this project's TorchServe handlers accept.
+    return await v2_rest.answer(request, await v2_rest.decode(request, ref), route)
 
 
 # TorchServe's exception type names, so existing clients that switch on `type` keep working.
@@ -69,4 +70,4 @@ ROUTES = (
     ("PUT", _PREDICTIONS, predictions),
 )
 
-FRONT = Front(name="torchserve", routes=ROUTES, encode_error=encode_error, no_route=no_route)
+FRONT = Front(name="torchserve_rest", routes=ROUTES, encode_error=encode_error, no_route=no_route)

@@ -10,7 +10,7 @@ from gateway.codecs import v2_json
 from gateway.codecs.jsonio import dumps
 from gateway.errors import GatewayError, InvalidArgument, MethodNotAllowed, NotFound
 from gateway.routing import Route
-from gateway.types import ModelRef
+from gateway.types import InferRequest, ModelRef
 
 _MODEL = r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 PLATFORMS = {"tfserving": "tensorflow_savedmodel", "torchserve": "pytorch_torchserve"}
@@ -35,7 +35,7 @@ async def server_metadata(request: Request, match: re.Match[str]) -> Response:
 
 
 async def model_metadata(request: Request, match: re.Match[str]) -> Response:
-    route = request.route = request.plane.route(_ref(match))
+    route = request.plane.route(_ref(match), request.hints())
     schema = await request.plane.schema(route)
     versions = [match["version"]] if match["version"] else sorted(route.model.versions, key=int)
     body = v2_json.encode_metadata(route.model.name, versions, PLATFORMS[route.backend.kind], schema)
@@ -43,7 +43,7 @@ async def model_metadata(request: Request, match: re.Match[str]) -> Response:
 
 
 async def model_ready(request: Request, match: re.Match[str]) -> Response:
-    route = request.route = request.plane.route(_ref(match))
+    route = request.plane.route(_ref(match), request.hints())
     status = await request.plane.status(route)
     ok = status.state == "AVAILABLE"
     doc = {"name": route.model.name, "version": route.target.logical_version, "ready": ok}
@@ -56,21 +56,26 @@ async def model_ready(request: Request, match: re.Match[str]) -> Response:
 
 async def infer(request: Request, match: re.Match[str]) -> Response:
     ref = _ref(match)
-    route = request.route = request.plane.route(ref)
-    return await infer_v2_json(request, ref, route)
+    infer_request = await decode(request, ref)
+    hints = request.hints(infer_request.parameters, infer_request.id)
+    route = request.plane.route(ref, hints)
+    return await answer(request, infer_request, route)
 
 
-async def infer_v2_json(request: Request, ref: ModelRef, route: Route) -> Response:
-    """v2 JSON in and out, with the binary data extension (Inference-Header-Content-Length) both ways."""
-    body = await request.body()
-    infer_request = v2_json.decode_request(body, ref, _header_length(request))
+async def decode(request: Request, ref: ModelRef) -> InferRequest:
+    """A v2 JSON body, with the binary data extension (Inference-Header-Content-Length)."""
+    return v2_json.decode_request(await request.body(), ref, _header_length(request))
+
+
+async def answer(request: Request, infer_request: InferRequest, route: Route) -> Response:
+    """Infer and answer in v2 JSON, binary outputs where the client asked for them."""
     response = await request.plane.infer(infer_request, route)
-    answer, header_length = v2_json.encode_response(response, infer_request.binary_outputs)
+    body, header_length = v2_json.encode_response(response, infer_request.binary_outputs)
     headers = served_by(route)
     if header_length is None:
-        return Response(200, answer, headers=headers)
+        return Response(200, body, headers=headers)
     headers.append((BINARY_HEADER, str(header_length).encode()))
-    return Response(200, answer, content_type=b"application/octet-stream", headers=headers)
+    return Response(200, body, content_type=b"application/octet-stream", headers=headers)
 
 
 BINARY_HEADER = b"inference-header-content-length"
@@ -105,4 +110,4 @@ ROUTES = (
     ("GET", re.compile(_MODEL + r"/?$"), model_metadata),
 )
 
-FRONT = Front(name="v2", routes=ROUTES, encode_error=encode_error, no_route=no_route)
+FRONT = Front(name="v2_rest", routes=ROUTES, encode_error=encode_error, no_route=no_route)

@@ -42,19 +42,23 @@ class HttpClient:
         """Send once, and once more if a pooled keep-alive connection was closed under us (inference and
         status calls are idempotent). Connection failures -> 503, timeouts -> 504, other client errors -> 502."""
         session = self._open()
-        limit = timeout_for(timeout_s or self.config.timeout_s)
-        timeout = aiohttp.ClientTimeout(total=limit, sock_connect=self.config.connect_timeout_s)
         name = self.config.name
         for attempt in (1, 2):
+            # Recomputed per attempt: a retry gets what is left of the client's deadline, not a fresh budget.
+            limit = timeout_for(timeout_s or self.config.timeout_s)
+            timeout = aiohttp.ClientTimeout(total=limit, sock_connect=self.config.connect_timeout_s)
             try:
                 async with session.request(method, url, data=body, headers=headers, timeout=timeout) as resp:
                     data = await resp.read()
                     return HttpResult(resp.status, data, resp.headers.get("Content-Type", ""))
+            except aiohttp.ConnectionTimeoutError:
+                # Checked before TimeoutError (it is one): no connection within connect_timeout_s means down.
+                raise BackendUnavailable(f"backend '{name}' is unreachable: no connection within "
+                                         f"{self.config.connect_timeout_s:g}s") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise BackendUnavailable(f"backend '{name}' is unreachable: {_reason(exc)}") from None
             except TimeoutError:
-                limit = timeout_s if timeout_s is not None else self.config.timeout_s
                 raise BackendTimeout(f"backend '{name}' did not answer within {limit:g}s") from None
             except aiohttp.ClientError as exc:
                 raise BackendError(f"backend '{name}' failed: {_reason(exc)}") from None

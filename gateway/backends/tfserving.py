@@ -69,11 +69,15 @@ class TFServingBackend:
             return ModelStatus(version=target.version, state="UNKNOWN", error_message=exc.message)
         if result.status != 200:
             return ModelStatus(version=target.version, state="END", error_message=_error_text(result))
-        doc = loads(result.body)
-        states = doc.get("model_version_status") or [{}]
-        entry = states[0]
-        return ModelStatus(version=str(entry.get("version", target.version)), state=str(entry.get("state", "UNKNOWN")),
-                           error_message=str(entry.get("status", {}).get("error_message", "")))
+        try:
+            entry = loads(result.body)["model_version_status"][0]
+            state = str(entry["state"])
+        except (GatewayError, LookupError, TypeError):
+            return ModelStatus(version=target.version, state="UNKNOWN",
+                               error_message=f"TF Serving's status answer is unreadable: {result.body[:200]!r}")
+        status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+        return ModelStatus(version=str(entry.get("version", target.version)), state=state,
+                           error_message=str(status.get("error_message", "")))
 
     async def metadata(self, target: Target) -> dict[str, Any]:
         """TF Serving's metadata JSON for the target version (cached: a loaded version never changes)."""
@@ -82,7 +86,13 @@ class TFServingBackend:
         if cached is None:
             result = await self.http.request("GET", self._url(target, "/metadata"))
             self._raise_for_status(result, target)
-            cached = self._metadata[key] = loads(result.body)
+            try:
+                doc = loads(result.body)
+            except GatewayError:
+                raise BackendError(f"TF Serving's metadata answer is not JSON: {result.body[:200]!r}") from None
+            if not isinstance(doc, dict):
+                raise BackendError("TF Serving's metadata answer is not a JSON object")
+            cached = self._metadata[key] = doc
         return cached
 
     async def schema(self, target: Target, signature: str | None = None) -> ModelSchema:

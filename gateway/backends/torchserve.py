@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.codecs import v2_json
@@ -144,11 +145,7 @@ class TorchServeBackend:
             return ModelStatus(version=target.version, state="END", error_message=_error_text(result))
         if result.status != 200:
             return ModelStatus(version=target.version, state="UNKNOWN", error_message=_error_text(result))
-        versions = loads(result.body)
-        workers = [w for v in versions if isinstance(v, dict) for w in v.get("workers", [])]
-        ready = any(w.get("status") == "READY" for w in workers)
-        return ModelStatus(version=target.version, state="AVAILABLE" if ready else "LOADING",
-                           error_message="" if ready else "no worker is READY")
+        return described_status(target.version, result.body.decode(errors="replace"))
 
     async def schema(self, target: Target, signature: str | None = None) -> ModelSchema | None:
         # TorchServe does not describe tensors; the routes file's schema is the source for its models.
@@ -193,3 +190,17 @@ def _error_fields(result: HttpResult) -> tuple[str, str]:
 
 def _error_text(result: HttpResult) -> str:
     return _error_fields(result)[1]
+
+
+def described_status(version: str, msg: str) -> ModelStatus:
+    """TorchServe's describe JSON (REST GET /models/m/v, and gRPC DescribeModel's msg): a list of versions,
+    each with its workers; READY workers mean AVAILABLE."""
+    try:
+        described: Any = json.loads(msg)
+    except ValueError:
+        return ModelStatus(version=version, state="UNKNOWN", error_message=f"describe answered: {msg[:200]}")
+    entries = described if isinstance(described, list) else []
+    workers = [w for v in entries if isinstance(v, dict) for w in v.get("workers", []) if isinstance(w, dict)]
+    ready = any(w.get("status") == "READY" for w in workers)
+    return ModelStatus(version=version, state="AVAILABLE" if ready else "LOADING",
+                       error_message="" if ready else "no worker is READY")

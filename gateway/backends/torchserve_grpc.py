@@ -3,15 +3,14 @@ data[i]["body"]), status via ManagementAPIsService/DescribeModel; token auth as 
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, TargetNotLoaded
 from gateway.backends.http import HttpClient
-from gateway.backends.torchserve import KeyRefresher, TokenFile
+from gateway.backends.torchserve import KeyRefresher, TokenFile, described_status
 from gateway.codecs import v2_json
 from gateway.config import BackendConfig
 from gateway.errors import (
@@ -96,7 +95,7 @@ class TorchServeGrpcBackend:
             return ModelStatus(version=target.version, state="END", error_message=exc.message)
         except GatewayError as exc:
             return ModelStatus(version=target.version, state="UNKNOWN", error_message=exc.message)
-        return _described_status(target.version, resp.msg)
+        return described_status(target.version, resp.msg)
 
     async def schema(self, target: Target, signature: str | None = None) -> ModelSchema | None:
         # TorchServe does not describe tensors; the routes file's schema is the source for its models.
@@ -128,16 +127,3 @@ class TorchServeGrpcBackend:
         if self.management is not None:
             await self.management.close()
         await self.http.close()
-
-
-def _described_status(version: str, msg: str) -> ModelStatus:
-    """DescribeModel's msg is the REST describe JSON: a list of versions, each with its workers."""
-    try:
-        described: Any = json.loads(msg)
-    except ValueError:
-        return ModelStatus(version=version, state="UNKNOWN", error_message=f"DescribeModel answered: {msg[:200]}")
-    entries = described if isinstance(described, list) else []
-    workers = [w for v in entries if isinstance(v, dict) for w in v.get("workers", []) if isinstance(w, dict)]
-    ready = any(w.get("status") == "READY" for w in workers)
-    return ModelStatus(version=version, state="AVAILABLE" if ready else "LOADING",
-                       error_message="" if ready else "no worker is READY")

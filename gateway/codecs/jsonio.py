@@ -24,7 +24,11 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from None
 
 
-def dumps(value: Any) -> bytes:
+def dumps(value: Any, *, nan: bool = False) -> bytes:
+    """orjson, except when the document carries NaN or +/-Infinity (`nan`): orjson would write them as null, so
+    that rare case takes the standard library, which writes the NaN/Infinity tokens TF Serving and Python read."""
+    if nan:
+        return json.dumps(value, allow_nan=True, separators=(",", ":"), ensure_ascii=False).encode()
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

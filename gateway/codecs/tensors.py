@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ def _typed(name: str, datatype: str, raw: np.ndarray[Any, Any]) -> np.ndarray[An
         if kind != "b":
             raise InvalidArgument(f"input '{name}': datatype BOOL needs true/false values")
         return raw
-    if kind not in "biuf":
+    if kind not in "iuf":
         raise InvalidArgument(f"input '{name}': datatype {datatype} needs numbers, got {_describe(raw)}")
     if datatype.startswith("FP"):
         return raw.astype(V2_TO_NUMPY[datatype])
@@ -62,6 +63,8 @@ def _typed(name: str, datatype: str, raw: np.ndarray[Any, Any]) -> np.ndarray[An
 
 
 def _describe(raw: np.ndarray[Any, Any]) -> str:
+    if raw.dtype.kind == "b":
+        return "true/false values"
     return "strings" if raw.dtype.kind in "US" else "values of mixed or non-numeric types"
 
 
@@ -73,7 +76,12 @@ def _bytes_array(name: str, values: Any) -> np.ndarray[Any, Any]:
     return arr.reshape(shape) if shape else arr.reshape(())
 
 
+MAX_RANK = 64  # numpy's limit; deeper nesting is refused rather than recursed into
+
+
 def _collect_bytes(name: str, value: Any, out: list[bytes], depth: int) -> tuple[int, ...]:
+    if depth > MAX_RANK:
+        raise InvalidArgument(f"input '{name}': nested more than {MAX_RANK} levels deep")
     if isinstance(value, list):
         shapes = {_collect_bytes(name, v, out, depth + 1) for v in value}
         if len(shapes) > 1:
@@ -107,6 +115,11 @@ def infer_datatype(name: str, values: Any) -> str:
     except ValueError:
         raise InvalidArgument(f"input '{name}': nested lists are ragged (rows of different lengths)") from None
     return {"b": "BOOL", "i": "INT64", "u": "INT64", "f": "FP32"}.get(kind, "FP32")
+
+
+def non_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether any float tensor holds NaN or +/-Infinity (JSON encoders must then write those tokens)."""
+    return any(t.data.dtype.kind == "f" and not np.isfinite(t.data).all() for t in tensors)
 
 
 def to_json_values(tensor: Tensor, *, b64: bool = False) -> Any:

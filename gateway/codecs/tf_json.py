@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.codecs.jsonio import dumps, expect_object, loads
-from gateway.codecs.tensors import infer_datatype, to_array, to_json_values
+from gateway.codecs.tensors import infer_datatype, non_finite, to_array, to_json_values
 from gateway.errors import BackendError, InvalidArgument
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, Tensor, TensorSpec
 
@@ -19,17 +19,29 @@ V2_TO_TF = {v: k for k, v in TF_TO_V2.items()}
 DEFAULT_SIGNATURE = "serving_default"
 
 
-def decode_predict(body: bytes, model: ModelRef, schema: ModelSchema | None) -> tuple[InferRequest, bool]:
-    """A TF predict body -> (request, row_format). Unnamed inputs take the schema's single input name."""
-    doc = expect_object(loads(body, allow_nan=True), "the request body")
+def parse_predict(body: bytes) -> dict[str, Any]:
+    """The JSON of a TF predict body (TF Serving accepts NaN/Infinity tokens)."""
+    return expect_object(loads(body, allow_nan=True), "the request body")
+
+
+def signature_of(doc: dict[str, Any]) -> str:
+    signature = doc.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature, str):
+        raise InvalidArgument("'signature_name' must be a string")
+    return signature or DEFAULT_SIGNATURE
+
+
+def decode_predict(body: bytes | dict[str, Any], model: ModelRef,
+                   schema: ModelSchema | None) -> tuple[InferRequest, bool]:
+    """A TF predict body (or its parsed JSON) -> (request, row_format). Unnamed inputs take the schema's single
+    input name; JSON numbers take the schema's datatypes."""
+    doc = parse_predict(body) if isinstance(body, bytes) else body
     has_rows, has_cols = "instances" in doc, "inputs" in doc
     if has_rows and has_cols:
         raise InvalidArgument("Not formatted correctly expecting only one of 'inputs' or 'instances'")
     if not has_rows and not has_cols:
         raise InvalidArgument("Missing 'inputs' or 'instances' key")
-    signature = doc.get("signature_name", DEFAULT_SIGNATURE)
-    if not isinstance(signature, str):
-        raise InvalidArgument("'signature_name' must be a string")
+    signature = signature_of(doc)
     specs = {s.name: s for s in schema.inputs} if schema else {}
     named = _rows(doc["instances"]) if has_rows else _columns(doc["inputs"])
     if named is None:
@@ -83,16 +95,17 @@ def _tensor(name: str, values: Any, spec: TensorSpec | None) -> Tensor:
 def encode_predict_response(response: InferResponse, row_format: bool) -> bytes:
     """TF's answer shape: `predictions` for row requests, `outputs` for columnar; one output drops its name."""
     values = {t.name: to_json_values(t, b64=t.name.endswith("_bytes")) for t in response.outputs}
+    nan = non_finite(response.outputs)
     if not row_format:
-        return dumps({"outputs": next(iter(values.values())) if len(values) == 1 else values})
+        return dumps({"outputs": next(iter(values.values())) if len(values) == 1 else values}, nan=nan)
     batch = {t.shape[0] if t.shape else None for t in response.outputs}
     if len(batch) != 1 or None in batch:
         raise InvalidArgument("Tensors in the output have inconsistent batch size; use the columnar "
                               "('inputs') request format for this model")
     if len(values) == 1:
-        return dumps({"predictions": next(iter(values.values()))})
+        return dumps({"predictions": next(iter(values.values()))}, nan=nan)
     rows = [{name: vals[i] for name, vals in values.items()} for i in range(batch.pop() or 0)]
-    return dumps({"predictions": rows})
+    return dumps({"predictions": rows}, nan=nan)
 
 
 def encode_backend_request(request: InferRequest) -> bytes:
@@ -100,7 +113,7 @@ def encode_backend_request(request: InferRequest) -> bytes:
     doc: dict[str, Any] = {"inputs": {t.name: to_json_values(t) for t in request.inputs}}
     if request.signature_name and request.signature_name != DEFAULT_SIGNATURE:
         doc["signature_name"] = request.signature_name
-    return dumps(doc)
+    return dumps(doc, nan=non_finite(request.inputs))
 
 
 def decode_backend_response(body: bytes, outputs: tuple[TensorSpec, ...]) -> tuple[Tensor, ...]:

@@ -50,6 +50,9 @@ _STATE_NAMES = frozenset(tfs.ModelVersionStatus.State.keys())
 # ----------------------------------------------------------------------------------------------- tensors
 
 
+MAX_FILL_ELEMENTS = 1 << 24  # TF's one-value-fills-the-shape rule, bounded
+
+
 def tensor_from_proto(name: str, proto: tf.TensorProto, role: str = "input") -> Tensor:
     """A TensorProto -> Tensor. Values come from tensor_content (raw little-endian) or from the dtype's typed
     field, where ONE value fills the whole shape (TF's rule). Raises InvalidArgument naming the tensor for an
@@ -66,6 +69,10 @@ def tensor_from_proto(name: str, proto: tf.TensorProto, role: str = "input") -> 
     count, given = math.prod(shape), len(values)
     if given != count and not (given == 1 and count > 1):
         raise InvalidArgument(f"{what}: shape {list(shape)} needs {count} elements, got {given} in {field}")
+    if given != count and count > MAX_FILL_ELEMENTS:
+        # A few bytes on the wire must not become gigabytes in the gateway.
+        raise InvalidArgument(f"{what}: one value may fill at most {MAX_FILL_ELEMENTS} elements, shape "
+                              f"{list(shape)} has {count}; send the values (or tensor_content) instead")
     arr = _typed_values(what, datatype, field, values)
     if given != count:
         arr = np.full(shape, arr[0], dtype=arr.dtype) if datatype != "BYTES" else _bytes_fill(arr[0], shape)

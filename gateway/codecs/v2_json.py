@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.codecs.jsonio import dumps, expect_object, loads
-from gateway.codecs.tensors import from_raw, to_array, to_json_values, to_raw
+from gateway.codecs.tensors import from_raw, non_finite, to_array, to_json_values, to_raw
 from gateway.errors import InvalidArgument
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, Tensor
 
@@ -16,7 +16,8 @@ def decode_request(body: bytes, model: ModelRef, header_length: int | None = Non
     if header_length is not None and not 0 < header_length <= len(body):
         raise InvalidArgument(f"Inference-Header-Content-Length {header_length} is outside the body "
                               f"of {len(body)} bytes")
-    doc = expect_object(loads(body if header_length is None else body[:header_length]), "the inference request")
+    doc = expect_object(loads(body if header_length is None else body[:header_length], allow_nan=True),
+                        "the inference request")
     binary = _Binary(body, header_length)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -98,7 +99,7 @@ def encode_request(request: InferRequest) -> bytes:
         doc["outputs"] = [{"name": n} for n in request.output_names]
     if request.parameters:
         doc["parameters"] = request.parameters
-    return dumps(doc)
+    return dumps(doc, nan=non_finite(request.inputs))
 
 
 def _encode_tensor(t: Tensor) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def _encode_tensor(t: Tensor) -> dict[str, Any]:
 
 
 def decode_response(body: bytes) -> InferResponse:
-    doc = expect_object(loads(body), "the backend's v2 response")
+    doc = expect_object(loads(body, allow_nan=True), "the backend's v2 response")
     raw_outputs = doc.get("outputs")
     if not isinstance(raw_outputs, list):
         raise InvalidArgument("the backend's v2 response has no 'outputs' list")
@@ -131,7 +132,7 @@ def encode_response(response: InferResponse, binary_outputs: frozenset[str] = fr
     }
     if response.id is not None:
         doc["id"] = response.id
-    header = dumps(doc)
+    header = dumps(doc, nan=non_finite(t for t in response.outputs if t.name not in raws))
     if not raws:
         return header, None
     return header + b"".join(raws[t.name] for t in binary), len(header)

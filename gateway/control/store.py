@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 from gateway.config import load_routes
-from gateway.errors import ConfigError
 from gateway.routing import RouteTable
 
 log = logging.getLogger(__name__)
@@ -19,21 +18,23 @@ class RouteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtime = self._stat()
+        self._seen = self._stat()
         self.current = RouteTable.from_config(load_routes(path))
 
-    def _stat(self) -> float:
+    def _stat(self) -> tuple[int, int, int]:
+        # mtime alone misses a same-second rewrite or an atomic rename over the file.
         try:
-            return self.path.stat().st_mtime
+            st = self.path.stat()
         except OSError:
-            return -1.0
+            return (-1, -1, -1)
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
 
     def reload(self) -> bool:
         """Re-read the file; True when a new table was swapped in."""
-        self._mtime = self._stat()
+        self._seen = self._stat()
         try:
             table = RouteTable.from_config(load_routes(self.path))
-        except ConfigError as exc:
+        except Exception as exc:
             log.error("routes file refused, previous table (revision %s) keeps serving: %s",
                       self.current.revision, exc)
             return False
@@ -45,5 +46,5 @@ class RouteStore:
         """Poll the file's mtime and reload on change; runs until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
-            if self._stat() != self._mtime:
-                self.reload()
+            if self._stat() != self._seen:
+                self.reload()  # never raises: the watcher must outlive any bad edit

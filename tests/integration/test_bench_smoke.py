@@ -1,4 +1,5 @@
-"""Smoke test of load_tests/bench_overhead.py: it starts its whole stack, measures every scenario and cleans up.
+"""Smoke test of load_tests/bench_overhead.py: it starts its whole stack, measures every scenario (REST and gRPC,
+each direct and through the gateway) and cleans up.
 
 No timing thresholds: speed targets are not unit tests. This only checks that every path is measured, that
 each one served requests, and that none of them answered an error.
@@ -15,7 +16,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH = REPO_ROOT / "load_tests" / "bench_overhead.py"
-SCENARIOS = {"fast_tf_predict", "fast_v2_translate", "tfserving_affine", "torchserve_scale"}
+REST_SCENARIOS = {"fast_tf_predict", "fast_v2_translate", "tfserving_affine", "torchserve_scale"}
+GRPC_SCENARIOS = {"grpc_fast_tf_predict", "grpc_fast_v2_translate", "grpc_tfserving_affine", "grpc_torchserve_scale"}
 
 
 @pytest.mark.timeout(180)
@@ -29,13 +31,17 @@ def test_bench_overhead_quick(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
 
     scenarios = {s["key"]: s for s in doc["scenarios"]}
-    assert set(scenarios) == SCENARIOS
+    assert set(scenarios) == REST_SCENARIOS | GRPC_SCENARIOS
     for key, scenario in scenarios.items():
         assert not scenario["skipped"], f"{key}: {scenario['skipped']}"
+        assert scenario["protocol"] == ("grpc" if key in GRPC_SCENARIOS else "rest"), key
         measurements = scenario["measurements"]
         roles = {m["role"] for m in measurements}
         assert roles == {"direct", "gateway"}, f"{key}: measured {roles}"
+        assert {m["concurrency"] for m in measurements} == {doc["meta"]["connections"]}, key
         for m in measurements:
+            if key in GRPC_SCENARIOS:
+                assert m["url"].startswith("grpc://"), f"{key}: {m['url']}"
             where = f"{key} / {m['target']} c={m['concurrency']}"
             assert m["requests"] > 0 and m["rps"] > 0, f"{where}: no requests served"
             assert m["non_2xx"] == 0, f"{where}: {m['non_2xx']} non-2xx answers"
@@ -46,9 +52,19 @@ def test_bench_overhead_quick(tmp_path: Path) -> None:
     assert doc["gateway"]["rss_kb_after_warmup"] > 0
     assert doc["gateway"]["rss_kb_end"] > 0
     # Every process group the benchmark started is gone.
-    assert set(doc["process_groups"]) == {"gateway", "fast", "torchserve", "tfserving"}
+    assert set(doc["process_groups"]) == {"gateway", "fast", "fast_grpc", "torchserve", "tfserving"}
     for name, pgid in doc["process_groups"].items():
         assert not _live_members(pgid), f"{name}: process group {pgid} still has live processes"
+    assert not _alive(doc["meta"]["grpc_load_generator_pid"]), "the gRPC load generator is still running"
+
+
+def _alive(pid: int) -> bool:
+    """True while a (non-zombie) process has this pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def _live_members(pgid: int) -> list[int]:
