@@ -101,11 +101,38 @@ def build_routes(ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEnd
     backends["down"] = {"kind": "torchserve", "url": f"http://127.0.0.1:{localstack.free_port()}",
                         "management_url": f"http://127.0.0.1:{localstack.free_port()}", "connect_timeout_s": 1}
     backends["hanging"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 0.5}
+    backends["hanging_long"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 30}
     models = routes["models"]
     models["affine_grpc"] = {**models["affine"], "versions": {
         v: {**t, "backend": "tfserving_grpc"} for v, t in models["affine"]["versions"].items()}}
     models["scale_grpc"] = {**models["scale"], "versions": {
         v: {**t, "backend": "torchserve_grpc"} for v, t in models["scale"]["versions"].items()}}
+    mlp_schema = models["mlp_torch"]["schema"]
+    mlp_versions = {1: {"backend": "tfserving", "model": "mlp", "version": 1},
+                    2: {"backend": "torchserve", "model": "mlp", "version": "1"},
+                    3: {"backend": "tfserving", "model": "mlp", "version": 2}}
+    scale_x = models["scale"]["schema"]
+    models.update({
+        # The same weights on both frameworks, split 50/50 by a sticky user key, assignments logged.
+        "mlp_ab": {"schema": mlp_schema, "versions": mlp_versions, "experiment": {
+            "name": "port", "sticky_key": {"header": "x-user-id"}, "log_assignments": True,
+            "variants": [{"name": "tf", "version": 1, "weight": 50}, {"name": "torch", "version": 2,
+                                                                         "weight": 50}]}},
+        "mlp_locked": {"schema": mlp_schema, "versions": mlp_versions, "allow_overrides": False},
+        # Shadows: the TorchServe port of the same weights (must agree), and the next version (must not).
+        "mlp_port": {"schema": mlp_schema, "versions": mlp_versions, "default_version": 1,
+                     "shadow": {"version": 2, "percent": 100, "tolerance": 1e-4}},
+        "mlp_next": {"schema": mlp_schema, "versions": mlp_versions, "default_version": 1,
+                     "shadow": {"version": 3, "percent": 100, "tolerance": 1e-4}},
+        # Shadows that hang or fail must not touch the primary.
+        "scale_slow_shadow": {"schema": scale_x, "default_version": 1, "shadow": {"version": 2, "percent": 100,
+                                                                                   "timeout_s": 3},
+                              "versions": {1: {"backend": "torchserve", "model": "scale", "version": "1"},
+                                           2: {"backend": "hanging_long", "model": "scale", "version": 1}}},
+        "scale_failing_shadow": {"schema": scale_x, "default_version": 1, "shadow": {"version": 2, "percent": 100},
+                                 "versions": {1: {"backend": "torchserve", "model": "scale", "version": "1"},
+                                              2: {"backend": "down", "model": "scale", "version": "1"}}},
+    })
     routes["models"].update({
         "ghost": {"versions": {1: {"backend": "down", "model": "ghost", "version": "1"}}},
         "sleepy": {"versions": {1: {"backend": "hanging", "model": "sleepy", "version": 1}}},
