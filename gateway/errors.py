@@ -8,8 +8,6 @@ import grpc
 class GatewayError(Exception):
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
-    # TF Serving's own error-code name, for the TF-compatible fronts.
-    tf_code = "INTERNAL"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -19,7 +17,10 @@ class GatewayError(Exception):
 class InvalidArgument(GatewayError):
     http_status = 400
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    tf_code = "INVALID_ARGUMENT"
+
+
+class UnknownLabel(InvalidArgument):
+    """TF Serving answers an unknown label with INVALID_ARGUMENT, not NOT_FOUND; so do we."""
 
 
 class MalformedRequest(InvalidArgument):
@@ -29,13 +30,11 @@ class MalformedRequest(InvalidArgument):
 class PayloadTooLarge(GatewayError):
     http_status = 413
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    tf_code = "RESOURCE_EXHAUSTED"
 
 
 class NotFound(GatewayError):
     http_status = 404
     grpc_code = grpc.StatusCode.NOT_FOUND
-    tf_code = "NOT_FOUND"
 
 
 class ModelNotFound(NotFound):
@@ -49,25 +48,21 @@ class VersionNotFound(NotFound):
 class PermissionDenied(GatewayError):
     http_status = 403
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
-    tf_code = "PERMISSION_DENIED"
 
 
 class MethodNotAllowed(GatewayError):
     http_status = 405
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
-    tf_code = "UNIMPLEMENTED"
 
 
 class Unimplemented(GatewayError):
     http_status = 501
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
-    tf_code = "UNIMPLEMENTED"
 
 
 class ResourceExhausted(GatewayError):
     http_status = 429
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    tf_code = "RESOURCE_EXHAUSTED"
 
 
 class BackendError(GatewayError):
@@ -75,7 +70,6 @@ class BackendError(GatewayError):
 
     http_status = 502
     grpc_code = grpc.StatusCode.INTERNAL
-    tf_code = "INTERNAL"
 
 
 class BackendUnavailable(GatewayError):
@@ -83,13 +77,11 @@ class BackendUnavailable(GatewayError):
 
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
-    tf_code = "UNAVAILABLE"
 
 
 class BackendTimeout(GatewayError):
     http_status = 504
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
-    tf_code = "DEADLINE_EXCEEDED"
 
 
 class ConfigError(Exception):

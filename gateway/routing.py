@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.config import BackendConfig, Experiment, ModelConfig, RoutesConfig, Variant
-from gateway.errors import InvalidArgument, ModelNotFound, PermissionDenied, VersionNotFound
+from gateway.errors import InvalidArgument, ModelNotFound, PermissionDenied, UnknownLabel, VersionNotFound
 from gateway.types import ModelRef, Target
 
 BUCKETS = 10_000  # sticky keys hash into this many buckets; a variant owns a contiguous range of them
@@ -48,10 +48,6 @@ class Route:
     assigned: str = "default"  # version | label | override | sticky | random | default
     key_hash: str = ""  # sticky key digest (never the key itself), for assignment logs
     shadow: Route | None = None  # also send this request here, in the background
-
-
-class UnknownLabel(InvalidArgument):
-    """TF Serving answers an unknown label with INVALID_ARGUMENT, not NOT_FOUND; so do we."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.routing import Hints
 
@@ -94,6 +96,11 @@ class Front:
     routes: tuple[tuple[str, re.Pattern[str], Handler], ...]
     encode_error: Callable[[GatewayError], Response]
     no_route: Callable[[Request], GatewayError]
+
+
+def json_error(error: GatewayError) -> Response:
+    """`{"error": "..."}` with the error's status: the v2 and TF Serving REST error body."""
+    return Response(error.http_status, orjson.dumps({"error": error.message}))
 
 
 def served_by(route: Route) -> list[tuple[bytes, bytes]]:

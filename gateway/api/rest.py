@@ -9,7 +9,17 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.api import tf_rest, torchserve_rest, v2_rest
-from gateway.api.asgi import ClientDisconnected, Front, Receive, Request, Response, Scope, Send, send_response
+from gateway.api.asgi import (
+    ClientDisconnected,
+    Front,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    json_error,
+    send_response,
+)
 from gateway.api.asgi import served_by as _served_by
 from gateway.backends.base import Backends
 from gateway.control.store import RouteStore
@@ -24,14 +34,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 
-_FALLBACK = Front(name="none", routes=(), encode_error=v2_rest.encode_error,
+_FALLBACK = Front(name="none", routes=(), encode_error=json_error,
                   no_route=lambda r: NotFound(f"no endpoint at {r.method} {r.path} (see /v2, /v1, /predictions)"))
 
 
 def front_for(path: str) -> Front:
     if path.startswith("/v2"):
         return v2_rest.FRONT
-    if path.startswith("/v1"):
+    if path[:3].lower() == "/v1":  # TF Serving matches its paths case-insensitively
         return tf_rest.FRONT
     if path.startswith("/predictions") or path == "/ping":
         return torchserve_rest.FRONT

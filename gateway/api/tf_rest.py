@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from gateway.api import tf_compat
-from gateway.api.asgi import Front, Request, Response, served_by
+from gateway.api.asgi import Front, Request, Response, json_error, served_by
 from gateway.backends.tfserving import TFServingBackend
 from gateway.backends.tfserving_grpc import TFServingGrpcBackend
 from gateway.codecs import tf_json, tf_proto
@@ -85,10 +85,6 @@ async def _metadata(request: Request, ref: ModelRef) -> Response:
                     headers=served_by(route))
 
 
-def encode_error(error: GatewayError) -> Response:
-    return Response(error.http_status, dumps({"error": error.message}))
-
-
 def no_route(request: Request) -> GatewayError:
     return InvalidArgument(f"Malformed request: {request.method} {request.path}")
 
@@ -98,4 +94,4 @@ ROUTES = (
     ("GET", _STATUS, status_or_metadata),
 )
 
-FRONT = Front(name="tf_rest", routes=ROUTES, encode_error=encode_error, no_route=no_route)
+FRONT = Front(name="tf_rest", routes=ROUTES, encode_error=json_error, no_route=no_route)

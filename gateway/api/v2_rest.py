@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from gateway import __version__
-from gateway.api.asgi import Front, Request, Response, served_by
+from gateway.api.asgi import Front, Request, Response, json_error, served_by
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import dumps
 from gateway.errors import GatewayError, InvalidArgument, MethodNotAllowed, NotFound
@@ -91,10 +91,6 @@ def _header_length(request: Request) -> int | None:
     return int(raw)
 
 
-def encode_error(error: GatewayError) -> Response:
-    return Response(error.http_status, dumps({"error": error.message}))
-
-
 def no_route(request: Request) -> GatewayError:
     if any(p.match(request.path) for _, p, _ in ROUTES):
         return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
@@ -110,4 +106,4 @@ ROUTES = (
     ("GET", re.compile(_MODEL + r"/?$"), model_metadata),
 )
 
-FRONT = Front(name="v2_rest", routes=ROUTES, encode_error=encode_error, no_route=no_route)
+FRONT = Front(name="v2_rest", routes=ROUTES, encode_error=json_error, no_route=no_route)

@@ -50,7 +50,7 @@ class Backends:
 
 
 def _create(config: BackendConfig) -> Backend:
-    # Imported here so each adapter module (and grpc for the REST ones) loads only when a backend uses it.
+    # Imported here so the registry does not depend on every adapter module at import time.
     if config.kind == "tfserving":
         if config.transport == "grpc":
             from gateway.backends.tfserving_grpc import TFServingGrpcBackend
