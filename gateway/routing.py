@@ -55,6 +55,8 @@ class RouteTable:
     revision: int
     backends: Mapping[str, BackendConfig]
     models: Mapping[str, ModelConfig]
+    # Routes without a per-request part (sticky key digest, shadow), built once per table on first use.
+    _built: dict[tuple[str, str, str, str], Route] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: RoutesConfig) -> RouteTable:
@@ -91,6 +93,16 @@ class RouteTable:
 
     def _route(self, model: ModelConfig, version: str, variant: str = "", assigned: str = "shadow",
                key_hash: str = "", shadow: Route | None = None) -> Route:
+        if key_hash or shadow is not None:
+            return self._build(model, version, variant, assigned, key_hash, shadow)
+        key = (model.name, version, variant, assigned)
+        route = self._built.get(key)
+        if route is None:
+            route = self._built[key] = self._build(model, version, variant, assigned, "", None)
+        return route
+
+    def _build(self, model: ModelConfig, version: str, variant: str, assigned: str, key_hash: str,
+               shadow: Route | None) -> Route:
         spec = model.versions[version]
         target = Target(backend=spec.backend, model=spec.model, version=spec.version,
                         logical_model=model.name, logical_version=version)
