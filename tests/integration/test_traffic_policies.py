@@ -178,3 +178,17 @@ def test_per_variant_request_metrics(client: httpx.Client) -> None:
     client.post("/v2/models/mlp_locked/infer", json=X4, headers={"x-model-version": "1"})
     # A refusal before routing has no model label: unknown names never become label values.
     assert metric(client, "gateway_requests_total", model="nope") == 0
+
+
+def test_shadow_over_grpc_fronts(gateway: Gateway, client: httpx.Client) -> None:
+    before = metric(client, "gateway_shadow_comparisons_total", model="mlp_port")
+    triton = tritongrpc.InferenceServerClient(url=gateway.grpc_target)
+    try:
+        for _ in range(3):
+            inp = tritongrpc.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.array([[1, 2, 3, 4]], np.float32))
+            assert triton.infer("mlp_port", [inp], client_timeout=30).as_numpy("probabilities").shape == (1, 3)
+    finally:
+        triton.close()
+    assert eventually(lambda: metric(client, "gateway_shadow_comparisons_total", model="mlp_port") >= before + 3)
+    assert metric(client, "gateway_shadow_comparisons_total", model="mlp_port", result="disagree") == 0
