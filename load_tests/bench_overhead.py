@@ -6,12 +6,18 @@ Starts, on free 127.0.0.1 ports:
   TF Serving-shaped answers), which isolates the gateway's own cost;
 * the real backends through :mod:`gateway.localstack`: TorchServe with the model_repo archives (token
   auth on) and TF Serving (the real binary when on PATH, else the stand-in) with model_repo/tfserving;
-* the gateway itself (``localstack.start_gateway``, 1 worker) with a routes file made from
-  examples/routes.local.yaml plus a model ``fast`` served by the fast backend.
+* a FAST test gRPC backend (``load_tests/fast_grpc_backend.py``: grpc.aio, TF Serving's PredictionService
+  and ModelService with fixed answers), which isolates the cost of the gateway's gRPC fronts;
+* the gateway itself (``localstack.start_gateway``, 1 worker, its gRPC front on a free port) with a routes
+  file made from examples/routes.local.yaml plus a model ``fast`` served by the fast backend, ``fast_grpc``
+  served by the fast gRPC backend, and ``affine_grpc`` / ``scale_grpc``: the real backends over their gRPC
+  APIs (``transport: grpc``).
 
 Then, per scenario, the SAME request is sent direct to the backend and through the gateway, one after the
 other, at concurrency C and at concurrency 1: req/s, p50/p99 latency, the ratio gateway/direct and the
-added p50.  The gateway's RSS and its CPU time per request (from /proc) are reported as well.
+added p50.  The gateway's RSS and its CPU time per request (from /proc) are reported as well.  REST and gRPC
+scenarios are measured with different load generators and printed in separate tables: compare a gateway
+row with the direct row above it, not REST figures with gRPC figures.
 
 Load comes from ``wrk`` (Lua script: POST body, headers, p50/p99 as JSON from the ``done`` hook); when
 wrk is not installed, a Python closed-loop generator (aiohttp) is used instead, which is much slower
@@ -19,21 +25,30 @@ itself.  Either way the load generator runs on the same cores as the gateway and
 with them for CPU: on a small machine every req/s is below what the servers could do alone.  Processes this
 benchmark did not start show up in the "other CPU %" column (noise).
 
+gRPC load comes from ``load_tests/grpc_load.py``: a closed-loop grpc.aio client in its own process (one for
+the whole run, driven over a pipe), C calls in flight over a few channels (one HTTP/2 connection each),
+pre-serialized request bytes and no response parsing.  It is Python too, on the same cores: its own CPU per
+call is of the same order as a grpc.aio server's, so gRPC req/s are far below the REST ones (wrk is C).
+
     python load_tests/bench_overhead.py [--duration S] [--connections C] [--quick] [--json FILE]
                                         [--repeat N] [--scenarios a,b] [--loadgen auto|wrk|python]
+                                        [--grpc-channels N] [--grpc-warmup S]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import importlib.metadata
 import json
 import os
 import platform
 import resource
+import select
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -47,13 +62,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import yaml
+from google.protobuf.message import Message
 
 from gateway import localstack
+from gateway.codecs import tf_proto, v2_grpc, v2_json
 from gateway.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
+from gateway.protos import services as svc
+from gateway.protos import tf_serving_pb2 as tfs
+from gateway.protos import torchserve_inference_pb2 as tsi
+from gateway.protos import v2_pb2 as v2
+from gateway.types import ModelRef, Tensor
+from gateway.types import Target as RouteTarget
 
 HERE = Path(__file__).resolve().parent
 FAST_BACKEND = HERE / "fast_backend.py"
+FAST_GRPC_BACKEND = HERE / "fast_grpc_backend.py"
+GRPC_LOAD = HERE / "grpc_load.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 JSON_MARK = "BENCH_JSON "
 
@@ -72,6 +98,46 @@ TF_COLUMNAR_BODY = _dumps({"inputs": {"x": ROWS}})
 V2_BODY = _dumps({"inputs": [{"name": "x", "shape": [len(ROWS), 3], "datatype": "FP32", "data": FLAT}]})
 JSON_HEADERS = {"Content-Type": "application/json"}
 
+# The same 64 x 3 floats for gRPC: a TensorProto (tensor_content, what TF clients send) and a v2
+# ModelInferRequest with raw_input_contents (what tritonclient sends).
+X = np.array(ROWS, dtype=np.float32)
+
+
+def wire(message: Message) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def tf_predict_request(model: str, version: int) -> bytes:
+    request = tfs.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tf_proto.tensor_to_proto(Tensor("x", "FP32", X)))
+    return wire(request)
+
+
+def v2_infer_request(model: str, version: str) -> v2.ModelInferRequest:
+    request = v2.ModelInferRequest(model_name=model, model_version=version)
+    request.inputs.add(name="x", datatype="FP32", shape=list(X.shape))
+    request.raw_input_contents.append(X.tobytes())
+    return request
+
+
+def gateway_sends_tf(request: v2.ModelInferRequest, model: str, version: str) -> bytes:
+    """The PredictRequest the gateway sends a TF Serving gRPC backend for this v2 request (its own codecs)."""
+    decoded = v2_grpc.decode_infer_request(request, ModelRef(request.model_name, request.model_version))
+    target = RouteTarget(backend="-", model=model, version=version, logical_model=request.model_name,
+                         logical_version=request.model_version)
+    return wire(tf_proto.encode_predict_request(decoded, target))
+
+
+def gateway_sends_ts(request: v2.ModelInferRequest, model: str, version: str) -> bytes:
+    """The Predictions request the gateway sends a TorchServe gRPC backend for this v2 request: the v2 JSON
+    body the handler reads as data[0]["body"]."""
+    decoded = v2_grpc.decode_infer_request(request, ModelRef(request.model_name, request.model_version))
+    return wire(tsi.PredictionsRequest(model_name=model, model_version=version,
+                                       input={"body": v2_json.encode_request(decoded)}))
+
 
 # --------------------------------------------------------------------------------------------
 # What is measured
@@ -82,9 +148,18 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 class Target:
     label: str  # short name in the table
     role: str  # "direct" or "gateway"
-    url: str
-    body: bytes
-    headers: dict[str, str]
+    url: str  # REST: the URL; gRPC: host:port
+    body: bytes  # REST: the POST body; gRPC: the serialized request message
+    headers: dict[str, str]  # REST: headers; gRPC: metadata
+    grpc_method: str = ""  # gRPC: the method path (/package.Service/Method); empty for REST
+
+    @property
+    def protocol(self) -> str:
+        return "grpc" if self.grpc_method else "rest"
+
+    @property
+    def where(self) -> str:
+        return f"grpc://{self.url}{self.grpc_method}" if self.grpc_method else self.url
 
 
 @dataclass
@@ -96,6 +171,10 @@ class Scenario:
     gateways: list[Target]
     note: str = ""
     skipped: str = ""  # why it was not measured
+
+    @property
+    def protocol(self) -> str:
+        return self.direct.protocol
 
 
 @dataclass
@@ -299,6 +378,80 @@ class PythonLoad:
         )
 
 
+class GrpcLoad:
+    """Closed-loop grpc.aio load (load_tests/grpc_load.py) in ONE separate process for the whole run, driven
+    over its stdin/stdout: it never shares the benchmark's loop (nor, of course, the servers'), and no
+    interpreter starts per measurement. Its CPU is read from /proc (it is not a reaped child until the end)."""
+
+    name = "python-grpc-aio"
+
+    def __init__(self, channels: int, workdir: Path) -> None:
+        self.channels = channels
+        grpcio = importlib.metadata.version("grpcio")  # grpc itself is never imported in this process
+        self.version = f"grpc.aio closed-loop generator (grpcio {grpcio}), pre-serialized requests"
+        self._log = open(workdir / "grpc_load.log", "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen([sys.executable, str(GRPC_LOAD)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True, cwd=workdir)
+
+    def describe(self, connections: int) -> str:
+        return f"{self.version}; 1 process, {max(1, min(self.channels, connections))} channel(s)"
+
+    def _ask(self, cmd: dict[str, Any], wait_s: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the gRPC load generator exited ({self.proc.returncode}); see grpc_load.log")
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        # One command, one answer line: nothing can sit in the pipe's read buffer beyond it, so select() on the
+        # descriptor tells whether the answer has started to come.
+        ready, _, _ = select.select([self.proc.stdout], [], [], wait_s)
+        if not ready:
+            self.close()
+            raise RuntimeError(f"the gRPC load generator did not answer within {wait_s:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line.startswith(JSON_MARK):
+            raise RuntimeError(f"the gRPC load generator answered {line!r}; see grpc_load.log")
+        doc: dict[str, Any] = json.loads(line[len(JSON_MARK):])
+        if "failure" in doc:
+            raise RuntimeError(f"the gRPC load generator failed: {doc['failure']}")
+        return doc
+
+    def _cmd(self, target: Target, **extra: Any) -> dict[str, Any]:
+        return {"target": target.url, "method": target.grpc_method, "metadata": list(target.headers.items()),
+                "request_b64": base64.b64encode(target.body).decode(), **extra}
+
+    def call(self, target: Target, timeout_s: float = 30) -> tuple[str, str, bytes]:
+        """One call: (status code name, details, response bytes)."""
+        doc = self._ask(self._cmd(target, op="call", timeout_s=timeout_s), timeout_s + 30)
+        return doc["code"], doc["details"], base64.b64decode(doc["response_b64"])
+
+    def run(self, target: Target, connections: int, seconds: float) -> LoadResult:
+        doc = self._ask(self._cmd(target, op="run", concurrency=connections, seconds=seconds,
+                                  channels=self.channels, timeout_s=10), seconds + 60)
+        return LoadResult(requests=int(doc["requests"]), duration_s=doc["duration_s"], p50_us=doc["p50_us"],
+                          p90_us=doc["p90_us"], p99_us=doc["p99_us"], mean_us=doc["mean_us"], max_us=doc["max_us"],
+                          errors={k: int(v) for k, v in doc["errors"].items()})
+
+    def cpu_seconds(self) -> float:
+        return _proc_cpu_seconds(self.proc.pid) if self.proc.poll() is None else 0.0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()  # end of input: it exits
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._log.close()
+
+
 def pick_load_generator(choice: str, threads: int, workdir: Path) -> WrkLoad | PythonLoad:
     binary = shutil.which("wrk")
     if choice == "python":
@@ -335,18 +488,20 @@ def _group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def _proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def cpu_seconds(pgid: int) -> float:
     """utime + stime of every live process in the process group (the gateway's group is just its process)."""
-    total = 0
-    for pid in _group_pids(pgid):
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+    return sum(_proc_cpu_seconds(pid) for pid in _group_pids(pgid))
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -404,6 +559,9 @@ class Endpoints:
     tf: localstack.TFServingEndpoints | None
     tf_proc: localstack.ManagedProcess | None
     failures: dict[str, str]
+    fast_grpc_target: str = ""  # host:port of the fast gRPC backend ("" when it did not start)
+    fast_grpc_proc: localstack.ManagedProcess | None = None
+    gateway_grpc_target: str = ""  # host:port of the gateway's gRPC front ("" when turned off)
 
 
 def start_fast_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
@@ -431,8 +589,35 @@ def start_fast_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
         raise
 
 
+def start_fast_grpc_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = localstack.free_port()
+    env = dict(os.environ)
+    repo_root = str(HERE.parent)
+    env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = localstack.spawn_process("fast-grpc-backend",
+                                    [sys.executable, str(FAST_GRPC_BACKEND), "--port", str(port)],
+                                    cwd=workdir, env=env, log_path=workdir / "fast_grpc_backend.log")
+    target = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            if not proc.running():
+                raise localstack.LocalStackError(f"fast gRPC backend exited:\n{proc.log_tail()}")
+            # It prints "listening" once the server has started (the port is bound before that).
+            if "listening" in proc.log_tail():
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return proc, target
+            if time.monotonic() > deadline:
+                raise localstack.LocalStackError(f"fast gRPC backend not ready in 30 s:\n{proc.log_tail()}")
+            time.sleep(0.05)
+    except BaseException:
+        proc.stop()
+        raise
+
+
 def write_routes(path: Path, fast_url: str, ts: localstack.TorchServeEndpoints | None,
-                 tf: localstack.TFServingEndpoints | None) -> None:
+                 tf: localstack.TFServingEndpoints | None, fast_grpc_target: str = "") -> None:
     routes = yaml.safe_load(EXAMPLE_ROUTES.read_text())
     backends = routes["backends"]
     # A backend that failed to start points at a closed port: its models answer 503, the rest still works.
@@ -444,7 +629,23 @@ def write_routes(path: Path, fast_url: str, ts: localstack.TorchServeEndpoints |
         backends["torchserve"].update(url=f"http://127.0.0.1:{localstack.free_port()}",
                                       management_url=f"http://127.0.0.1:{localstack.free_port()}", token_file="")
     backends["fast"] = {"kind": "tfserving", "url": fast_url, "timeout_s": 10, "connect_timeout_s": 1}
-    routes["models"]["fast"] = {"versions": {1: {"backend": "fast", "model": "fast", "version": 1}}}
+    models = routes["models"]
+    models["fast"] = {"versions": {1: {"backend": "fast", "model": "fast", "version": 1}}}
+    # The same servers over gRPC (transport: grpc): a closed port when one did not start, as above.
+    closed = f"127.0.0.1:{localstack.free_port()}"
+    backends["fast_grpc"] = {"kind": "tfserving", "url": fast_url, "transport": "grpc",
+                             "grpc_target": fast_grpc_target or closed, "timeout_s": 10, "connect_timeout_s": 1}
+    models["fast_grpc"] = {"versions": {1: {"backend": "fast_grpc", "model": "fast", "version": 1}}}
+    backends["tfserving_grpc"] = {**backends["tfserving"], "transport": "grpc",
+                                  "grpc_target": tf.grpc_target if tf else closed}
+    backends["torchserve_grpc"] = {**backends["torchserve"], "transport": "grpc",
+                                   "grpc_target": ts.grpc_inference_target if ts else closed}
+    if ts is not None:
+        backends["torchserve_grpc"]["grpc_management_target"] = ts.grpc_management_target
+    models["affine_grpc"] = {**models["affine"], "versions": {
+        v: {**t, "backend": "tfserving_grpc"} for v, t in models["affine"]["versions"].items()}}
+    models["scale_grpc"] = {**models["scale"], "versions": {
+        v: {**t, "backend": "torchserve_grpc"} for v, t in models["scale"]["versions"].items()}}
     path.write_text(yaml.safe_dump(routes, sort_keys=False), encoding="utf-8")
 
 
@@ -452,9 +653,10 @@ def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[s
     """Fast backend, TorchServe and TF Serving in parallel, then the gateway. A real backend that fails to
     start is reported and its scenarios skipped; the fast backend or the gateway failing is fatal."""
     failures: dict[str, str] = {}
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="start")
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="start")
     futures: dict[str, Future[tuple[localstack.ManagedProcess, Any]]] = {
         "fast": pool.submit(start_fast_backend, workdir / "fast"),
+        "fast_grpc": pool.submit(start_fast_grpc_backend, workdir / "fast_grpc"),
         "torchserve": pool.submit(
             localstack.start_torchserve, workdir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS,
             token_auth=True, defaults={"mlp": "1", "scale": "2"}),
@@ -481,12 +683,18 @@ def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[s
     for name, why in failures.items():
         print(f"WARNING: {name} did not start; its scenarios are skipped.\n{why}\n", file=sys.stderr, flush=True)
     fast_proc, fast_url = results["fast"]
+    fast_grpc_proc, fast_grpc_target = results.get("fast_grpc", (None, ""))
     ts_proc, ts = results.get("torchserve", (None, None))
     tf_proc, tf = results.get("tfserving", (None, None))
     routes = workdir / "routes.yaml"
-    write_routes(routes, fast_url, ts, tf)
-    gw_proc, gw_url = stack.add_started(localstack.start_gateway(workdir / "gateway", routes, env=gateway_env))
-    return Endpoints(fast_url, fast_proc, gw_url, gw_proc, ts, ts_proc, tf, tf_proc, failures)
+    write_routes(routes, fast_url, ts, tf, fast_grpc_target)
+    env = dict(gateway_env or {})
+    env.setdefault("GATEWAY_GRPC_PORT", str(localstack.free_port()))  # known here, so it can be measured
+    grpc_port = int(env["GATEWAY_GRPC_PORT"])
+    gw_proc, gw_url = stack.add_started(localstack.start_gateway(workdir / "gateway", routes, env=env))
+    return Endpoints(fast_url, fast_proc, gw_url, gw_proc, ts, ts_proc, tf, tf_proc, failures,
+                     fast_grpc_target=fast_grpc_target, fast_grpc_proc=fast_grpc_proc,
+                     gateway_grpc_target=f"127.0.0.1:{grpc_port}" if grpc_port else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,7 +741,80 @@ def build_scenarios(ep: Endpoints) -> list[Scenario]:
          Target("gateway /v2 -> TS (translate)", "gateway", f"{g}/v2/models/scale/versions/2/infer", V2_BODY,
                 JSON_HEADERS)],
         skipped=skipped))
+    if ep.gateway_grpc_target:
+        out += build_grpc_scenarios(ep, tf_kind)
     return out
+
+
+GRPC_SCENARIOS = ("grpc_fast_tf_predict", "grpc_fast_v2_translate", "grpc_tfserving_affine", "grpc_torchserve_scale")
+
+
+def build_grpc_scenarios(ep: Endpoints, tf_kind: str) -> list[Scenario]:
+    """The gRPC counterparts: the gateway's TF Serving gRPC front (Predict) and its v2 gRPC front (ModelInfer)
+    in front of `transport: grpc` backends; direct sends the backend the message the gateway sends it."""
+    g = ep.gateway_grpc_target
+    predict, infer, predictions = svc.TF_PREDICT.path, svc.V2_MODEL_INFER.path, svc.TS_PREDICTIONS.path
+    fast_skip = "" if ep.fast_grpc_target else f"fast gRPC backend did not start: {ep.failures.get('fast_grpc', '?')}"
+    fast_v2 = v2_infer_request("fast_grpc", "1")
+    out = [
+        Scenario(
+            "grpc_fast_tf_predict", "gRPC: fast backend, TF Predict", "fast_grpc",
+            Target("direct (Predict)", "direct", ep.fast_grpc_target, tf_predict_request("fast", 1), {}, predict),
+            [Target("gateway TF gRPC (pass-through)", "gateway", g, tf_predict_request("fast_grpc", 1), {}, predict)],
+            note="TF gRPC front -> TF gRPC backend: only model_spec rewritten, TensorProtos untouched",
+            skipped=fast_skip),
+        Scenario(
+            "grpc_fast_v2_translate", "gRPC: fast backend, v2 ModelInfer", "fast_grpc",
+            Target("direct (Predict, TensorProto)", "direct", ep.fast_grpc_target,
+                   gateway_sends_tf(fast_v2, "fast", "1"), {}, predict),
+            [Target("gateway v2 gRPC -> TF gRPC (translate)", "gateway", g, wire(fast_v2), {}, infer)],
+            note="v2 ModelInfer (raw_input_contents) -> PredictRequest (tensor_content) -> ModelInferResponse; "
+                 "direct sends the PredictRequest the gateway sends",
+            skipped=fast_skip),
+    ]
+    out.append(Scenario(
+        "grpc_tfserving_affine", f"gRPC: {tf_kind}, affine Predict", "tfserving",
+        Target("direct (Predict)", "direct", ep.tf.grpc_target if ep.tf else "", tf_predict_request("affine", 2), {},
+               predict),
+        [Target("gateway TF gRPC (pass-through)", "gateway", g, tf_predict_request("affine_grpc", 2), {}, predict)],
+        note="TF gRPC front -> transport: grpc TF Serving backend",
+        skipped="" if ep.tf else f"TF Serving did not start: {ep.failures.get('tfserving', '?')}"))
+    ts_metadata: dict[str, str] = {}
+    skipped = ""
+    if ep.ts is not None and ep.ts.key_file is not None:
+        ts_metadata = {k.lower(): v for k, v in ep.ts.auth_headers("inference").items()}
+    elif ep.ts is None:
+        skipped = f"TorchServe did not start: {ep.failures.get('torchserve', '?')}"
+    scale_v2 = v2_infer_request("scale_grpc", "2")
+    out.append(Scenario(
+        "grpc_torchserve_scale", "gRPC: TorchServe, scale v2", "torchserve",
+        Target("direct (Predictions, bearer key)", "direct", ep.ts.grpc_inference_target if ep.ts else "",
+               gateway_sends_ts(scale_v2, "scale", "2"), ts_metadata, predictions),
+        [Target("gateway v2 gRPC -> TS gRPC (translate)", "gateway", g, wire(scale_v2), {}, infer)],
+        note="v2 ModelInfer -> Predictions with the v2 JSON body -> ModelInferResponse; direct sends the "
+             "Predictions request the gateway sends",
+        skipped=skipped))
+    return out
+
+
+def check_grpc_targets(scenario: Scenario, load: GrpcLoad) -> None:
+    """One call per target (through the load generator: no gRPC in this process), and the answer must carry
+    outputs: a wrong route, a refused key or a failed translation is reported, not measured as fast errors."""
+    for t in (scenario.direct, *scenario.gateways):
+        code, details, body = load.call(t)
+        problem = "" if code == "OK" else f"answered {code}: {details[:300]}"
+        if not problem:
+            try:
+                answer = svc.METHODS[t.grpc_method].response.FromString(body)
+            except Exception as exc:  # DecodeError and friends
+                answer, problem = None, f"unreadable answer: {exc}"
+            if isinstance(answer, tfs.PredictResponse | v2.ModelInferResponse) and not answer.outputs:
+                problem = "answered without outputs"
+            elif isinstance(answer, tsi.PredictionResponse) and b'"outputs"' not in answer.prediction:
+                problem = f"answered {answer.prediction[:300]!r}"
+        if problem:
+            scenario.skipped = f"{t.label}: {t.where} {problem}"
+            return
 
 
 def check_targets(scenario: Scenario) -> None:
@@ -556,27 +837,45 @@ def check_targets(scenario: Scenario) -> None:
 
 
 class Bench:
-    def __init__(self, ep: Endpoints, load: WrkLoad | PythonLoad, duration: int, warmup: int) -> None:
+    def __init__(self, ep: Endpoints, load: WrkLoad | PythonLoad, duration: int, warmup: int,
+                 grpc_load: GrpcLoad | None = None, grpc_warmup: float | None = None) -> None:
         self.ep = ep
         self.load = load
+        self.grpc_load = grpc_load
         self.duration = duration
         self.warmup = warmup
+        self.grpc_warmup = warmup if grpc_warmup is None else grpc_warmup
         self.groups: dict[str, localstack.ManagedProcess | None] = {
-            "fast": ep.fast_proc, "tfserving": ep.tf_proc, "torchserve": ep.ts_proc}
+            "fast": ep.fast_proc, "fast_grpc": ep.fast_grpc_proc, "tfserving": ep.tf_proc, "torchserve": ep.ts_proc}
+        self.prewarmed: set[int] = set()  # id() of targets whose next measurement needs no warm-up of its own
+
+    def run_load(self, target: Target, connections: int, seconds: float) -> LoadResult:
+        if target.protocol == "grpc":
+            if self.grpc_load is None:
+                raise RuntimeError("no gRPC load generator")
+            return self.grpc_load.run(target, connections, seconds)
+        return self.load.run(target, connections, max(1, round(seconds)))
+
+    def loadgen_cpu(self) -> float:
+        """This process, its reaped children (wrk) and the gRPC load generator process."""
+        return own_cpu_seconds() + (self.grpc_load.cpu_seconds() if self.grpc_load else 0.0)
 
     def measure(self, scenario: Scenario, target: Target, connections: int) -> Measurement:
-        if self.warmup > 0:
-            self.load.run(target, connections, self.warmup)
+        warmup = self.grpc_warmup if target.protocol == "grpc" else self.warmup
+        if id(target) in self.prewarmed:
+            self.prewarmed.discard(id(target))
+        elif warmup > 0:
+            self.run_load(target, connections, warmup)
         backend = self.groups.get(scenario.backend)
         ours = [p.pgid for p in (self.ep.gateway_proc, *self.groups.values()) if p is not None]
         gw0 = cpu_seconds(self.ep.gateway_proc.pgid)
         be0 = cpu_seconds(backend.pgid) if backend else 0.0
         ours0 = sum(cpu_seconds(g) for g in ours)
-        lg0 = own_cpu_seconds()
+        lg0 = self.loadgen_cpu()
         busy0, total0 = machine_cpu()
-        res = self.load.run(target, connections, self.duration)
+        res = self.run_load(target, connections, self.duration)
         busy1, total1 = machine_cpu()
-        lg1 = own_cpu_seconds()
+        lg1 = self.loadgen_cpu()
         ours1 = sum(cpu_seconds(g) for g in ours)
         gw1 = cpu_seconds(self.ep.gateway_proc.pgid)
         be1 = cpu_seconds(backend.pgid) if backend else 0.0
@@ -584,7 +883,7 @@ class Bench:
         span = total1 - total0
         other = (busy1 - busy0) - (ours1 - ours0) - (lg1 - lg0)
         return Measurement(
-            scenario=scenario.key, target=target.label, role=target.role, url=target.url, concurrency=connections,
+            scenario=scenario.key, target=target.label, role=target.role, url=target.where, concurrency=connections,
             requests=res.requests, duration_s=round(res.duration_s, 3),
             rps=round(res.requests / res.duration_s, 1) if res.duration_s > 0 else 0.0,
             p50_ms=round(res.p50_us / 1000, 3), p90_ms=round(res.p90_us / 1000, 3),
@@ -650,7 +949,7 @@ def median_of(runs: Sequence[Measurement]) -> Measurement:
 
 
 def _progress(m: Measurement) -> None:
-    print(f"  {m.scenario:<18} {m.target:<36} c={m.concurrency:<3} {m.rps:>9,.0f} req/s  p50 {m.p50_ms:.2f} ms  "
+    print(f"  {m.scenario:<22} {m.target:<38} c={m.concurrency:<3} {m.rps:>9,.0f} req/s  p50 {m.p50_ms:.2f} ms  "
           f"p99 {m.p99_ms:.2f} ms  errors {m.error_total}", flush=True)
 
 
@@ -667,7 +966,7 @@ def _fmt(value: float | None, spec: str, signed: bool = False) -> str:
 
 def render_table(scenarios: Sequence[Scenario], results: Sequence[Measurement]) -> str:
     header = ("scenario", "path", "c", "req/s", "p50 ms", "p99 ms", "gw/direct", "+p50 ms", "gw CPU us/req",
-              "backend CPU us/req", "other CPU %", "errors")
+              "backend CPU us/req", "load CPU us/req", "other CPU %", "errors")
     rows: list[tuple[str, ...]] = []
     titles = {s.key: s.title for s in scenarios}
     last = None
@@ -677,7 +976,7 @@ def render_table(scenarios: Sequence[Scenario], results: Sequence[Measurement]) 
         rows.append((title, m.target, str(m.concurrency), _fmt(m.rps, ",.0f"), _fmt(m.p50_ms, ".2f"),
                      _fmt(m.p99_ms, ".2f"), _fmt(m.ratio_rps, ".2f"), _fmt(m.added_p50_ms, ".2f", signed=True),
                      _fmt(m.gateway_cpu_us_per_req, ",.0f"), _fmt(m.backend_cpu_us_per_req, ",.0f"),
-                     _fmt(m.other_cpu_pct, ".0f"), str(m.error_total)))
+                     _fmt(m.loadgen_cpu_us_per_req, ",.0f"), _fmt(m.other_cpu_pct, ".0f"), str(m.error_total)))
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     left = {0, 1}
 
@@ -695,7 +994,7 @@ def render_table(scenarios: Sequence[Scenario], results: Sequence[Measurement]) 
 
 def _versions() -> dict[str, str]:
     out = {}
-    for pkg in ("uvicorn", "httptools", "uvloop", "aiohttp", "orjson"):
+    for pkg in ("uvicorn", "httptools", "uvloop", "aiohttp", "orjson", "grpcio", "protobuf"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -725,10 +1024,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
     p.add_argument("--repeat", type=int, default=1, help="rounds of each measurement, reported as medians "
                                                          "(default 1)")
-    p.add_argument("--quick", action="store_true", help="smoke run: ~2 s per measurement, concurrency C only")
+    p.add_argument("--quick", action="store_true", help="smoke run: ~2 s per measurement, concurrency C only, "
+                                                          "gateway paths warmed once up front")
     p.add_argument("--scenarios", default="", help="comma-separated scenario keys to run (default: all): "
                                                     "fast_tf_predict, fast_v2_translate, tfserving_affine, "
-                                                    "torchserve_scale")
+                                                    "torchserve_scale, " + ", ".join(GRPC_SCENARIOS))
+    p.add_argument("--grpc-channels", type=int, default=4,
+                   help="gRPC channels (one HTTP/2 connection each) the C calls in flight are spread over (default 4)")
+    p.add_argument("--grpc-warmup", type=float, default=None,
+                   help="warm-up seconds before each gRPC measurement (default: --warmup, --quick 0.5)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                    help="load generator (auto: wrk when installed, else Python)")
     p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
@@ -741,12 +1045,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.duration = 2 if args.quick else 10
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
+    if args.grpc_warmup is None:
+        args.grpc_warmup = 0.5 if args.quick else float(args.warmup)
     for item in args.gateway_env:
         if "=" not in item:
             p.error(f"--gateway-env {item!r}: expected KEY=VALUE")
     args.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
-    if args.connections < 1 or args.duration < 1 or args.repeat < 1:
-        p.error("--connections, --duration and --repeat must be >= 1")
+    if args.connections < 1 or args.duration < 1 or args.repeat < 1 or args.grpc_channels < 1:
+        p.error("--connections, --duration, --repeat and --grpc-channels must be >= 1")
     return args
 
 
@@ -770,15 +1076,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, workdir: Path) -> int:
     load = pick_load_generator(args.loadgen, args.threads, workdir)
+    grpc_load = GrpcLoad(args.grpc_channels, workdir)
+    try:
+        return _run_with(args, workdir, load, grpc_load)
+    finally:
+        grpc_load.close()
+
+
+def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoad, grpc_load: GrpcLoad) -> int:
     concurrencies = [args.connections] if args.quick else list(dict.fromkeys([args.connections, 1]))
     ncpu = os.cpu_count() or 1
     print(f"machine: {ncpu} CPU(s), {_cpu_model()}; Python {platform.python_version()}", flush=True)
-    print(f"load generator: {load.describe(args.connections)}; {args.duration} s per measurement after a "
+    print(f"load generator (REST): {load.describe(args.connections)}; {args.duration} s per measurement after a "
           f"{args.warmup} s warm-up; concurrency {', '.join(map(str, concurrencies))}"
           + (f"; {args.repeat} rounds each, medians reported" if args.repeat > 1 else ""), flush=True)
-    print(f"NOTE: the load generator runs on the same {ncpu} core(s) as the gateway and the backends and competes "
+    print(f"load generator (gRPC): {grpc_load.describe(args.connections)}, its own process (pid {grpc_load.proc.pid});"
+          f" {args.duration} s per measurement after a {args.grpc_warmup:g} s warm-up", flush=True)
+    print(f"NOTE: both load generators run on the same {ncpu} core(s) as the gateway and the backends and compete "
           "with them for CPU: every req/s is a lower bound of what the servers could do alone, and ratios compare "
-          "runs that share the machine the same way.\n", flush=True)
+          "runs that share the machine the same way. The gRPC one is Python (grpc.aio): it needs about as much CPU "
+          "per call as the servers it drives, so gRPC req/s are not comparable with REST (wrk) req/s.\n",
+          flush=True)
 
     background = other_load()
     print(f"CPU busy before starting anything: {100 * background:.0f}% of {ncpu} core(s)", flush=True)
@@ -788,12 +1106,17 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
 
     with localstack.Stack() as stack:
         t0 = time.monotonic()
-        print("starting the fast backend, TorchServe, TF Serving and the gateway ...", flush=True)
+        print("starting the fast backends (REST, gRPC), TorchServe, TF Serving and the gateway ...", flush=True)
         ep = start_everything(stack, workdir, args.gateway_env)
         tf_kind = ("real binary" if ep.tf.real_binary else "stand-in") if ep.tf else "not started"
-        print(f"  started in {time.monotonic() - t0:.1f} s: gateway {ep.gateway_url} (pid {ep.gateway_proc.pgid}), "
-              f"fast backend {ep.fast_url}, TorchServe {ep.ts.inference_url if ep.ts else '-'}, TF Serving "
-              f"{ep.tf.rest_url if ep.tf else '-'} ({tf_kind})", flush=True)
+        print(f"  started in {time.monotonic() - t0:.1f} s: gateway {ep.gateway_url} + gRPC "
+              f"{ep.gateway_grpc_target or 'off'} (pid {ep.gateway_proc.pgid}), fast backend {ep.fast_url}, "
+              f"fast gRPC backend {ep.fast_grpc_target or '-'}, TorchServe {ep.ts.inference_url if ep.ts else '-'} "
+              f"+ gRPC {ep.ts.grpc_inference_target if ep.ts else '-'}, TF Serving "
+              f"{ep.tf.rest_url if ep.tf else '-'} + gRPC {ep.tf.grpc_target if ep.tf else '-'} ({tf_kind})",
+              flush=True)
+        if not ep.gateway_grpc_target:
+            print("NOTE: the gateway's gRPC front is off (GATEWAY_GRPC_PORT=0): no gRPC scenarios.", flush=True)
 
         scenarios = build_scenarios(ep)
         wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -804,15 +1127,22 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
             scenarios = [s for s in scenarios if s.key in wanted]
         for s in scenarios:
             if not s.skipped:
-                check_targets(s)
+                if s.protocol == "grpc":
+                    check_grpc_targets(s, grpc_load)
+                else:
+                    check_targets(s)
             if s.skipped:
                 print(f"WARNING: scenario {s.key} skipped: {s.skipped}", file=sys.stderr, flush=True)
 
-        bench = Bench(ep, load, args.duration, args.warmup)
-        # Warm the gateway on every path it will serve (pools, caches, metadata), then read its memory.
+        bench = Bench(ep, load, args.duration, args.warmup, grpc_load, args.grpc_warmup)
+        # Warm the gateway on every path it will serve (pools, caches, metadata), then read its memory. With
+        # --quick that warm-up stands for the first measurement's own (it comes a few seconds later).
         for s in scenarios:
             for target in s.gateways if not s.skipped else ():
-                load.run(target, args.connections, max(1, args.warmup))
+                bench.run_load(target, args.connections,
+                               args.grpc_warmup if target.protocol == "grpc" else max(1, args.warmup))
+                if args.quick:
+                    bench.prewarmed.add(id(target))
         mem_warm = memory_kb(ep.gateway_proc.pgid)
         print(f"gateway RSS after warm-up: {mem_warm.get('VmRSS', 0) / 1024:.1f} MiB\n", flush=True)
 
@@ -820,18 +1150,28 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         results = run_scenarios(bench, scenarios, concurrencies, args.repeat)
         mem_end = memory_kb(ep.gateway_proc.pgid)
 
-        print("\n" + render_table(scenarios, results) + "\n")
+        for protocol, what in (("rest", f"REST, load from {load.name}"),
+                               ("grpc", f"gRPC, load from {grpc_load.name} (1 process, {args.grpc_channels} "
+                                        f"channel(s), sharing the {ncpu} core(s))")):
+            keys = {s.key for s in scenarios if s.protocol == protocol}
+            rows = [m for m in results if m.scenario in keys]
+            if rows:
+                print(f"\n{what}:\n" + render_table(scenarios, rows))
+        print()
         print("gw/direct: gateway req/s divided by direct req/s for the same request at the same concurrency;\n"
               "+p50 ms: gateway p50 minus direct p50. CPU us/req: utime+stime from /proc over the measured run,\n"
-              "divided by the requests completed (gateway process; backend = its whole process group).\n"
+              "divided by the requests completed (gateway process; backend = its whole process group; load = the\n"
+              "load generator: wrk, or the gRPC load process, plus this script).\n"
               "other CPU %: share of all cores used by processes this benchmark did not start (noise).\n"
-              "errors: connect/read/write/timeout errors plus answers with status >= 400.")
+              "errors: connect/read/write/timeout errors plus answers with status >= 400 (gRPC: UNAVAILABLE,\n"
+              "DEADLINE_EXCEEDED, any other non-OK status).")
         for s in scenarios:
             print(f"  {s.key}: {s.title}" + (f" -- {s.note}" if s.note else "")
                   + (f" [SKIPPED: {s.skipped.splitlines()[0]}]" if s.skipped else ""))
         print(f"gateway RSS: {mem_warm.get('VmRSS', 0) / 1024:.1f} MiB after warm-up, "
               f"{mem_end.get('VmRSS', 0) / 1024:.1f} MiB at the end (peak {mem_end.get('VmHWM', 0) / 1024:.1f} MiB)")
-        print("gateway forwarding stack: uvicorn (httptools, uvloop), raw ASGI app, aiohttp client pool per backend "
+        print("gateway forwarding stack: uvicorn (httptools, uvloop), raw ASGI app, aiohttp client pool per backend; "
+              "gRPC: grpc.aio server in the same loop, one grpc.aio channel per gRPC backend "
               f"({', '.join(f'{k} {v}' for k, v in _versions().items())})", flush=True)
 
         if args.json:
@@ -839,22 +1179,25 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                 "meta": {
                     "cpus": ncpu, "cpu_model": _cpu_model(), "python": platform.python_version(),
                     "load_generator": load.name, "load_generator_detail": load.describe(args.connections),
-                    "duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
-                    "connections": args.connections,
+                    "grpc_load_generator": grpc_load.name,
+                    "grpc_load_generator_detail": grpc_load.describe(args.connections),
+                    "grpc_load_generator_pid": grpc_load.proc.pid,
+                    "duration_s": args.duration, "warmup_s": args.warmup, "grpc_warmup_s": args.grpc_warmup,
+                    "repeat": args.repeat, "connections": args.connections, "grpc_channels": args.grpc_channels,
                     "concurrencies": concurrencies, "quick": args.quick, "tfserving": tf_kind,
-                    "gateway_env": args.gateway_env,
+                    "gateway_env": args.gateway_env, "gateway_grpc_target": ep.gateway_grpc_target,
                     "versions": _versions(),
-                    "note": "load generator shares the CPU cores with the gateway and the backends",
+                    "note": "load generators share the CPU cores with the gateway and the backends",
                     "cpu_busy_before_start_pct": round(100 * background, 1),
                 },
                 "process_groups": {name: proc.pgid for name, proc in (
-                    ("gateway", ep.gateway_proc), ("fast", ep.fast_proc), ("torchserve", ep.ts_proc),
-                    ("tfserving", ep.tf_proc)) if proc is not None},
+                    ("gateway", ep.gateway_proc), ("fast", ep.fast_proc), ("fast_grpc", ep.fast_grpc_proc),
+                    ("torchserve", ep.ts_proc), ("tfserving", ep.tf_proc)) if proc is not None},
                 "gateway": {"pid": ep.gateway_proc.pgid, "rss_kb_after_warmup": mem_warm.get("VmRSS"),
                             "rss_kb_end": mem_end.get("VmRSS"), "rss_kb_peak": mem_end.get("VmHWM")},
                 "scenarios": [{
-                    "key": s.key, "title": s.title, "backend": s.backend, "note": s.note, "skipped": s.skipped,
-                    "measurements": [asdict(m) for m in results if m.scenario == s.key],
+                    "key": s.key, "title": s.title, "backend": s.backend, "protocol": s.protocol, "note": s.note,
+                    "skipped": s.skipped, "measurements": [asdict(m) for m in results if m.scenario == s.key],
                 } for s in scenarios],
             }
             args.json.parent.mkdir(parents=True, exist_ok=True)
