@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,10 @@ def test_import_generates_missing_and_stale_modules_only(tmp_path: Path) -> None
     assert _outputs(target) == first
 
     source = target / "v2.proto"
-    future = source.stat().st_mtime_ns + 3600 * 10**9  # edited, with a clock an hour ahead
+    # Edited, with a clock an hour ahead of everything so far (the copied .proto keeps the checkout's mtime,
+    # which can be hours older than the outputs just generated from it).
+    newest = max([time.time_ns(), *(path.stat().st_mtime_ns for path in target.iterdir())])
+    future = newest + 3600 * 10**9
     os.utime(source, ns=(future, future))
     assert _build.stale(tmp_path) == ["v2"]
     import_copy()
