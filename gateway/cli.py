@@ -1,4 +1,5 @@
-"""Command line: `gateway serve` (the gateway), `gateway dev` (the whole local stack), `gateway check-routes`."""
+"""Command line: `gateway serve` (the gateway), `gateway dev` (the whole local stack), `gateway check-routes`,
+`gateway routes show|apply|set-default` (the admin API's client)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gateway import admin_client
 from gateway.config import load_routes
 from gateway.errors import ConfigError
 from gateway.settings import Settings
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p_dev.add_argument("--no-token-auth", action="store_true", help="start TorchServe without token auth")
     p_check = sub.add_parser("check-routes", help="validate a routes file and exit")
     p_check.add_argument("routes", type=Path)
+    admin_client.add_parser(sub)  # gateway routes show | apply FILE | set-default MODEL VERSION
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check-routes":
         return check_routes(args.routes)
+    if args.command == "routes":
+        return admin_client.run(args)
     if args.command == "dev":
         from gateway.devstack import run_dev
 

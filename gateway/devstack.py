@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -40,20 +41,28 @@ def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True) -
         routes = workdir / "routes.yaml"
         shutil.copyfile(EXAMPLE_ROUTES, routes)
         tf_kind = "real binary" if tf.real_binary else "stand-in"
-        print(banner(port, grpc_port, ts, tf, routes, tf_kind), flush=True)
+        token_file = workdir / "admin-token"
+        token_file.write_text(secrets.token_urlsafe(24))
+        token_file.chmod(0o600)
+        settings = Settings(routes_file=routes, host="127.0.0.1", port=port, grpc_port=grpc_port,
+                            admin_token_file=token_file)
+        print(banner(port, grpc_port, ts, tf, routes, tf_kind, settings), flush=True)
         from gateway.cli import serve
 
-        serve(Settings(routes_file=routes, host="127.0.0.1", port=port, grpc_port=grpc_port))
+        serve(settings)
     return 0
 
 
 def banner(port: int, grpc_port: int, ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEndpoints,
-           routes: Path, tf_kind: str) -> str:
+           routes: Path, tf_kind: str, settings: Settings) -> str:
     g = f"http://127.0.0.1:{port}"
     return f"""
 Model Gateway local stack
   gateway      {g}   (routes: {routes}; edit it and the gateway reloads within a second)
                gRPC 127.0.0.1:{grpc_port} (v2 inference.GRPCInferenceService, tensorflow.serving.*, health, reflection)
+  admin API    http://{settings.admin_host}:{settings.admin_port}   (token in {settings.admin_token_file};
+               `GATEWAY_ADMIN_TOKEN_FILE={settings.admin_token_file} gateway routes show`)
+  metrics      {g}/metrics
   TorchServe   {ts.inference_url} (management {ts.management_url}, metrics {ts.metrics_url})
   TF Serving   {tf.rest_url} (gRPC {tf.grpc_target}; {tf_kind})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -19,6 +19,11 @@ class Settings:
     routes_poll_s: float = 1.0
     shadow_max_pending: int = 64  # shadow calls in flight per process; more are dropped (and counted)
     log_level: str = "info"
+    # Admin API (gateway/api/admin.py): its own listener and token; never opened without a token; 0 = off.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8002
+    admin_token: str | None = field(default=None, repr=False)
+    admin_token_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -34,17 +39,26 @@ class Settings:
             routes_poll_s=float(env.get("GATEWAY_ROUTES_POLL_S", d.routes_poll_s)),
             shadow_max_pending=_int(env, "GATEWAY_SHADOW_MAX_PENDING", d.shadow_max_pending),
             log_level=env.get("GATEWAY_LOG_LEVEL", d.log_level).lower(),
+            admin_host=env.get("GATEWAY_ADMIN_HOST", d.admin_host),
+            admin_port=_int(env, "GATEWAY_ADMIN_PORT", d.admin_port),
+            admin_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
+            admin_token_file=Path(env["GATEWAY_ADMIN_TOKEN_FILE"]) if env.get("GATEWAY_ADMIN_TOKEN_FILE") else None,
         )
 
 
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes that build their own."""
+        admin = {"GATEWAY_ADMIN_HOST": self.admin_host, "GATEWAY_ADMIN_PORT": str(self.admin_port)}
+        if self.admin_token:
+            admin["GATEWAY_ADMIN_TOKEN"] = self.admin_token
+        if self.admin_token_file:
+            admin["GATEWAY_ADMIN_TOKEN_FILE"] = str(self.admin_token_file)
         return {
             "GATEWAY_ROUTES_FILE": str(self.routes_file), "GATEWAY_HOST": self.host, "GATEWAY_PORT": str(self.port),
             "GATEWAY_GRPC_PORT": str(self.grpc_port), "GATEWAY_WORKERS": str(self.workers),
             "GATEWAY_MAX_BODY_BYTES": str(self.max_body_bytes), "GATEWAY_ROUTES_POLL_S": str(self.routes_poll_s),
             "GATEWAY_SHADOW_MAX_PENDING": str(self.shadow_max_pending),
-            "GATEWAY_LOG_LEVEL": self.log_level,
+            "GATEWAY_LOG_LEVEL": self.log_level, **admin,
         }
 
 

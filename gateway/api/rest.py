@@ -30,6 +30,7 @@ from gateway.settings import Settings
 from gateway.shadow import Shadows
 
 if TYPE_CHECKING:
+    from gateway.api.admin import AdminServer
     from gateway.api.grpc import GrpcFront
 
 log = logging.getLogger("gateway")
@@ -53,6 +54,7 @@ class GatewayApp:
         self.settings = settings
         self.plane: DataPlane | None = None
         self.grpc: GrpcFront | None = None
+        self.admin: AdminServer | None = None
         self._watch: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,10 +76,16 @@ class GatewayApp:
 
             self.grpc = GrpcFront(self.plane, self.settings)
             await self.grpc.start()
+        if self.settings.admin_port:  # its own port and token; one worker binds it (gateway/api/admin.py)
+            from gateway.api.admin import start_admin
+
+            self.admin = await start_admin(self.settings, store)
         log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
                  store.path, len(store.current.models), len(store.current.backends))
 
     async def shutdown(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
         if self.grpc is not None:
             await self.grpc.stop()
         if self._watch is not None:

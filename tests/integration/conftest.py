@@ -3,6 +3,7 @@ and the gateway itself as its own process, wired by a routes file built from exa
 
 from __future__ import annotations
 
+import secrets
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ class Gateway:
     grpc_target: str
     routes_file: Path
     process: localstack.ManagedProcess
+    admin_url: str = ""  # the admin API (its own port and token)
+    admin_token: str = ""
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -133,6 +136,9 @@ def build_routes(ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEnd
                                  "versions": {1: {"backend": "torchserve", "model": "scale", "version": "1"},
                                               2: {"backend": "down", "model": "scale", "version": "1"}}},
     })
+    # Only the zero-downtime switch test changes these (default 1 -> 2 and back).
+    models["switch_scale"] = {**models["scale"], "default_version": 1, "labels": {}}
+    models["switch_affine"] = {**models["affine"], "default_version": 1, "labels": {}}
     routes["models"].update({
         "ghost": {"versions": {1: {"backend": "down", "model": "ghost", "version": "1"}}},
         "sleepy": {"versions": {1: {"backend": "hanging", "model": "sleepy", "version": 1}}},
@@ -147,12 +153,14 @@ def gateway(stack_dir: Path, torchserve: localstack.TorchServeEndpoints, tfservi
             blackhole: Blackhole) -> Iterator[Gateway]:
     routes_file = stack_dir / "routes.yaml"
     routes_file.write_text(yaml.safe_dump(build_routes(torchserve, tfserving, blackhole.port)))
-    grpc_port = localstack.free_port()
+    grpc_port, admin_port, admin_token = localstack.free_port(), localstack.free_port(), secrets.token_urlsafe(24)
     proc, url = localstack.start_gateway(
         stack_dir / "gateway", routes_file,
         env={"GATEWAY_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "GATEWAY_ROUTES_POLL_S": "0.2",
-             "GATEWAY_GRPC_PORT": str(grpc_port)})
-    yield Gateway(url=url, grpc_target=f"127.0.0.1:{grpc_port}", routes_file=routes_file, process=proc)
+             "GATEWAY_GRPC_PORT": str(grpc_port), "GATEWAY_ADMIN_PORT": str(admin_port),
+             "GATEWAY_ADMIN_TOKEN": admin_token})
+    yield Gateway(url=url, grpc_target=f"127.0.0.1:{grpc_port}", routes_file=routes_file, process=proc,
+                  admin_url=f"http://127.0.0.1:{admin_port}", admin_token=admin_token)
     proc.stop()
 
 

@@ -1,0 +1,176 @@
+"""Client of the admin API (gateway/api/admin.py) and the `gateway routes ...` commands built on it.
+
+    gateway routes show                       the routes file's text on stdout; its revision on stderr
+    gateway routes apply FILE [--revision N]  replace the routes with FILE (compare-and-swap on N, by default
+                                              the revision read just before)
+    gateway routes set-default MODEL VERSION  the instant switch [--revision N]
+
+The admin URL comes from --admin-url or GATEWAY_ADMIN_URL (default http://127.0.0.1:8002); the token from
+--token-file / GATEWAY_ADMIN_TOKEN_FILE or GATEWAY_ADMIN_TOKEN (--token works too, but shows in `ps`).
+Exit status: 0 done, 1 refused or failed (the message says why), 3 revision conflict (nothing was written;
+re-read and retry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import httpx
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8002"
+EXIT_CONFLICT = 3
+
+
+class AdminError(Exception):
+    """The admin API refused or failed; the message is for a person."""
+
+
+class AdminConflict(AdminError):
+    def __init__(self, message: str, current: int | None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str, timeout_s: float = 30.0) -> None:
+        import httpx  # here, not at import: `gateway serve` does not need it
+
+        self.url = url.rstrip("/")
+        self._client: httpx.Client = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"},
+                                    timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_routes(self) -> dict[str, Any]:
+        """{"revision", "applied_revision", "path", "text"}."""
+        return self._call("GET", "/routes")
+
+    def revision(self) -> int:
+        return int(self.get_routes()["revision"])
+
+    def put_routes(self, text: str, revision: int) -> dict[str, Any]:
+        """{"revision": new, "applied_revision"}."""
+        return self._call("PUT", "/routes", content=text.encode(), headers={
+            "if-match": f'"{revision}"', "content-type": "application/yaml"})
+
+    def set_default(self, model: str, version: str, revision: int) -> dict[str, Any]:
+        return self._call("POST", f"/models/{quote(model, safe='')}/default",
+                          json={"version": version, "revision": revision})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        import httpx
+
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise AdminError(f"the admin API at {self.url} did not answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise AdminError(f"cannot reach the admin API at {self.url}: {exc or type(exc).__name__} (is the "
+                             "gateway running with GATEWAY_ADMIN_PORT and an admin token? set GATEWAY_ADMIN_URL "
+                             "or --admin-url)") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:500]}
+        if not isinstance(body, dict):
+            body = {"error": str(body)[:500]}
+        status = response.status_code
+        if status == 200:
+            return body
+        error = str(body.get("error", ""))
+        if status == 401:
+            raise AdminError(f"the admin API at {self.url} refused the token (401 Unauthorized): use the gateway's "
+                             "admin token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE, or --token/--token-file)")
+        if status == 409:
+            current = body.get("revision")
+            raise AdminConflict(f"revision conflict, nothing was written: {error}. Run `gateway routes show`, redo "
+                                "the change and apply it again", current if isinstance(current, int) else None)
+        if status == 400:
+            raise AdminError(f"refused, nothing was written: {error}")
+        if status == 404:
+            raise AdminError(f"not found (404): {error}")
+        raise AdminError(f"the admin API answered {status}: {error or response.text[:500]}")
+
+
+def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    token_file = args.token_file or environ.get("GATEWAY_ADMIN_TOKEN_FILE")
+    if args.token:
+        return str(args.token)
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AdminError(f"cannot read the admin token file {token_file}: {exc.strerror}") from exc
+        if token:
+            return token
+        raise AdminError(f"the admin token file {token_file} is empty")
+    token = environ.get("GATEWAY_ADMIN_TOKEN", "").strip()
+    if not token:
+        raise AdminError("no admin token: set GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE (or --token-file)")
+    return token
+
+
+def add_parser(sub: Any) -> None:
+    """`gateway routes ...` under the main parser's subcommands."""
+    p = sub.add_parser("routes", help="show or change the routes through the admin API",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--admin-url", help=f"admin API (default: $GATEWAY_ADMIN_URL or {DEFAULT_ADMIN_URL})")
+    p.add_argument("--token-file", help="file holding the admin token (default: $GATEWAY_ADMIN_TOKEN_FILE)")
+    p.add_argument("--token", help="the admin token (default: $GATEWAY_ADMIN_TOKEN; visible in ps, prefer a file)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    cmds = p.add_subparsers(dest="routes_command", required=True)
+    cmds.add_parser("show", help="print the routes file (stdout) and its revision (stderr)")
+    p_apply = cmds.add_parser("apply", help="replace the routes with FILE (validated, compare-and-swap)")
+    p_apply.add_argument("file", type=Path)
+    p_apply.add_argument("--revision", type=int,
+                         help="the revision FILE was based on (default: the current one, read just before)")
+    p_set = cmds.add_parser("set-default", help="switch MODEL's default version to VERSION at once")
+    p_set.add_argument("model")
+    p_set.add_argument("version")
+    p_set.add_argument("--revision", type=int, help="expected current revision (default: read just before)")
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    url = args.admin_url or env.get("GATEWAY_ADMIN_URL") or DEFAULT_ADMIN_URL
+    try:
+        with AdminClient(url, _token(args, env), timeout_s=args.timeout) as client:
+            if args.routes_command == "show":
+                routes = client.get_routes()
+                sys.stdout.write(routes["text"])
+                print(f"# {routes['path']}: revision {routes['revision']} (applied by the process that answered: "
+                      f"{routes['applied_revision']})", file=sys.stderr)
+                return 0
+            if args.routes_command == "apply":
+                try:
+                    text = args.file.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise AdminError(f"cannot read {args.file}: {exc}") from exc
+                base = client.revision() if args.revision is None else args.revision
+                done = client.put_routes(text, base)
+                print(f"applied {args.file}: revision {base} -> {done['revision']}")
+                return 0
+            base = client.revision() if args.revision is None else args.revision
+            done = client.set_default(args.model, args.version, base)
+            print(f"{args.model}: default version {done['default_version']} (revision {base} -> {done['revision']})")
+            return 0
+    except AdminConflict as exc:
+        print(f"gateway routes {args.routes_command}: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except AdminError as exc:
+        print(f"gateway routes {args.routes_command}: {exc}", file=sys.stderr)
+        return 1

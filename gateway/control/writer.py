@@ -1,0 +1,291 @@
+"""Writes of the routes file: validated, compare-and-swap on `revision`, atomic, one writer at a time.
+
+Every change goes through :func:`apply`: the new content is validated with the same parser the workers use
+(refused with its ConfigError message, the file untouched), the file's current revision must equal the one the
+caller read (else :class:`RevisionConflict`, carrying the current revision), the new file gets
+``revision = expected + 1`` and replaces the old one atomically (temp file in the same directory, fsync,
+``os.replace``, fsync of the directory): a reader sees the old file or the new one, never a mix. An exclusive
+``fcntl.flock`` on a lock file next to the routes file (``.<name>.lock``) serialises writers across processes
+(several workers, the CLI and the admin API), so a check and its write can never interleave with another's.
+
+Comments and layout of YAML text are kept: only the top-level ``revision:`` line (and, for
+:func:`set_default_version`, the model's ``default_version:`` line) are edited in place, and the edited text is
+re-parsed and compared with the intended content; when an in-place edit cannot be proven equal, the content is
+written with ``yaml.safe_dump`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config import parse_routes
+from gateway.errors import ConfigError
+
+LOCK_TIMEOUT_S = 10.0
+_REVISION_LINE = re.compile(r"^revision[ \t]*:[^\n#]*?(?P<comment>[ \t]+#[^\n]*)?$", re.MULTILINE)
+_TOP_KEY = re.compile(r"^[^\s#]")
+
+
+class RevisionConflict(Exception):
+    """The file is not at the revision the caller read: someone else wrote it meanwhile. Nothing was written."""
+
+    def __init__(self, path: Path, expected: int, current: int) -> None:
+        super().__init__(f"{path}: revision conflict: expected revision {expected}, the file is at revision "
+                         f"{current}; re-read it and apply the change again")
+        self.expected = expected
+        self.current = current
+
+
+class LockTimeout(Exception):
+    """Another writer held the routes file's lock for longer than the timeout."""
+
+
+class UnknownModel(LookupError):
+    """set_default_version named a model the routes file does not define."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} is not defined in the routes file")
+        self.model = model
+
+
+def lock_path(path: Path) -> Path:
+    path = _real(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def _real(path: Path) -> Path:
+    """Through symlinks: a symlinked routes file keeps its link; the target is what gets replaced (and locked)."""
+    return Path(os.path.realpath(path))
+
+
+@contextlib.contextmanager
+def locked(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the routes file's exclusive writer lock (an flock on ``.<name>.lock``, kept between writes)."""
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{path}: another writer held {lock_path(path).name} for more than "
+                                      f"{timeout_s:g} s") from None
+                time.sleep(0.005)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read(path: Path) -> tuple[str, int]:
+    """The file's text and its revision (0 when it names none, as the parser does)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read routes file: {exc.strerror}") from exc
+    return text, _revision_of(_load_yaml(text, str(path)), path)
+
+
+def apply(path: Path, routes: str | Mapping[str, Any], expected_revision: int, *,
+          lock_timeout_s: float = LOCK_TIMEOUT_S, environ: Mapping[str, str] | None = None) -> int:
+    """Replace the routes file with ``routes`` (YAML/JSON text or a mapping) if it is valid and the file is still
+    at ``expected_revision``; return the new revision (``expected_revision + 1``). Any ``revision`` in
+    ``routes`` is replaced. Raises ConfigError (invalid), RevisionConflict or LockTimeout; nothing is written
+    then."""
+    if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or expected_revision < 0:
+        raise ValueError(f"expected_revision must be an integer >= 0, got {expected_revision!r}")
+    path = _real(path)
+    new_revision = expected_revision + 1
+    text = _with_revision(routes, new_revision, str(path))
+    # Validate exactly what will be written, loaded and parsed as every worker will.
+    parse_routes(_load_yaml(text, str(path), exact=True), str(path), os.environ if environ is None else environ)
+    with locked(path, lock_timeout_s):
+        _, current = read(path)
+        if current != expected_revision:
+            raise RevisionConflict(path, expected_revision, current)
+        _atomic_write(path, text)
+    return new_revision
+
+
+def set_default_version(path: Path, model: str, version: str | int, expected_revision: int, *,
+                        lock_timeout_s: float = LOCK_TIMEOUT_S, environ: Mapping[str, str] | None = None) -> int:
+    """The instant switch: ``models.<model>.default_version = version``, applied with :func:`apply` (validated,
+    compare-and-swap, atomic). Raises UnknownModel, ConfigError (e.g. a version not listed), RevisionConflict."""
+    path = _real(path)
+    text, current = read(path)
+    if current != expected_revision:  # fail fast; apply checks again under the lock
+        raise RevisionConflict(path, expected_revision, current)
+    raw = _load_yaml(text, str(path))
+    models = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(models, dict) or not isinstance(models.get(model), dict):
+        raise UnknownModel(model)
+    if models[model].get("experiment") is not None:
+        raise ConfigError(f"{path}: models.{model}: has an experiment: its variants, not default_version, decide "
+                          "where requests go, so switching the default would not move traffic; edit the "
+                          "experiment instead")
+    value: str | int = version
+    if isinstance(version, str) and version.isascii() and version.isdigit():
+        value = int(version)
+    intended = copy.deepcopy(raw)
+    intended["models"][model]["default_version"] = value
+    edited = _edit_default_version(text, model, value)
+    if edited is None or _safe_load(edited) != intended:
+        return apply(path, intended, expected_revision, lock_timeout_s=lock_timeout_s, environ=environ)
+    return apply(path, edited, expected_revision, lock_timeout_s=lock_timeout_s, environ=environ)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+# libyaml's parser with PyYAML's own safe constructors (~6x faster) for the writer's bookkeeping parses; the text
+# that will be written is always parsed once more with yaml.safe_load, exactly as every worker loads it.
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_yaml(text: str, source: str, *, exact: bool = False) -> Any:
+    try:
+        return yaml.safe_load(text) if exact else yaml.load(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError as exc:
+        if not exact:
+            return _load_yaml(text, source, exact=True)  # the loader's message, as the workers would log it
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+
+
+def _safe_load(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError:
+        return None
+
+
+def _revision_of(raw: Any, path: Path) -> int:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: <top level>: must be a mapping, got {type(raw).__name__}")
+    revision = raw.get("revision", 0)
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise ConfigError(f"{path}: revision: must be an integer >= 0, got {revision!r}")
+    return revision
+
+
+def _dump(raw: Mapping[str, Any], revision: int) -> str:
+    ordered = {"revision": revision, **{k: v for k, v in raw.items() if k != "revision"}}
+    return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def _with_revision(routes: str | Mapping[str, Any], revision: int, source: str) -> str:
+    """The text to write: ``routes`` with its top-level revision set, edited in place when that is provably equal,
+    else dumped."""
+    if not isinstance(routes, str):
+        if not isinstance(routes, Mapping):
+            raise ConfigError(f"{source}: <top level>: must be a mapping, got {type(routes).__name__}")
+        return _dump(routes, revision)
+    raw = _load_yaml(routes, source)
+    if not isinstance(raw, dict):
+        return routes  # the parser refuses it, phrased as it is for the file itself
+    intended = {**raw, "revision": revision}
+    matches = list(_REVISION_LINE.finditer(routes))
+    if len(matches) == 1:
+        m = matches[0]
+        edited = f"{routes[:m.start()]}revision: {revision}{m.group('comment') or ''}{routes[m.end():]}"
+    elif not matches and "revision" not in raw:
+        edited = f"revision: {revision}\n{routes}"
+    else:
+        edited = ""
+    if edited and _safe_load(edited) == intended:
+        return edited if edited.endswith("\n") else edited + "\n"
+    return _dump(raw, revision)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _significant(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _edit_default_version(text: str, model: str, value: str | int) -> str | None:
+    """``text`` with ``models.<model>.default_version`` set in place (block-style YAML), or None when the layout
+    is not the simple one this understands (the caller then dumps the mapping)."""
+    lines = text.splitlines(keepends=True)
+    models_at = next((i for i, line in enumerate(lines) if re.match(r"^models[ \t]*:[ \t]*(#.*)?$", line.rstrip())),
+                     None)
+    if models_at is None:
+        return None
+    model_line = re.compile(rf"^(?P<indent> +){re.escape(model)}[ \t]*:[ \t]*(#.*)?$")
+    model_at = None
+    for i in range(models_at + 1, len(lines)):
+        line = lines[i].rstrip("\r\n")
+        if _significant(line) and _TOP_KEY.match(line):
+            break  # the next top-level key: the models block ended
+        if model_line.match(line):
+            model_at = i
+            break
+    if model_at is None:
+        return None
+    model_indent = _indent(lines[model_at])
+    child_indent = None
+    default_at = None
+    for i in range(model_at + 1, len(lines)):
+        line = lines[i].rstrip("\r\n")
+        if not _significant(line):
+            continue
+        if _indent(line) <= model_indent:
+            break
+        if child_indent is None:
+            child_indent = _indent(line)
+        if _indent(line) == child_indent and re.match(r"^ *default_version[ \t]*:", line):
+            default_at = i
+    if child_indent is None:
+        return None
+    if default_at is not None:
+        line = lines[default_at]
+        m = re.match(r"^(?P<key> *default_version[ \t]*:)[^\n#]*?(?P<comment>[ \t]+#[^\r\n]*)?(?P<eol>\r?\n?)$",
+                     line)
+        if m is None:
+            return None
+        lines[default_at] = f"{m.group('key')} {value}{m.group('comment') or ''}{m.group('eol')}"
+    else:
+        lines.insert(model_at + 1, f"{' ' * child_indent}default_version: {value}\n")
+    return "".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Temp file in the same directory, fsync, rename over the file, fsync the directory."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
