@@ -78,6 +78,8 @@ Try:
   curl -s -X POST {g}/predictions/scale/1 -H 'content-type: application/json' \\
     -d '{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}}]}}'
   curl -si {g}/v1/models/affine
+  curl -si -X POST {g}/v2/models/classifier/infer -H 'x-user-id: alice' \
+    -d '{{"inputs":[{{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}'   # see x-model-variant
 
 Ctrl-C stops everything.
 """
