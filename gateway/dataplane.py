@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from gateway.backends.base import Backend, Backends
@@ -20,6 +23,28 @@ assignments = logging.getLogger("gateway.assignment")
 current_route: ContextVar[Route | None] = ContextVar("gateway_route", default=None)
 
 
+class InFlight:
+    """Backend calls in flight per target (backend, model, version) in this process: a version is retired only
+    once its count is back to 0 (drain)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+
+    @contextmanager
+    def calling(self, route: Route) -> Iterator[None]:
+        key = (route.target.backend, route.target.model, route.target.version)
+        self.counts[key] += 1
+        try:
+            yield
+        finally:
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
+
+    def count(self, backend: str, model: str, version: str) -> int:
+        return self.counts.get((backend, model, version), 0)
+
+
 class DataPlane:
     """Transport-neutral: every front, REST and gRPC, calls these methods."""
 
@@ -28,6 +53,7 @@ class DataPlane:
         self.backends = backends
         self.metrics = metrics
         self.shadows = shadows
+        self.inflight = InFlight()
 
     def route(self, ref: ModelRef, hints: Hints = NO_HINTS) -> Route:
         # One read of `current` per request: a routes swap mid-request never mixes tables.
@@ -51,7 +77,8 @@ class DataPlane:
         schema = await self.input_schema(route, request.signature_name)
         if schema is not None:
             check_inputs(request, schema)
-        response = await self.backend(route).infer(route.target, request)
+        with self.inflight.calling(route):
+            response = await self.backend(route).infer(route.target, request)
         outputs = select_outputs(response.outputs, request.output_names)
         answer = InferResponse(outputs=outputs, model_name=route.target.logical_model,
                                model_version=route.target.logical_version, id=request.id)
@@ -66,7 +93,8 @@ class DataPlane:
 
         async def call() -> InferResponse:
             set_deadline(None)  # the client's deadline is the primary's, not the shadow's
-            response = await self.backend(shadow).infer(shadow.target, request)
+            with self.inflight.calling(shadow):
+                response = await self.backend(shadow).infer(shadow.target, request)
             return InferResponse(outputs=select_outputs(response.outputs, request.output_names))
 
         self.shadows.submit(model=route.model.name, primary_version=route.target.logical_version,
@@ -80,7 +108,8 @@ class DataPlane:
 
     async def forward(self, route: Route, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
         """A body already in the backend's protocol goes through unchanged (no decode on this path)."""
-        return await self.backend(route).forward(route.target, path_suffix, body, content_type)
+        with self.inflight.calling(route):
+            return await self.backend(route).forward(route.target, path_suffix, body, content_type)
 
     async def status(self, route: Route) -> ModelStatus:
         status = await self.backend(route).status(route.target)

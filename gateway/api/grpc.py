@@ -161,7 +161,8 @@ class TFServingServicer:
             schema = await self.plane.input_schema(route, request.model_spec.signature_name or None)
             if schema is not None:
                 check_specs(route.model.name, tf_proto.input_specs(request), schema)
-            response: tfs.PredictResponse = await forward(route.target, request)
+            with self.plane.inflight.calling(route):
+                response: tfs.PredictResponse = await forward(route.target, request)
         else:
             infer_request = tf_proto.decode_predict_request(request)
             tf_compat.check_signature(infer_request.signature_name, route)

@@ -3,6 +3,7 @@
 import pytest
 
 from gateway.config import parse_routes
+from gateway.dataplane import InFlight
 from gateway.errors import InvalidArgument, ModelNotFound, VersionNotFound
 from gateway.routing import RouteTable
 from gateway.types import ModelRef
@@ -38,3 +39,14 @@ def test_resolution_errors(ref: ModelRef, error: type, status: int, message: str
         TABLE.resolve(ref)
     assert info.value.http_status == status
     assert message in info.value.message
+
+
+def test_inflight_counts_per_target_and_forgets_idle_ones() -> None:
+    inflight = InFlight()
+    route = TABLE.resolve(ModelRef("m", version="2"))
+    with inflight.calling(route), inflight.calling(route):
+        assert inflight.count("ts", "m", "2.0") == 2
+    assert inflight.count("ts", "m", "2.0") == 0 and not inflight.counts
+    with pytest.raises(RuntimeError), inflight.calling(route):
+        raise RuntimeError("backend failed")
+    assert not inflight.counts
