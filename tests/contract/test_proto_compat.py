@@ -65,6 +65,7 @@ from gateway.protos import (
     services,
     tf_error_codes_pb2,
     tf_framework_pb2,
+    tf_model_server_config_pb2,
     tf_serving_pb2,
     torchserve_inference_pb2,
     torchserve_management_pb2,
@@ -82,6 +83,7 @@ OMITTED_FIELDS = frozenset(
         "tensorflow.serving.PredictRequest.predict_streamed_options",  # TF Serving's LLM streaming extensions
         "tensorflow.serving.PredictRequest.client_id",
         "tensorflow.serving.PredictRequest.request_options",
+        "tensorflow.serving.ModelConfig.logging_config",  # request logging: the gateway never configures it
     }
 )
 #: Gateway fields absent from an official proto: Triton's InferParameter extensions vs KServe/TorchServe.
@@ -215,6 +217,7 @@ def test_every_gateway_file_is_compared() -> None:
         rpc_status_pb2,
         tf_error_codes_pb2,
         tf_framework_pb2,
+        tf_model_server_config_pb2,
         tf_serving_pb2,
         torchserve_inference_pb2,
         torchserve_management_pb2,
