@@ -70,6 +70,7 @@ class GatewayApp:
             backends.get(config)
         metrics = Metrics()
         self.plane = DataPlane(store, backends, metrics, Shadows(metrics, max_pending=self.settings.shadow_max_pending))
+        store.on_swap.append(lambda table: backends.retire_unused(table.backends.values()))
         self._watch = asyncio.create_task(store.watch(self.settings.routes_poll_s))
         if self.settings.grpc_port:
             from gateway.api.grpc import GrpcFront  # grpc servicers load only when the listener is on
@@ -79,7 +80,7 @@ class GatewayApp:
         if self.settings.admin_port:  # its own port and token; one worker binds it (gateway/api/admin.py)
             from gateway.api.admin import start_admin
 
-            self.admin = await start_admin(self.settings, store)
+            self.admin = await start_admin(self.settings, store, metrics)
         log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
                  store.path, len(store.current.models), len(store.current.backends))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Protocol
 
 from gateway.config import BackendConfig
@@ -36,6 +38,7 @@ class Backends:
 
     def __init__(self) -> None:
         self._clients: dict[BackendConfig, Backend] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, config: BackendConfig) -> Backend:
         client = self._clients.get(config)
@@ -43,7 +46,23 @@ class Backends:
             client = self._clients[config] = _create(config)
         return client
 
+    def retire_unused(self, active: Iterable[BackendConfig]) -> None:
+        """After a routes change: clients built for configs the new table no longer uses are closed once the
+        calls they may still carry have had their full timeout to finish."""
+        keep = set(active)
+        for config in [c for c in self._clients if c not in keep]:
+            task = asyncio.create_task(self._close_later(self._clients.pop(config), config.timeout_s + 1))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_later(client: Backend, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await client.close()
+
     async def close(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()

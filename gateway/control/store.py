@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import load_routes
@@ -20,6 +21,7 @@ class RouteStore:
         self.path = path
         self._seen = self._stat()
         self.current = RouteTable.from_config(load_routes(path))
+        self.on_swap: list[Callable[[RouteTable], None]] = []  # told of every new table, after the swap
 
     def _stat(self) -> tuple[int, int, int]:
         # mtime alone misses a same-second rewrite or an atomic rename over the file.
@@ -40,6 +42,11 @@ class RouteStore:
             return False
         self.current = table
         log.info("routes revision %s applied from %s", table.revision, self.path)
+        for listener in self.on_swap:
+            try:
+                listener(table)
+            except Exception:
+                log.exception("routes swap listener failed")
         return True
 
     async def watch(self, interval_s: float = 1.0) -> None:

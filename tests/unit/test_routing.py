@@ -1,7 +1,11 @@
 """resolve(): explicit version, label, default; errors with the status codes clients rely on."""
 
+import asyncio
+import dataclasses
+
 import pytest
 
+from gateway.backends.base import Backends
 from gateway.config import parse_routes
 from gateway.dataplane import InFlight
 from gateway.errors import InvalidArgument, ModelNotFound, VersionNotFound
@@ -50,3 +54,22 @@ def test_inflight_counts_per_target_and_forgets_idle_ones() -> None:
     with pytest.raises(RuntimeError), inflight.calling(route):
         raise RuntimeError("backend failed")
     assert not inflight.counts
+
+
+async def test_backends_of_a_replaced_config_are_closed_after_their_timeout() -> None:
+    old_config = dataclasses.replace(TABLE.backends["tf"], timeout_s=0.2)
+    new_config = dataclasses.replace(old_config, timeout_s=0.3)
+    backends = Backends()
+    old = backends.get(old_config)
+    closed = asyncio.Event()
+
+    async def close() -> None:
+        closed.set()
+
+    old.close = close  # type: ignore[method-assign]
+    backends.retire_unused([new_config])
+    assert backends.get(new_config) is not old
+    await asyncio.sleep(0.1)
+    assert not closed.is_set()  # calls still in flight on the old client get its whole timeout first
+    await asyncio.wait_for(closed.wait(), timeout=5)
+    await backends.close()
