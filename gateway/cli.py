@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import os
@@ -31,9 +32,26 @@ def serve(settings: Settings) -> None:
         "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
         log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+        log_config=_log_config(settings.log_level),
         # No X-Forwarded-* rewriting (a per-request middleware): the gateway does not use client addresses.
         proxy_headers=False, server_header=False,
     )
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _log_config(level: str) -> dict[str, object]:
+    """uvicorn applies this in every worker process, so the gateway's own loggers (assignments, route reloads)
+    reach the output from workers too, not only from a process that called logging.basicConfig."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["gateway"] = {"format": LOG_FORMAT}
+    config["handlers"]["gateway"] = {"formatter": "gateway", "class": "logging.StreamHandler",
+                                     "stream": "ext://sys.stderr"}
+    config["loggers"]["gateway"] = {"handlers": ["gateway"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def _multiprocess_metrics_dir() -> None:
@@ -73,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("routes", type=Path)
     admin_client.add_parser(sub)  # gateway routes show | apply FILE | set-default MODEL VERSION
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "info").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "info").upper(), format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling in `gateway dev` is not news
 
     if args.command == "check-routes":
