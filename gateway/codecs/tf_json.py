@@ -130,7 +130,11 @@ def decode_backend_response(body: bytes, outputs: tuple[TensorSpec, ...]) -> tup
     for name, values in named.items():
         spec = specs.get(name)
         datatype = spec.datatype if spec else infer_datatype(name, values)
-        result.append(Tensor(name=name, datatype=datatype, data=to_array(name, datatype, values, None)))
+        data = to_array(name, datatype, values, None)
+        if data.size == 0 and spec is not None and len(spec.shape) > 1 and all(d >= 0 for d in spec.shape[1:]):
+            # JSON's [] has no inner dimensions; an empty batch keeps the signature's.
+            data = data.reshape((0, *spec.shape[1:]))
+        result.append(Tensor(name=name, datatype=datatype, data=data))
     return tuple(result)
 
 

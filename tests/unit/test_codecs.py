@@ -231,3 +231,8 @@ def test_binary_outputs_round_trip_through_raw_layout() -> None:
     assert from_raw("s", "BYTES", body[n + 4:], (2,)).tolist() == [b"x", b"yz"]
     plain, none = v2_json.encode_response(InferResponse(outputs=(y,)))
     assert none is None and orjson.loads(plain)["outputs"][0]["data"] == [0.5, 2.0]
+
+
+def test_tf_backend_empty_batch_keeps_inner_dimensions() -> None:
+    outputs = tf_json.decode_backend_response(b'{"outputs": []}', (TensorSpec("y", "FP32", (-1, 3)),))
+    assert outputs[0].shape == (0, 3)
