@@ -4,6 +4,9 @@
     gateway routes apply FILE [--revision N]  replace the routes with FILE (compare-and-swap on N, by default
                                               the revision read just before)
     gateway routes set-default MODEL VERSION  the instant switch [--revision N]
+    gateway rollout start MODEL TO_VERSION [--steps 5,25,50,100] [--dwell S] [--max-error-rate R]
+                          [--max-p99-ratio X] [--max-p99-s S] [--min-requests N] [--sticky-header H]
+    gateway rollout status MODEL | promote MODEL | rollback MODEL | abort MODEL [--why TEXT]
 
 The admin URL comes from --admin-url or GATEWAY_ADMIN_URL (default http://127.0.0.1:8002); the token from
 --token-file / GATEWAY_ADMIN_TOKEN_FILE or GATEWAY_ADMIN_TOKEN (--token works too, but shows in `ps`).
@@ -71,6 +74,16 @@ class AdminClient:
         return self._call("POST", f"/models/{quote(model, safe='')}/default",
                           json={"version": version, "revision": revision})
 
+    def start_rollout(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/rollouts", json=dict(spec))
+
+    def rollout(self, model: str) -> dict[str, Any]:
+        return self._call("GET", f"/rollouts/{quote(model, safe='')}")
+
+    def end_rollout(self, model: str, action: str, who: str, why: str = "") -> dict[str, Any]:
+        """action: promote | rollback | abort."""
+        return self._call("POST", f"/rollouts/{quote(model, safe='')}/{action}", json={"who": who, "why": why})
+
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         import httpx
 
@@ -124,14 +137,79 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     return token
 
 
-def add_parser(sub: Any) -> None:
-    """`gateway routes ...` under the main parser's subcommands."""
-    p = sub.add_parser("routes", help="show or change the routes through the admin API",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _common(p: Any) -> None:
     p.add_argument("--admin-url", help=f"admin API (default: $GATEWAY_ADMIN_URL or {DEFAULT_ADMIN_URL})")
     p.add_argument("--token-file", help="file holding the admin token (default: $GATEWAY_ADMIN_TOKEN_FILE)")
     p.add_argument("--token", help="the admin token (default: $GATEWAY_ADMIN_TOKEN; visible in ps, prefer a file)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+
+
+def add_rollout_parser(sub: Any) -> None:
+    """`gateway rollout ...`: canary rollouts through the admin API (gateway/control/rollout.py)."""
+    p = sub.add_parser("rollout", help="canary rollouts through the admin API", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    cmds = p.add_subparsers(dest="rollout_command", required=True)
+    p_start = cmds.add_parser("start", help="start moving MODEL to TO_VERSION in canary steps")
+    p_start.add_argument("model")
+    p_start.add_argument("to_version")
+    p_start.add_argument("--from-version", help="the version it serves now (default: its default version)")
+    p_start.add_argument("--steps", help="canary percentages, comma-separated (default 5,25,50,100)")
+    p_start.add_argument("--dwell", type=float, help="seconds per step (default 60)")
+    p_start.add_argument("--max-error-rate", type=float, help="canary 5xx share that rolls back (default 0.05)")
+    p_start.add_argument("--max-p99-ratio", type=float, help="canary p99 / stable p99 that rolls back")
+    p_start.add_argument("--max-p99-s", type=float, help="canary p99 in seconds that rolls back")
+    p_start.add_argument("--min-requests", type=int, help="canary requests a step needs to pass (default 20)")
+    p_start.add_argument("--sticky-header", help="header whose value keeps a user on one variant")
+    p_start.add_argument("--why", default="", help="recorded in the rollout's history")
+    for name in ("status", "promote", "rollback", "abort"):
+        c = cmds.add_parser(name, help=f"{name} MODEL's rollout" if name != "status" else "show MODEL's rollout")
+        c.add_argument("model")
+        if name != "status":
+            c.add_argument("--why", default="", help="recorded in the rollout's history")
+
+
+def run_rollout(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    import json
+
+    env = os.environ if environ is None else environ
+    url = args.admin_url or env.get("GATEWAY_ADMIN_URL") or DEFAULT_ADMIN_URL
+    who = env.get("USER") or env.get("LOGNAME") or "cli"
+    try:
+        with AdminClient(url, _token(args, env), timeout_s=args.timeout) as client:
+            if args.rollout_command == "start":
+                spec: dict[str, Any] = {"model": args.model, "to_version": args.to_version, "who": who,
+                                        "why": args.why}
+                if args.steps:
+                    try:
+                        spec["steps"] = [float(s) for s in args.steps.split(",") if s.strip()]
+                    except ValueError as exc:
+                        raise AdminError(f"--steps: {exc}") from exc
+                for key in ("from_version", "max_error_rate", "max_p99_ratio", "max_p99_s", "min_requests",
+                            "sticky_header"):
+                    if getattr(args, key) is not None:
+                        spec[key] = getattr(args, key)
+                if args.dwell is not None:
+                    spec["dwell_s"] = args.dwell
+                done = client.start_rollout(spec)
+            elif args.rollout_command == "status":
+                done = client.rollout(args.model)
+            else:
+                done = client.end_rollout(args.model, args.rollout_command, who, args.why)
+            print(json.dumps(done, indent=2))
+            print(f"# {done['model']}: {done['state']} at {done['percent']:g}% ({done['from_version']} -> "
+                  f"{done['to_version']}){': ' + done['reason'] if done.get('reason') else ''}", file=sys.stderr)
+            return 0
+    except AdminError as exc:
+        print(f"gateway rollout {args.rollout_command}: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT if isinstance(exc, AdminConflict) else 1
+
+
+def add_parser(sub: Any) -> None:
+    """`gateway routes ...` under the main parser's subcommands."""
+    p = sub.add_parser("routes", help="show or change the routes through the admin API",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
     cmds = p.add_subparsers(dest="routes_command", required=True)
     cmds.add_parser("show", help="print the routes file (stdout) and its revision (stderr)")
     p_apply = cmds.add_parser("apply", help="replace the routes with FILE (validated, compare-and-swap)")

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check-routes", help="validate a routes file and exit")
     p_check.add_argument("routes", type=Path)
     admin_client.add_parser(sub)  # gateway routes show | apply FILE | set-default MODEL VERSION
+    admin_client.add_rollout_parser(sub)  # gateway rollout start | status | promote | rollback | abort
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "info").upper(), format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling in `gateway dev` is not news
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_routes(args.routes)
     if args.command == "routes":
         return admin_client.run(args)
+    if args.command == "rollout":
+        return admin_client.run_rollout(args)
     if args.command == "dev":
         from gateway.devstack import run_dev
 

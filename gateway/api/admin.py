@@ -8,6 +8,11 @@ own bearer token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE), never on the
                                     | 428 without If-Match
     POST /models/{m}/default        {"version": "2", "revision": N}: the instant switch (same answers as PUT;
                                     404 for an unknown model)
+    POST /rollouts                  start a canary rollout (gateway/control/rollout.py): {"model", "to_version",
+                                    "from_version"?, "steps"? [5, 25, 50, 100], "dwell_s"?, "max_error_rate"?,
+                                    "max_p99_ratio"?, "max_p99_s"?, "min_requests"?, "sticky_header"?, "who"?}
+    GET  /rollouts                  every known rollout; GET /rollouts/{m}: one rollout's state and history
+    POST /rollouts/{m}/promote|rollback|abort   {"who"?, "why"?}: end it by hand (409 when it is not running)
 
 Writes go through gateway.control.writer (validated, compare-and-swap on the revision, atomic, locked); this
 process applies a successful write at once, every other worker within GATEWAY_ROUTES_POLL_S. `applied_revision`
@@ -42,21 +47,25 @@ import socket
 import tempfile
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvicorn
 
 from gateway.api.asgi import Receive, Scope, Send
-from gateway.control import writer
+from gateway.control import rollout, writer
 from gateway.control.store import RouteStore
 from gateway.errors import ConfigError
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.admin")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _MODEL_DEFAULT = re.compile(r"^/models/(?P<model>[^/]+)/default$")
+_ROLLOUT = re.compile(r"^/rollouts/(?P<model>[^/]+)(?:/(?P<action>promote|rollback|abort))?$")
 
 
 class AdminSetupError(Exception):
@@ -98,8 +107,10 @@ def _error(status: int, message: str, **extra: Any) -> _Answer:
 class AdminApp:
     """The admin ASGI app (raw ASGI, like the public one: four endpoints need no framework)."""
 
-    def __init__(self, store: RouteStore, token: bytes, lock_timeout_s: float = writer.LOCK_TIMEOUT_S) -> None:
+    def __init__(self, store: RouteStore, token: bytes, lock_timeout_s: float = writer.LOCK_TIMEOUT_S,
+                 rollouts: rollout.Orchestrator | None = None) -> None:
         self.store = store
+        self.rollouts = rollouts
         self._token_digest = hashlib.sha256(token).digest()
         self.lock_timeout_s = lock_timeout_s
 
@@ -133,8 +144,44 @@ class AdminApp:
         if (m := _MODEL_DEFAULT.match(path)) is not None:
             _allow(method, "POST")
             return await self._set_default(m.group("model"), await _body(receive))
+        if path == "/rollouts" or _ROLLOUT.match(path):
+            return await self._rollouts(method, path, receive)
         raise _error(404, f"no admin endpoint at {path} (GET /routes, PUT /routes, POST /models/{{m}}/default, "
                           "GET /healthz)")
+
+    async def _rollouts(self, method: str, path: str, receive: Receive) -> _Answer:
+        if self.rollouts is None:
+            raise _error(503, "rollouts are not available in this process (no metrics to guard them with)")
+        m = _ROLLOUT.match(path)
+        if m is None and method == "GET":
+            return _Answer(200, {"rollouts": [rollout.public(r) for r in self.rollouts.rollouts.values()]})
+        if m is None or m.group("action"):
+            _allow(method, *(("GET", "POST") if m is None else ("POST",)))
+            body = await _body(receive)
+            try:
+                spec = orjson.loads(body) if body.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                raise _error(400, f"body must be JSON: {exc}") from None
+            if not isinstance(spec, dict):
+                raise _error(400, "body must be a JSON object")
+        else:
+            _allow(method, "GET")
+            spec = {}
+        who = str(spec.get("who") or "admin-api")
+        try:
+            if m is None:
+                ro = await self.rollouts.start(spec, who)
+            elif (action := m.group("action")) is None:
+                ro = self.rollouts.get(m.group("model"))
+            else:
+                ro = await getattr(self.rollouts, action)(m.group("model"), who, str(spec.get("why") or ""))
+        except rollout.RolloutError as exc:
+            raise _error(exc.status, str(exc)) from None
+        except ConfigError as exc:
+            raise _error(400, str(exc)) from None
+        except writer.LockTimeout as exc:
+            raise _error(503, str(exc)) from None
+        return _Answer(200, rollout.public(ro))
 
     def _authorize(self, scope: Scope) -> None:
         presented = _header(scope, b"authorization") or b""
@@ -298,6 +345,8 @@ class AdminServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        if self.app.rollouts is not None:
+            await self.app.rollouts.close()  # the routes stay at the last applied step; resumed on restart
         if self._task is not None:
             self._server.should_exit = True
             try:
@@ -349,7 +398,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return socket.create_server(infos[0][4][:2], family=family, backlog=64)
 
 
-async def start_admin(settings: Settings, store: RouteStore) -> AdminServer | None:
+async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | None = None) -> AdminServer | None:
     """Start the admin listener when this process should serve it; None (with the reason logged) otherwise."""
     if not settings.admin_port:
         return None
@@ -370,12 +419,21 @@ async def start_admin(settings: Settings, store: RouteStore) -> AdminServer | No
         if lock_fd is not None:
             os.close(lock_fd)
         return None
-    server = AdminServer(AdminApp(store, token), sock, lock_fd)
+    orchestrator = None
+    if metrics is not None:  # rollouts run in this (the admin) worker's loop, guarded by every worker's metrics
+        orchestrator = rollout.Orchestrator(store.path, lambda: metrics.render()[0].decode("utf-8"), store.reload)
+    server = AdminServer(AdminApp(store, token, rollouts=orchestrator), sock, lock_fd)
     try:
         await server.start()
     except Exception as exc:
         log.error("admin API not started on %s: %s", where, exc)
         await server.stop()
         return None
+    if orchestrator is not None:
+        try:
+            for ro in await orchestrator.resume():
+                log.info("rollout of %s resumed at %g%%", ro.model, ro.percent)
+        except Exception:
+            log.exception("admin API: resuming rollouts failed")
     log.info("admin API listening on http://%s (pid %d)", where, os.getpid())
     return server

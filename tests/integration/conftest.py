@@ -139,6 +139,11 @@ def build_routes(ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEnd
     # Only the zero-downtime switch test changes these (default 1 -> 2 and back).
     models["switch_scale"] = {**models["scale"], "default_version": 1, "labels": {}}
     models["switch_affine"] = {**models["affine"], "default_version": 1, "labels": {}}
+    # Only the canary rollout test changes this one: v1 y=2x, v2 y=3x (TorchServe), v3 a backend that is down.
+    models["canary_scale"] = {**models["scale"], "default_version": 1, "labels": {}, "versions": {
+        1: {"backend": "torchserve", "model": "scale", "version": "1"},
+        2: {"backend": "torchserve", "model": "scale", "version": "2"},
+        3: {"backend": "down", "model": "scale", "version": "1"}}}
     routes["models"].update({
         "ghost": {"versions": {1: {"backend": "down", "model": "ghost", "version": "1"}}},
         "sleepy": {"versions": {1: {"backend": "hanging", "model": "sleepy", "version": 1}}},

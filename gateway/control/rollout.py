@@ -1,0 +1,609 @@
+"""Canary rollouts over the routes file: traffic side only (the new version must already be loaded on its backend).
+
+A rollout moves a model from ``from_version`` to ``to_version`` through canary steps (e.g. 5, 25, 50, 100 percent).
+Each step is one routes write through :mod:`gateway.control.writer` (validated, compare-and-swap, atomic): the
+model gets an experiment ``canary`` with variants ``stable`` (from_version, weight 100-p) and ``canary``
+(to_version, weight p); at 100 the experiment goes and ``default_version`` becomes to_version (promoted). A
+rollback (automatic or asked for) and an abort write the model back to from_version only, in one write.
+
+During each step's dwell the orchestrator reads the gateway's own metrics (``Metrics.render()``, every worker's in
+multiprocess mode) every ``check_interval_s`` and compares the canary variant with the stable one over the step's
+window (counter and histogram deltas since the step was applied): the canary's 5xx share (and gRPC server-error
+codes) against ``max_error_rate``, its approximate p99 (interpolated in the duration histogram's buckets, as
+Prometheus' histogram_quantile does) against ``max_p99_s`` and ``max_p99_ratio`` x the stable p99. A breach rolls
+back at once; a step passes when its dwell is over and the canary answered at least ``min_requests`` requests
+(else the step waits for traffic).
+
+State: one JSON file per model in ``<routes file>.rollouts/`` next to the routes file, written atomically (temp
+file, fsync, rename) after every routes write. The routes are always written first, each write whole: after a
+crash the routes are all-old, a step, or promoted, never a mix. On start the orchestrator reconciles each running
+rollout with the routes file (the applied step is read back from the routes, which win over the state file) and
+resumes its dwell; routes that match none of the rollout's steps (someone edited them) end the rollout as
+``aborted`` without touching the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.control import writer
+
+log = logging.getLogger("gateway.rollout")
+
+State = Literal["running", "promoted", "rolled_back", "aborted"]
+STABLE, CANARY = "stable", "canary"
+EXPERIMENT = "canary"
+DEFAULT_STEPS: tuple[float, ...] = (5, 25, 50, 100)
+GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS",
+                                "UNIMPLEMENTED"})
+_WRITE_ATTEMPTS = 8
+
+
+class RolloutError(Exception):
+    """A refused rollout operation; ``status`` is the HTTP status the admin API answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- pure parts: steps, histogram quantiles, guards --------------------------------------------------------------
+
+def plan_steps(steps: Sequence[Any] | None) -> list[float]:
+    """Canary percentages, strictly increasing, in (0, 100], ending at 100 (added when missing)."""
+    raw = list(DEFAULT_STEPS if steps is None else steps)
+    out: list[float] = []
+    for s in raw:
+        if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s) or not 0 < s <= 100:
+            raise RolloutError(400, f"steps: each step must be a percentage in (0, 100], got {s!r}")
+        if out and s <= out[-1]:
+            raise RolloutError(400, f"steps: must increase strictly, got {raw!r}")
+        out.append(float(s))
+    if not out or out[-1] != 100:
+        out.append(100.0)
+    return out
+
+
+def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The q-quantile from cumulative histogram buckets [(upper bound, count), ...] sorted by bound, last +Inf:
+    linear interpolation inside the bucket that holds it (Prometheus' histogram_quantile); in the +Inf bucket the
+    largest finite bound. None without observations."""
+    if not buckets:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank and count > prev_count:
+            if math.isinf(bound):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = (bound if not math.isinf(bound) else prev_bound), count
+    return prev_bound
+
+
+def is_error(code: str) -> bool:
+    return code.startswith("5") or code in GRPC_SERVER_ERRORS
+
+
+@dataclass(frozen=True)
+class Window:
+    """One variant's requests over a window: total, server errors, cumulative duration buckets."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def error_rate(self) -> float | None:
+        return None if self.requests <= 0 else self.errors / self.requests
+
+    def p99(self) -> float | None:
+        return quantile(0.99, self.buckets)
+
+    def minus(self, start: Window) -> Window:
+        before = dict(start.buckets)
+        return Window(self.requests - start.requests, self.errors - start.errors,
+                      tuple((b, c - before.get(b, 0.0)) for b, c in self.buckets))
+
+
+def snapshot(exposition: str, model: str) -> dict[str, Window]:
+    """Per experiment variant of ``model``: cumulative totals from a Prometheus text exposition of the gateway's
+    metrics (gateway_requests by code, gateway_request_duration_seconds buckets), summed over the other labels."""
+    requests: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name not in ("gateway_requests", "gateway_request_duration_seconds"):
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("model") != model or not labels.get("variant"):
+                continue
+            variant = labels["variant"]
+            if sample.name == "gateway_requests_total":
+                requests[variant] = requests.get(variant, 0.0) + sample.value
+                if is_error(labels.get("code", "")):
+                    errors[variant] = errors.get(variant, 0.0) + sample.value
+            elif sample.name == "gateway_request_duration_seconds_bucket":
+                per = buckets.setdefault(variant, {})
+                le = float(labels["le"])
+                per[le] = per.get(le, 0.0) + sample.value
+    return {v: Window(requests.get(v, 0.0), errors.get(v, 0.0), tuple(sorted(buckets.get(v, {}).items())))
+            for v in set(requests) | set(buckets)}
+
+
+@dataclass(frozen=True)
+class Guards:
+    max_error_rate: float = 0.05  # the canary's server-error share over the step window
+    max_p99_ratio: float | None = None  # canary p99 / stable p99
+    max_p99_s: float | None = None  # canary p99, seconds
+    min_requests: int = 20  # canary requests a step needs before it can pass (and before latency is judged)
+
+    @classmethod
+    def from_json(cls, spec: Mapping[str, Any]) -> Guards:
+        g = cls()
+        values: dict[str, Any] = {}
+        for name in ("max_error_rate", "max_p99_ratio", "max_p99_s"):
+            v = spec.get(name, getattr(g, name))
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0
+                                  or not math.isfinite(v)):
+                raise RolloutError(400, f"{name} must be a number >= 0, got {v!r}")
+            values[name] = None if v is None else float(v)
+        m = spec.get("min_requests", g.min_requests)
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise RolloutError(400, f"min_requests must be an integer >= 1, got {m!r}")
+        if values["max_error_rate"] is None:
+            raise RolloutError(400, "max_error_rate is required (the canary's 5xx share that rolls it back)")
+        return cls(max_error_rate=values["max_error_rate"], max_p99_ratio=values["max_p99_ratio"],
+                   max_p99_s=values["max_p99_s"], min_requests=m)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    breach: str | None  # why the canary must be rolled back; None: no breach
+    enough: bool  # the canary answered min_requests in the window
+    figures: dict[str, Any]
+
+
+def evaluate(guards: Guards, stable: Window, canary: Window) -> Verdict:
+    """Judge the canary against the guards and the stable variant over the same window."""
+    c_p99, s_p99 = canary.p99(), stable.p99()
+    figures = {"canary_requests": canary.requests, "canary_errors": canary.errors,
+               "canary_error_rate": canary.error_rate, "canary_p99_s": c_p99,
+               "stable_requests": stable.requests, "stable_errors": stable.errors,
+               "stable_error_rate": stable.error_rate, "stable_p99_s": s_p99}
+    enough = canary.requests >= guards.min_requests
+    rate = canary.error_rate
+    # Errors count from the first few requests: min(min_requests, 5) keeps one early failure from deciding alone.
+    if rate is not None and canary.requests >= min(guards.min_requests, 5) and rate > guards.max_error_rate:
+        return Verdict(f"canary error rate {rate:.1%} ({canary.errors:g} of {canary.requests:g}) over "
+                       f"max_error_rate {guards.max_error_rate:.1%}", enough, figures)
+    if enough and c_p99 is not None:
+        if guards.max_p99_s is not None and c_p99 > guards.max_p99_s:
+            return Verdict(f"canary p99 {c_p99 * 1000:.1f} ms over max_p99_s {guards.max_p99_s * 1000:.1f} ms",
+                           enough, figures)
+        if (guards.max_p99_ratio is not None and s_p99 is not None and s_p99 > 0
+                and stable.requests >= guards.min_requests and c_p99 / s_p99 > guards.max_p99_ratio):
+            return Verdict(f"canary p99 {c_p99 * 1000:.1f} ms is {c_p99 / s_p99:.2f}x the stable p99 "
+                           f"{s_p99 * 1000:.1f} ms, over max_p99_ratio {guards.max_p99_ratio:g}", enough, figures)
+    return Verdict(None, enough, figures)
+
+
+# --- rollout state and its file ----------------------------------------------------------------------------------
+
+@dataclass
+class Rollout:
+    model: str
+    from_version: str
+    to_version: str
+    steps: list[float]
+    dwell_s: float
+    guards: Guards
+    sticky_header: str | None = None
+    state: State = "running"
+    step_index: int = -1  # the last applied step (-1: none, all traffic on from_version)
+    percent: float = 0.0  # the canary share now in the routes
+    routes_revision: int | None = None  # the revision of the last routes write of this rollout
+    reason: str = ""  # why it ended
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, event: str, who: str, why: str = "", **what: Any) -> None:
+        self.updated_at = time.time()
+        self.history.append({"at": self.updated_at, "event": event, "who": who, "why": why,
+                             "percent": self.percent, "step": self.step_index, **what})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Rollout:
+        data = dict(raw)
+        data["guards"] = Guards(**data.get("guards", {}))
+        data["steps"] = [float(s) for s in data["steps"]]
+        return cls(**data)
+
+
+class StateStore:
+    """``<routes file>.rollouts/<model>.json``, written atomically."""
+
+    def __init__(self, routes_path: Path) -> None:
+        real = Path(os.path.realpath(routes_path))
+        self.dir = real.with_name(f"{real.name}.rollouts")
+
+    def path(self, model: str) -> Path:
+        return self.dir / f"{model}.json"
+
+    def save(self, rollout: Rollout) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        target = self.path(rollout.model)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps(rollout.to_json(), option=orjson.OPT_INDENT_2))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load(self, model: str) -> Rollout | None:
+        try:
+            return Rollout.from_json(orjson.loads(self.path(model).read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    def load_all(self) -> list[Rollout]:
+        out = []
+        for p in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
+            try:
+                out.append(Rollout.from_json(orjson.loads(p.read_bytes())))
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                log.error("rollout state %s unreadable, ignored: %s", p, exc)
+        return out
+
+
+# --- routes edits (pure, on the loaded YAML mapping) --------------------------------------------------------------
+
+def _version_value(version: str) -> str | int:
+    return int(version) if version.isascii() and version.isdigit() else version
+
+
+def _model_of(raw: Any, model: str) -> dict[str, Any]:
+    models = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(models, dict) or not isinstance(models.get(model), dict):
+        raise RolloutError(404, f"model {model!r} is not defined in the routes file")
+    return models[model]  # type: ignore[no-any-return]
+
+
+def _versions(spec: Mapping[str, Any]) -> set[str]:
+    versions = spec.get("versions")
+    return {str(int(v)) if str(v).isdigit() else str(v) for v in versions} if isinstance(versions, dict) else set()
+
+
+def current_default(spec: Mapping[str, Any]) -> str:
+    if spec.get("default_version") is not None:
+        return str(int(spec["default_version"]))
+    return max(_versions(spec), key=int)
+
+
+def step_routes(raw: Mapping[str, Any], rollout: Rollout, percent: float) -> dict[str, Any]:
+    """The routes with the model at ``percent`` canary: an experiment for 0 < percent < 100, the model on
+    to_version alone at 100, on from_version alone at 0."""
+    out = copy.deepcopy(dict(raw))
+    spec = _model_of(out, rollout.model)
+    if percent <= 0 or percent >= 100:
+        spec.pop("experiment", None)
+        spec["default_version"] = _version_value(rollout.from_version if percent <= 0 else rollout.to_version)
+        return out
+    experiment: dict[str, Any] = {
+        "name": EXPERIMENT, "salt": f"{rollout.model}-{rollout.to_version}", "fallback": "random",
+        "variants": [{"name": STABLE, "version": _version_value(rollout.from_version), "weight": 100 - percent},
+                     {"name": CANARY, "version": _version_value(rollout.to_version), "weight": percent}]}
+    if rollout.sticky_header:
+        experiment["sticky_key"] = {"header": rollout.sticky_header}
+    spec["experiment"] = experiment
+    spec["default_version"] = _version_value(rollout.from_version)
+    return out
+
+
+def applied_percent(raw: Mapping[str, Any], rollout: Rollout) -> float | None:
+    """The canary share the routes give the model, when they have the shape this rollout writes; None otherwise."""
+    spec = _model_of(raw, rollout.model)
+    experiment = spec.get("experiment")
+    if experiment is None:
+        default = current_default(spec)
+        return 0.0 if default == rollout.from_version else 100.0 if default == rollout.to_version else None
+    if not isinstance(experiment, dict) or experiment.get("name") != EXPERIMENT:
+        return None
+    variants = {v.get("name"): v for v in experiment.get("variants", []) if isinstance(v, dict)}
+    if set(variants) != {STABLE, CANARY} or str(variants[STABLE].get("version")) != rollout.from_version \
+            or str(variants[CANARY].get("version")) != rollout.to_version:
+        return None
+    return float(variants[CANARY].get("weight", -1))
+
+
+def write_routes(path: Path, edit: Callable[[dict[str, Any]], dict[str, Any]],
+                 lock_timeout_s: float = writer.LOCK_TIMEOUT_S) -> int:
+    """Read, edit, compare-and-swap write; a conflict (another model's change meanwhile) re-reads and retries."""
+    for _ in range(_WRITE_ATTEMPTS):
+        text, revision = writer.read(path)
+        raw = yaml.safe_load(text)
+        try:
+            return writer.apply(path, edit(raw), revision, lock_timeout_s=lock_timeout_s)
+        except writer.RevisionConflict:
+            continue
+    raise RolloutError(409, f"{path}: the routes kept changing under the rollout ({_WRITE_ATTEMPTS} conflicts)")
+
+
+def read_routes(path: Path) -> dict[str, Any]:
+    text, _ = writer.read(path)
+    raw = yaml.safe_load(text)
+    return raw if isinstance(raw, dict) else {}
+
+
+# --- the orchestrator --------------------------------------------------------------------------------------------
+
+class Orchestrator:
+    """Runs rollouts as tasks on the running event loop (the admin worker's); file I/O in threads."""
+
+    def __init__(self, routes_path: Path, metrics_text: Callable[[], str], reload: Callable[[], Any] = lambda: None,
+                 *, check_interval_s: float = 0.2) -> None:
+        self.routes_path = routes_path
+        self.states = StateStore(routes_path)
+        self.metrics_text = metrics_text
+        self.reload = reload
+        self.check_interval_s = check_interval_s
+        self.rollouts: dict[str, Rollout] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, model: str) -> asyncio.Lock:
+        return self._locks.setdefault(model, asyncio.Lock())
+
+    # -- lifecycle
+
+    async def resume(self) -> list[Rollout]:
+        """Load saved rollouts; reconcile running ones with the routes file and restart their dwell."""
+        resumed = []
+        for ro in await asyncio.to_thread(self.states.load_all):
+            self.rollouts[ro.model] = ro
+            if ro.state != "running":
+                continue
+            try:
+                raw = await asyncio.to_thread(read_routes, self.routes_path)
+                percent = applied_percent(raw, ro)
+            except RolloutError:
+                percent = None
+            if percent is None:
+                ro.state, ro.reason = "aborted", "on resume the routes matched none of the rollout's steps " \
+                                                 "(changed outside it); routes left as they are"
+                ro.record("aborted", "orchestrator", ro.reason)
+            elif percent >= 100:
+                ro.percent, ro.step_index, ro.state = 100.0, len(ro.steps) - 1, "promoted"
+                ro.reason = "the routes were already promoted when the gateway restarted"
+                ro.record("promoted", "orchestrator", ro.reason)
+            else:
+                ro.percent = percent
+                ro.step_index = ro.steps.index(percent) if percent in ro.steps else -1
+                if percent > 0 and ro.step_index < 0:  # a share the plan does not have: go back to safety
+                    await self._end(ro, "aborted", "orchestrator", f"on resume the canary share {percent:g}% is "
+                                    "none of the steps; traffic back on the old version")
+                    continue
+                ro.record("resumed", "orchestrator", "gateway restarted: dwell of the applied step restarts")
+                self._spawn(ro)
+                resumed.append(ro)
+            await asyncio.to_thread(self.states.save, ro)
+        return resumed
+
+    async def close(self) -> None:
+        """Stop the tasks; the routes stay at the last applied step and the state says running (resumed later)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    def _spawn(self, ro: Rollout) -> None:
+        self._tasks[ro.model] = asyncio.create_task(self._run(ro), name=f"rollout-{ro.model}")
+
+    # -- operations
+
+    def get(self, model: str) -> Rollout:
+        ro = self.rollouts.get(model) or self.states.load(model)
+        if ro is None:
+            raise RolloutError(404, f"no rollout for model {model!r}")
+        return ro
+
+    async def start(self, spec: Mapping[str, Any], who: str = "admin-api") -> Rollout:
+        model = spec.get("model")
+        if not isinstance(model, str) or not model:
+            raise RolloutError(400, "model is required")
+        to_version = _req_version(spec.get("to_version"), "to_version")
+        steps = plan_steps(spec.get("steps"))
+        dwell = spec.get("dwell_s", 60.0)
+        if isinstance(dwell, bool) or not isinstance(dwell, int | float) or not 0 <= dwell < 86400:
+            raise RolloutError(400, f"dwell_s must be a number of seconds >= 0, got {dwell!r}")
+        guards = Guards.from_json(spec)
+        sticky = spec.get("sticky_header")
+        if sticky is not None and (not isinstance(sticky, str) or not sticky.strip()):
+            raise RolloutError(400, "sticky_header must be a header name")
+        async with self._lock(model):
+            existing = self.rollouts.get(model)
+            if existing is not None and existing.state == "running":
+                raise RolloutError(409, f"model {model!r} already has a running rollout "
+                                        f"({existing.from_version} -> {existing.to_version})")
+            raw = await asyncio.to_thread(read_routes, self.routes_path)
+            mspec = _model_of(raw, model)
+            if mspec.get("experiment") is not None:
+                raise RolloutError(409, f"model {model!r} runs an experiment already; a canary needs the model on "
+                                        "one version (remove the experiment first)")
+            default = current_default(mspec)
+            from_version = default if spec.get("from_version") is None else _req_version(
+                spec["from_version"], "from_version")
+            if from_version != default:
+                raise RolloutError(409, f"model {model!r} serves version {default}, not from_version {from_version}")
+            if to_version == from_version:
+                raise RolloutError(400, f"to_version {to_version} is the version the model serves already")
+            if to_version not in _versions(mspec):
+                raise RolloutError(400, f"version {to_version} is not listed under models.{model}.versions "
+                                        "(add it to the routes first)")
+            ro = Rollout(model=model, from_version=from_version, to_version=to_version, steps=steps,
+                         dwell_s=float(dwell), guards=guards, sticky_header=None if sticky is None
+                         else sticky.strip().lower())
+            ro.record("started", who, str(spec.get("why", "")), steps=steps, dwell_s=ro.dwell_s,
+                      guards=asdict(guards))
+            self.rollouts[model] = ro
+            await asyncio.to_thread(self.states.save, ro)
+            self._spawn(ro)
+            return ro
+
+    async def promote(self, model: str, who: str = "admin-api", why: str = "") -> Rollout:
+        return await self._manual(model, "promoted", who, why or "promoted by hand")
+
+    async def rollback(self, model: str, who: str = "admin-api", why: str = "") -> Rollout:
+        return await self._manual(model, "rolled_back", who, why or "rolled back by hand")
+
+    async def abort(self, model: str, who: str = "admin-api", why: str = "") -> Rollout:
+        """Cancel the rollout: traffic back on from_version (as a rollback), recorded as aborted rather than as a
+        verdict on the new version."""
+        return await self._manual(model, "aborted", who, why or "aborted by hand")
+
+    async def _manual(self, model: str, state: State, who: str, why: str) -> Rollout:
+        async with self._lock(model):
+            ro = self.get(model)
+            if ro.state != "running":
+                raise RolloutError(409, f"the rollout of {model!r} is {ro.state} already")
+            task = self._tasks.pop(model, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._end(ro, state, who, why)
+            return ro
+
+    # -- the loop
+
+    async def _run(self, ro: Rollout) -> None:
+        try:
+            while ro.state == "running":
+                nxt = ro.step_index + 1
+                if ro.step_index >= 0:  # a step is applied: dwell on it
+                    verdict = await self._dwell(ro)
+                    if verdict.breach is not None:
+                        async with self._lock(ro.model):
+                            if ro.state == "running":
+                                await self._end(ro, "rolled_back", "orchestrator", verdict.breach,
+                                                figures=verdict.figures)
+                        return
+                    ro.record("step_passed", "orchestrator", "dwell over, no guard breached",
+                              figures=verdict.figures)
+                async with self._lock(ro.model):
+                    if ro.state != "running":
+                        return
+                    if ro.steps[nxt] >= 100:
+                        await self._end(ro, "promoted", "orchestrator", "every step passed its guards")
+                        return
+                    await self._apply(ro, nxt)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("rollout of %s failed", ro.model)
+            async with self._lock(ro.model):
+                if ro.state == "running":
+                    with contextlib.suppress(Exception):
+                        await self._end(ro, "aborted", "orchestrator", f"orchestrator error: {exc}")
+        finally:
+            if self._tasks.get(ro.model) is asyncio.current_task():
+                self._tasks.pop(ro.model, None)
+
+    async def _dwell(self, ro: Rollout) -> Verdict:
+        start = await self._snapshot(ro.model)
+        began = time.monotonic()
+        waiting_noted = False
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            now = await self._snapshot(ro.model)
+            stable = now.get(STABLE, Window()).minus(start.get(STABLE, Window()))
+            canary = now.get(CANARY, Window()).minus(start.get(CANARY, Window()))
+            verdict = evaluate(ro.guards, stable, canary)
+            if verdict.breach is not None:
+                return verdict
+            if time.monotonic() - began >= ro.dwell_s:
+                if verdict.enough:
+                    return verdict
+                if not waiting_noted:
+                    waiting_noted = True
+                    ro.record("waiting", "orchestrator", f"dwell over but the canary answered "
+                              f"{canary.requests:g} of min_requests {ro.guards.min_requests}; the step goes on")
+
+    async def _snapshot(self, model: str) -> dict[str, Window]:
+        text = await asyncio.to_thread(self.metrics_text)
+        return snapshot(text, model)
+
+    async def _write(self, ro: Rollout, percent: float) -> int:
+        revision = await asyncio.to_thread(write_routes, self.routes_path, lambda raw: step_routes(raw, ro, percent))
+        self.reload()
+        return revision
+
+    async def _apply(self, ro: Rollout, index: int) -> None:
+        percent = ro.steps[index]
+        revision = await self._write(ro, percent)  # the routes first: the state never runs ahead of them
+        ro.step_index, ro.percent, ro.routes_revision = index, percent, revision
+        ro.record("step", "orchestrator", f"canary at {percent:g}%", revision=revision)
+        await asyncio.to_thread(self.states.save, ro)
+        log.info("rollout %s: %s -> %s at %g%% (routes revision %d)", ro.model, ro.from_version, ro.to_version,
+                 percent, revision)
+
+    async def _end(self, ro: Rollout, state: State, who: str, why: str, **what: Any) -> None:
+        percent = 100.0 if state == "promoted" else 0.0
+        revision = await self._write(ro, percent)
+        ro.state, ro.percent, ro.routes_revision, ro.reason = state, percent, revision, why
+        if state == "promoted":
+            ro.step_index = len(ro.steps) - 1
+        ro.record(state, who, why, revision=revision, **what)
+        await asyncio.to_thread(self.states.save, ro)
+        log.log(logging.WARNING if state != "promoted" else logging.INFO, "rollout %s: %s (%s -> %s): %s",
+                ro.model, state, ro.from_version, ro.to_version, why)
+
+
+def _req_version(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RolloutError(400, f"{what} must be a version number, got {value!r}")
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise RolloutError(400, f"{what} must be a positive integer version, got {value!r}")
+    return str(int(text))
+
+
+def public(ro: Rollout) -> dict[str, Any]:
+    """The rollout as the admin API answers it."""
+    return replace(ro).to_json()
