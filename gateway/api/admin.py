@@ -10,7 +10,9 @@ own bearer token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE), never on the
                                     404 for an unknown model)
     POST /rollouts                  start a canary rollout (gateway/control/rollout.py): {"model", "to_version",
                                     "from_version"?, "steps"? [5, 25, 50, 100], "dwell_s"?, "max_error_rate"?,
-                                    "max_p99_ratio"?, "max_p99_s"?, "min_requests"?, "sticky_header"?, "who"?}
+                                    "max_p99_ratio"?, "max_p99_s"?, "min_requests"?, "sticky_header"?, "who"?,
+                                    TorchServe lifecycle: "deploy"? {"archive", "workers"?, "timeout_s"?},
+                                    "warmup"? [v2 bodies] | {"body", "count"}, "retire"? bool}
     GET  /rollouts                  every known rollout; GET /rollouts/{m}: one rollout's state and history
     POST /rollouts/{m}/promote|rollback|abort   {"who"?, "why"?}: end it by hand (409 when it is not running)
 
@@ -59,6 +61,7 @@ from gateway.errors import ConfigError
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
+    from gateway.dataplane import DataPlane
     from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.admin")
@@ -398,8 +401,10 @@ def _bind(host: str, port: int) -> socket.socket:
     return socket.create_server(infos[0][4][:2], family=family, backlog=64)
 
 
-async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | None = None) -> AdminServer | None:
-    """Start the admin listener when this process should serve it; None (with the reason logged) otherwise."""
+async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | None = None,
+                      plane: DataPlane | None = None) -> AdminServer | None:
+    """Start the admin listener when this process should serve it; None (with the reason logged) otherwise.
+    ``plane``: the process's data plane (rollouts warm up through it and drain on its in-flight counts)."""
     if not settings.admin_port:
         return None
     where = f"{settings.admin_host}:{settings.admin_port}"
@@ -421,7 +426,8 @@ async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | 
         return None
     orchestrator = None
     if metrics is not None:  # rollouts run in this (the admin) worker's loop, guarded by every worker's metrics
-        orchestrator = rollout.Orchestrator(store.path, lambda: metrics.render()[0].decode("utf-8"), store.reload)
+        orchestrator = rollout.Orchestrator(store.path, lambda: metrics.render()[0].decode("utf-8"), store.reload,
+                                            plane=plane)
     server = AdminServer(AdminApp(store, token, rollouts=orchestrator), sock, lock_fd)
     try:
         await server.start()

@@ -80,7 +80,7 @@ class GatewayApp:
         if self.settings.admin_port:  # its own port and token; one worker binds it (gateway/api/admin.py)
             from gateway.api.admin import start_admin
 
-            self.admin = await start_admin(self.settings, store, metrics)
+            self.admin = await start_admin(self.settings, store, metrics, plane=self.plane)
         log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
                  store.path, len(store.current.models), len(store.current.backends))
 

@@ -20,6 +20,16 @@ crash the routes are all-old, a step, or promoted, never a mix. On start the orc
 rollout with the routes file (the applied step is read back from the routes, which win over the state file) and
 resumes its dwell; routes that match none of the rollout's steps (someone edited them) end the rollout as
 ``aborted`` without touching the routes.
+
+Lifecycle (TorchServe targets): with ``deploy`` ({"archive": file in the model store, "workers"?, "timeout_s"?})
+the orchestrator first registers the new version through :class:`TorchServeControl` on the target's backend
+(management_url and token_file from the routes file) and waits for a READY worker; with ``warmup`` (a list of v2
+JSON inference bodies, or {"body": ..., "count": N}) it then sends each sample straight to the new target
+through the gateway's data plane (the backend adapter without one). Either failing ends the rollout as
+``failed`` with the reason, before any traffic step (the routes are not written). With ``retire`` a promoted
+rollout drains the old version (TorchServe's queue and the gateway's in-flight count for that target both 0)
+and unregisters it; a version that the routes file still sends traffic to (a default, experiment variant,
+label or shadow of any model) is never unregistered. Every transition is recorded in the history.
 """
 
 from __future__ import annotations
@@ -35,23 +45,34 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.backends.base import Backends
+from gateway.codecs import v2_json
+from gateway.config import BackendConfig, RoutesConfig, VersionConfig, load_routes
 from gateway.control import writer
+from gateway.control.backend_control import TorchServeControl
+from gateway.routing import RouteTable
+from gateway.types import ModelRef
+
+if TYPE_CHECKING:
+    from gateway.dataplane import DataPlane
 
 log = logging.getLogger("gateway.rollout")
 
-State = Literal["running", "promoted", "rolled_back", "aborted"]
+State = Literal["running", "promoted", "rolled_back", "aborted", "failed"]
 STABLE, CANARY = "stable", "canary"
 EXPERIMENT = "canary"
 DEFAULT_STEPS: tuple[float, ...] = (5, 25, 50, 100)
 GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS",
                                 "UNIMPLEMENTED"})
 _WRITE_ATTEMPTS = 8
+WARMUP_TIMEOUT_S = 30.0
+MAX_WARMUP_SAMPLES = 1000
 
 
 class RolloutError(Exception):
@@ -226,6 +247,11 @@ class Rollout:
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Lifecycle (TorchServe): register + wait ready before the first step, warm-up, drain + unregister after.
+    deploy: dict[str, Any] | None = None  # {"archive", "workers", "timeout_s"}
+    warmup: list[dict[str, Any]] = field(default_factory=list)  # v2 JSON inference bodies
+    retire: bool = False
+    phase: str = ""  # deploying | warming_up | canary | retiring | retired | retire_failed | retire_skipped
 
     def record(self, event: str, who: str, why: str = "", **what: Any) -> None:
         self.updated_at = time.time()
@@ -368,14 +394,90 @@ def read_routes(path: Path) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {}
 
 
+# --- lifecycle spec: deploy, warm-up, retire ------------------------------------------------------------------
+
+def plan_deploy(value: Any) -> dict[str, Any] | None:
+    """``{"archive": "scale-2.mar", "workers"?: 1, "timeout_s"?: 120}`` (TorchServe), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RolloutError(400, f"deploy must be an object {{\"archive\", \"workers\"?, \"timeout_s\"?}}, "
+                                f"got {value!r}")
+    unknown = sorted(set(value) - {"archive", "workers", "timeout_s"})
+    if unknown:
+        raise RolloutError(400, f"deploy: unknown field(s) {', '.join(unknown)}")
+    archive = value.get("archive")
+    if not isinstance(archive, str) or not archive.strip():
+        raise RolloutError(400, "deploy.archive must be the archive's file name in the model store (or a URL)")
+    workers = value.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise RolloutError(400, f"deploy.workers must be an integer in [1, 64], got {workers!r}")
+    timeout = value.get("timeout_s", 120.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        raise RolloutError(400, f"deploy.timeout_s must be seconds in (0, 3600], got {timeout!r}")
+    return {"archive": archive.strip(), "workers": workers, "timeout_s": float(timeout)}
+
+
+def plan_warmup(value: Any) -> list[dict[str, Any]]:
+    """A list of v2 JSON inference bodies, or ``{"body": {...}, "count": N}`` (N copies of one body)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        body, count = value.get("body"), value.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WARMUP_SAMPLES:
+            raise RolloutError(400, f"warmup.count must be an integer in [1, {MAX_WARMUP_SAMPLES}], got {count!r}")
+        samples = [body] * count
+    elif isinstance(value, list):
+        samples = list(value)
+    else:
+        raise RolloutError(400, "warmup must be a list of v2 inference bodies or {\"body\": ..., \"count\": N}")
+    if len(samples) > MAX_WARMUP_SAMPLES:
+        raise RolloutError(400, f"warmup: at most {MAX_WARMUP_SAMPLES} samples, got {len(samples)}")
+    for i, sample in enumerate(samples):
+        if not isinstance(sample, dict) or not isinstance(sample.get("inputs"), list):
+            raise RolloutError(400, f"warmup sample {i}: must be a v2 inference body {{\"inputs\": [...]}}")
+        try:  # decoded now, so that a malformed sample is a 400 here rather than a failed rollout later
+            v2_json.decode_request(orjson.dumps(sample), ModelRef("warmup"))
+        except Exception as exc:
+            raise RolloutError(400, f"warmup sample {i}: {exc}") from None
+    return [dict(sample) for sample in samples if isinstance(sample, dict)]
+
+
+def _backend_target(vc: VersionConfig) -> tuple[str, str, str]:
+    return vc.backend, vc.model, vc.version
+
+
+def traffic_users(config: RoutesConfig, backend: str, model: str, version: str) -> list[str]:
+    """Where the routes still send traffic to the backend target (backend, model, version): every model's
+    default version, experiment variants, labels and shadow that resolve to it (described, for the reason)."""
+    target = (backend, model, version)
+    users: list[str] = []
+    for m in config.models.values():
+        refs: list[tuple[str, str]] = [("default", m.default_version)]
+        if m.experiment is not None:
+            refs += [(f"experiment variant {v.name}", v.version) for v in m.experiment.variants]
+        refs += [(f"label {label}", v) for label, v in m.labels.items()]
+        if m.shadow is not None:
+            refs.append(("shadow", m.shadow.version))
+        for what, logical in refs:
+            vc = m.versions.get(logical)
+            if vc is not None and _backend_target(vc) == target:
+                users.append(f"models.{m.name} {what} (version {logical})")
+    return users
+
+
 # --- the orchestrator --------------------------------------------------------------------------------------------
 
 class Orchestrator:
     """Runs rollouts as tasks on the running event loop (the admin worker's); file I/O in threads."""
 
     def __init__(self, routes_path: Path, metrics_text: Callable[[], str], reload: Callable[[], Any] = lambda: None,
-                 *, check_interval_s: float = 0.2) -> None:
+                 *, check_interval_s: float = 0.2, plane: DataPlane | None = None,
+                 drain_timeout_s: float = 60.0) -> None:
         self.routes_path = routes_path
+        self.plane = plane  # warm-up goes through it, drain reads its in-flight counts; None: own adapters
+        self.drain_timeout_s = drain_timeout_s
+        self._backends: Backends | None = None
         self.states = StateStore(routes_path)
         self.metrics_text = metrics_text
         self.reload = reload
@@ -394,6 +496,10 @@ class Orchestrator:
         resumed = []
         for ro in await asyncio.to_thread(self.states.load_all):
             self.rollouts[ro.model] = ro
+            if ro.state == "promoted" and ro.retire and ro.phase in ("promoted", "retiring"):
+                ro.record("resumed", "orchestrator", "gateway restarted: retiring the old version again")
+                self._spawn_retire(ro)
+                continue
             if ro.state != "running":
                 continue
             try:
@@ -431,9 +537,15 @@ class Orchestrator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._backends is not None:
+            await self._backends.close()
+            self._backends = None
 
     def _spawn(self, ro: Rollout) -> None:
         self._tasks[ro.model] = asyncio.create_task(self._run(ro), name=f"rollout-{ro.model}")
+
+    def _spawn_retire(self, ro: Rollout) -> None:
+        self._tasks[ro.model] = asyncio.create_task(self._retire_task(ro), name=f"rollout-retire-{ro.model}")
 
     # -- operations
 
@@ -456,6 +568,11 @@ class Orchestrator:
         sticky = spec.get("sticky_header")
         if sticky is not None and (not isinstance(sticky, str) or not sticky.strip()):
             raise RolloutError(400, "sticky_header must be a header name")
+        deploy = plan_deploy(spec.get("deploy"))
+        warmup = plan_warmup(spec.get("warmup"))
+        retire = spec.get("retire", False)
+        if not isinstance(retire, bool):
+            raise RolloutError(400, f"retire must be true or false, got {retire!r}")
         async with self._lock(model):
             existing = self.rollouts.get(model)
             if existing is not None and existing.state == "running":
@@ -476,11 +593,21 @@ class Orchestrator:
             if to_version not in _versions(mspec):
                 raise RolloutError(400, f"version {to_version} is not listed under models.{model}.versions "
                                         "(add it to the routes first)")
+            if deploy is not None or retire:
+                config = await asyncio.to_thread(load_routes, self.routes_path)
+                for role, version in (("to_version", to_version), ("from_version", from_version)):
+                    if (role == "to_version" and deploy is None) or (role == "from_version" and not retire):
+                        continue
+                    backend = _backend_of(config, model, version)
+                    if backend.kind != "torchserve" or not backend.management_url:
+                        raise RolloutError(400, f"{'deploy' if role == 'to_version' else 'retire'} needs a "
+                                                f"TorchServe backend with a management_url; version {version} of "
+                                                f"{model!r} is on backend {backend.name!r} ({backend.kind})")
             ro = Rollout(model=model, from_version=from_version, to_version=to_version, steps=steps,
                          dwell_s=float(dwell), guards=guards, sticky_header=None if sticky is None
-                         else sticky.strip().lower())
+                         else sticky.strip().lower(), deploy=deploy, warmup=warmup, retire=retire)
             ro.record("started", who, str(spec.get("why", "")), steps=steps, dwell_s=ro.dwell_s,
-                      guards=asdict(guards))
+                      guards=asdict(guards), deploy=deploy, warmup_samples=len(warmup), retire=retire)
             self.rollouts[model] = ro
             await asyncio.to_thread(self.states.save, ro)
             self._spawn(ro)
@@ -508,12 +635,24 @@ class Orchestrator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self._end(ro, state, who, why)
+            if state == "promoted" and ro.retire:
+                self._spawn_retire(ro)
             return ro
 
     # -- the loop
 
     async def _run(self, ro: Rollout) -> None:
         try:
+            if ro.step_index < 0 and ro.phase in ("", "deploying", "warming_up"):
+                failure = await self._prepare(ro)
+                async with self._lock(ro.model):
+                    if ro.state != "running":
+                        return
+                    if failure is not None:
+                        await self._fail(ro, failure)
+                        return
+                    ro.phase = "canary"
+                    await asyncio.to_thread(self.states.save, ro)
             while ro.state == "running":
                 nxt = ro.step_index + 1
                 if ro.step_index >= 0:  # a step is applied: dwell on it
@@ -531,8 +670,14 @@ class Orchestrator:
                         return
                     if ro.steps[nxt] >= 100:
                         await self._end(ro, "promoted", "orchestrator", "every step passed its guards")
-                        return
-                    await self._apply(ro, nxt)
+                        promoted = True
+                    else:
+                        await self._apply(ro, nxt)
+                        promoted = False
+                if promoted:
+                    if ro.retire:
+                        await self._retire(ro)
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -544,6 +689,127 @@ class Orchestrator:
         finally:
             if self._tasks.get(ro.model) is asyncio.current_task():
                 self._tasks.pop(ro.model, None)
+
+    # -- lifecycle: deploy, warm-up, retire
+
+    async def _config(self) -> RoutesConfig:
+        return await asyncio.to_thread(load_routes, self.routes_path)
+
+    async def _prepare(self, ro: Rollout) -> str | None:
+        """Deploy and warm up the new version; the reason it failed, or None. Writes no routes."""
+        config = await self._config()
+        if ro.deploy is not None:
+            ro.phase = "deploying"
+            ro.record("deploying", "orchestrator", f"registering {ro.deploy['archive']!r}", deploy=ro.deploy)
+            await asyncio.to_thread(self.states.save, ro)
+            vc = config.models[ro.model].versions[ro.to_version]
+            control = TorchServeControl(_backend_of(config, ro.model, ro.to_version))
+            began = time.monotonic()
+            try:
+                timeout = float(ro.deploy["timeout_s"])
+                await control.register(vc.model, vc.version, ro.deploy["archive"],
+                                       workers=int(ro.deploy["workers"]), timeout_s=timeout)
+                await control.wait_ready(vc.model, vc.version, timeout_s=max(1.0, timeout - (time.monotonic()
+                                                                                              - began)))
+            except Exception as exc:
+                return f"deploy of {ro.deploy['archive']!r} as {vc.model} version {vc.version} failed: " \
+                       f"{getattr(exc, 'message', None) or exc}"
+            finally:
+                await control.close()
+            ro.record("deployed", "orchestrator", f"{vc.model} version {vc.version} READY on backend "
+                      f"{vc.backend!r}", seconds=round(time.monotonic() - began, 3))
+            await asyncio.to_thread(self.states.save, ro)
+        if ro.warmup:
+            ro.phase = "warming_up"
+            ro.record("warming_up", "orchestrator", f"{len(ro.warmup)} sample(s) to version {ro.to_version}")
+            await asyncio.to_thread(self.states.save, ro)
+            began = time.monotonic()
+            route = RouteTable.from_config(config).resolve(ModelRef(ro.model, ro.to_version))
+            for i, sample in enumerate(ro.warmup):
+                try:
+                    request = v2_json.decode_request(orjson.dumps(sample), ModelRef(ro.model, ro.to_version))
+                    if self.plane is not None:
+                        await asyncio.wait_for(self.plane.infer(request, route), WARMUP_TIMEOUT_S)
+                    else:
+                        if self._backends is None:
+                            self._backends = Backends()
+                        await asyncio.wait_for(self._backends.get(route.backend).infer(route.target, request),
+                                               WARMUP_TIMEOUT_S)
+                except Exception as exc:
+                    why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                    return f"warm-up sample {i} of {len(ro.warmup)} to version {ro.to_version} failed: {why}"
+            ro.record("warmed_up", "orchestrator", f"{len(ro.warmup)} sample(s) answered",
+                      seconds=round(time.monotonic() - began, 3))
+        return None
+
+    async def _fail(self, ro: Rollout, why: str) -> None:
+        """Ends a rollout that never moved traffic: the routes are not written (all traffic on from_version)."""
+        ro.state, ro.reason, ro.percent = "failed", why, 0.0
+        ro.record("failed", "orchestrator", why)
+        await asyncio.to_thread(self.states.save, ro)
+        log.warning("rollout %s: failed before any traffic moved (%s -> %s): %s", ro.model, ro.from_version,
+                    ro.to_version, why)
+
+    async def _retire_task(self, ro: Rollout) -> None:
+        try:
+            await self._retire(ro)
+        finally:
+            if self._tasks.get(ro.model) is asyncio.current_task():
+                self._tasks.pop(ro.model, None)
+
+    async def _retire(self, ro: Rollout) -> None:
+        """Drain then unregister from_version on its TorchServe backend, once the routes send it no traffic."""
+        ro.phase = "retiring"
+        await asyncio.to_thread(self.states.save, ro)
+        try:
+            config = await self._config()
+            backend = _backend_of(config, ro.model, ro.from_version)
+            vc = config.models[ro.model].versions[ro.from_version]
+            users = traffic_users(config, *_backend_target(vc))
+            if users:
+                ro.phase = "retire_skipped"
+                ro.record("retire_skipped", "orchestrator", f"{vc.model} version {vc.version} on {vc.backend!r} "
+                          f"still gets traffic from the routes: {'; '.join(users)}")
+                return
+            new = config.models[ro.model].versions[ro.to_version]
+            control = TorchServeControl(backend)
+            try:
+                if (new.backend, new.model) == (vc.backend, vc.model):
+                    # TorchServe never unregisters a model's default version: move its default first.
+                    await control.set_default(new.model, new.version)
+                    ro.record("backend_default", "orchestrator", f"TorchServe default of {new.model} set to "
+                              f"version {new.version}")
+                ro.record("draining", "orchestrator", f"{vc.model} version {vc.version} on {vc.backend!r}")
+                await asyncio.to_thread(self.states.save, ro)
+                plane = self.plane
+                began = time.monotonic()
+                await control.drain(vc.model, vc.version,
+                                    (lambda: plane.inflight.count(*_backend_target(vc))) if plane is not None
+                                    else (lambda: 0), timeout_s=self.drain_timeout_s)
+                ro.record("drained", "orchestrator", "TorchServe's queue and the gateway's in-flight count are 0",
+                          seconds=round(time.monotonic() - began, 3))
+                # The routes again, just before the DELETE: someone may have pointed traffic back meanwhile.
+                users = traffic_users(await self._config(), *_backend_target(vc))
+                if users:
+                    ro.phase = "retire_skipped"
+                    ro.record("retire_skipped", "orchestrator", "the routes point traffic at it again: "
+                              + "; ".join(users))
+                    return
+                await control.unregister(vc.model, vc.version)
+            finally:
+                await control.close()
+            ro.phase = "retired"
+            ro.record("unregistered", "orchestrator", f"{vc.model} version {vc.version} unregistered from "
+                      f"{vc.backend!r}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            ro.phase = "retire_failed"
+            why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            ro.record("retire_failed", "orchestrator", f"retiring version {ro.from_version} failed: {why}")
+            log.warning("rollout %s: retiring version %s failed: %s", ro.model, ro.from_version, why)
+        finally:
+            await asyncio.to_thread(self.states.save, ro)
 
     async def _dwell(self, ro: Rollout) -> Verdict:
         start = await self._snapshot(ro.model)
@@ -593,6 +859,13 @@ class Orchestrator:
         await asyncio.to_thread(self.states.save, ro)
         log.log(logging.WARNING if state != "promoted" else logging.INFO, "rollout %s: %s (%s -> %s): %s",
                 ro.model, state, ro.from_version, ro.to_version, why)
+
+
+def _backend_of(config: RoutesConfig, model: str, version: str) -> BackendConfig:
+    try:
+        return config.backends[config.models[model].versions[version].backend]
+    except KeyError:
+        raise RolloutError(400, f"version {version} of {model!r} is not in the routes file") from None
 
 
 def _req_version(value: Any, what: str) -> str:

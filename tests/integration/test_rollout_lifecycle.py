@@ -1,0 +1,192 @@
+"""One rollout as the whole lifecycle for a TorchServe target: deploy -> wait ready -> warm-up -> canary -> drain ->
+retire, against our own TorchServe (token auth on, only `scale` v1 registered) and our own gateway (its own routes
+file and admin port), under a small load driver (3 v2 REST clients: v1 y=2x, v2 y=3x).
+
+1. A deploy of an archive that is not in the model store: the rollout fails with TorchServe's reason, the routes
+   file is not written, no request fails.
+2. 1 -> 2 with deploy scale-2.mar, 4 warm-up samples, steps 50, 100 (short dwell), retire: no request fails,
+   v1 is unregistered from TorchServe at the end (only v2 listed) and every answer after promotion is v2's."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from gateway import localstack
+from gateway.devstack import MODEL_REPO
+
+MODEL = "scale"
+FACTOR = {"1": 2.0, "2": 3.0}
+CLIENTS = 3
+CALL_TIMEOUT_S = 10.0
+MAX_REQUESTS = 20_000
+X = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    admin_url: str
+    admin_token: str
+    routes: Path
+    ts: localstack.TorchServeEndpoints
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("rollout_lifecycle")
+    ts_proc, ts = localstack.start_torchserve(root / "torchserve", MODEL_REPO / "torchserve",
+                                              [("scale", "1", "scale-1.mar")], token_auth=True)
+    try:
+        routes = root / "routes.yaml"
+        routes.write_text(yaml.safe_dump({
+            "backends": {"torchserve": {"kind": "torchserve", "url": ts.inference_url,
+                                        "management_url": ts.management_url, "token_file": str(ts.key_file),
+                                        "timeout_s": 10}},
+            "models": {MODEL: {"default_version": 1, "versions": {
+                1: {"backend": "torchserve", "model": "scale", "version": "1"},
+                2: {"backend": "torchserve", "model": "scale", "version": "2"}}}}}))
+        admin_port, token = localstack.free_port(), secrets.token_hex(16)
+        gw_proc, url = localstack.start_gateway(root / "gateway", routes, env={
+            "GATEWAY_ADMIN_PORT": str(admin_port), "GATEWAY_ADMIN_TOKEN": token})
+        try:
+            yield Stack(url, f"http://127.0.0.1:{admin_port}", token, routes, ts)
+        finally:
+            gw_proc.stop()
+    finally:
+        ts_proc.stop()
+
+
+class Load:
+    """CLIENTS clients sending v2 requests until stopped (at most MAX_REQUESTS in all)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.results: list[tuple[float, str | None, bool, str]] = []  # (finished, version, correct, error)
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def client(self, seed: int) -> None:
+        rng = random.Random(seed)
+        async with httpx.AsyncClient(base_url=self.url, timeout=CALL_TIMEOUT_S) as client:
+            while not self.stop.is_set() and len(self.results) < MAX_REQUESTS:
+                x = np.array([rng.uniform(-10, 10) for _ in range(3)], np.float32)
+                try:
+                    r = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
+                        {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": x.tolist()}]})
+                except Exception as exc:
+                    self.results.append((time.time(), None, False, repr(exc)[:200]))
+                    continue
+                if r.status_code != 200:
+                    self.results.append((time.time(), None, False, f"{r.status_code} {r.text[:200]}"))
+                    continue
+                version = r.headers.get("x-model-version")
+                y = np.asarray(r.json()["outputs"][0]["data"], np.float64)
+                ok = version in FACTOR and bool(np.allclose(y, FACTOR[version or ""] * x, rtol=1e-5))
+                self.results.append((time.time(), version, ok, ""))
+
+    def __enter__(self) -> Load:
+        self.tasks = [asyncio.create_task(self.client(k)) for k in range(CLIENTS)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.wait(self.tasks, timeout=CALL_TIMEOUT_S + 5)
+
+    @property
+    def failures(self) -> list[str]:
+        return [e for _, v, ok, e in self.results if not ok]
+
+
+def _admin(stack: Stack) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=stack.admin_url, timeout=CALL_TIMEOUT_S,
+                             headers={"authorization": f"Bearer {stack.admin_token}"})
+
+
+async def _wait(admin: httpx.AsyncClient, done: Any, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = await admin.get(f"/rollouts/{MODEL}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if done(body) or time.monotonic() > deadline:
+            return body
+        await asyncio.sleep(0.1)
+
+
+async def _ts_versions(stack: Stack) -> list[str]:
+    async with httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as client:
+        r = await client.get(f"{stack.ts.management_url}/models/{MODEL}/all",
+                             headers=stack.ts.auth_headers("management"))
+    assert r.status_code == 200, r.text
+    return sorted(str(d["modelVersion"]) for d in r.json())
+
+
+async def test_deploy_of_a_missing_archive_fails_with_traffic_untouched(stack: Stack) -> None:
+    before = stack.routes.read_text()
+    async with _admin(stack) as admin:
+        with Load(stack.url) as load:
+            await asyncio.sleep(0.3)
+            r = await admin.post("/rollouts", json={
+                "model": MODEL, "to_version": 2, "steps": [50, 100], "dwell_s": 0.5, "min_requests": 5,
+                "deploy": {"archive": "no-such-model.mar", "timeout_s": 20}, "warmup": {"body": X, "count": 2},
+                "retire": True})
+            assert r.status_code == 200, r.text
+            ro = await _wait(admin, lambda b: b["state"] != "running", 30)
+            await asyncio.sleep(0.3)
+            await load.finish()
+    assert ro["state"] == "failed", ro
+    assert "no-such-model.mar" in ro["reason"] and "failed" in ro["reason"], ro["reason"]
+    assert [h["event"] for h in ro["history"]] == ["started", "deploying", "failed"], ro["history"]
+    assert stack.routes.read_text() == before  # the routes file was never written
+    assert await _ts_versions(stack) == ["1"]
+    assert load.results and not load.failures, load.failures[:5]
+    assert {v for _, v, _, _ in load.results} == {"1"}
+
+
+async def test_deploy_warmup_canary_drain_retire(stack: Stack) -> None:
+    async with _admin(stack) as admin:
+        with Load(stack.url) as load:
+            await asyncio.sleep(0.3)
+            r = await admin.post("/rollouts", json={
+                "model": MODEL, "to_version": 2, "steps": [50, 100], "dwell_s": 1.0, "min_requests": 10,
+                "max_error_rate": 0.0, "deploy": {"archive": "scale-2.mar", "workers": 1, "timeout_s": 60},
+                "warmup": {"body": X, "count": 4}, "retire": True, "who": "lifecycle-test"})
+            assert r.status_code == 200, r.text
+            ro = await _wait(admin, lambda b: b["state"] != "running" and b["phase"] not in ("promoted", "retiring",
+                                                                                             "canary"), 45)
+            promoted_at = next((h["at"] for h in ro["history"] if h["event"] == "promoted"), None)
+            await asyncio.sleep(0.5)
+            await load.finish()
+    events = [h["event"] for h in ro["history"]]
+    assert ro["state"] == "promoted" and ro["phase"] == "retired", (ro["phase"], ro["history"][-1])
+    assert events == ["started", "deploying", "deployed", "warming_up", "warmed_up", "step", "step_passed",
+                      "promoted", "backend_default", "draining", "drained", "unregistered"], events
+    assert await _ts_versions(stack) == ["2"]
+    routes = yaml.safe_load(stack.routes.read_text())["models"][MODEL]
+    assert str(routes["default_version"]) == "2" and routes.get("experiment") is None, routes
+    assert load.results and not load.failures, (len(load.failures), load.failures[:5])
+    versions = [v for _, v, _, _ in load.results]
+    assert "1" in versions and "2" in versions
+    assert promoted_at is not None
+    # Requests that finished after the promotion (plus a margin for those already on their way) are all v2.
+    late = [v for finished, v, _, _ in load.results if finished > promoted_at + 0.5]
+    assert late and set(late) == {"2"}, set(late)
+    async with httpx.AsyncClient(base_url=stack.url, timeout=CALL_TIMEOUT_S) as client:
+        r = await client.post(f"/v2/models/{MODEL}/infer", json=X)
+    assert r.status_code == 200 and r.headers.get("x-model-version") == "2", r.text
+    assert np.allclose(r.json()["outputs"][0]["data"], [3.0, 6.0, 9.0])
