@@ -1,1 +1,1 @@
-"""Front protocols: REST (ASGI) now; gRPC servicers next to them later."""
+"""Front protocols: REST (ASGI apps: public fronts and the admin API) and gRPC servicers."""

@@ -1,1 +1,1 @@
-"""Control plane: the route store (and, later, rollouts)."""
+"""Control plane: the route store and its writer, backend control APIs, rollouts."""
