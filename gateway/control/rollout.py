@@ -40,7 +40,6 @@ import copy
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -281,23 +280,8 @@ class StateStore:
 
     def save(self, rollout: Rollout) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        target = self.path(rollout.model)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(orjson.dumps(rollout.to_json(), option=orjson.OPT_INDENT_2))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        text = orjson.dumps(rollout.to_json(), option=orjson.OPT_INDENT_2).decode()
+        writer.atomic_write(self.path(rollout.model), text)
 
     def load(self, model: str) -> Rollout | None:
         try:

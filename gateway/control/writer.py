@@ -119,7 +119,7 @@ def apply(path: Path, routes: str | Mapping[str, Any], expected_revision: int, *
         _, current = read(path)
         if current != expected_revision:
             raise RevisionConflict(path, expected_revision, current)
-        _atomic_write(path, text)
+        atomic_write(path, text)
     return new_revision
 
 
@@ -266,7 +266,7 @@ def _edit_default_version(text: str, model: str, value: str | int) -> str | None
     return "".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Temp file in the same directory, fsync, rename over the file, fsync the directory."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
