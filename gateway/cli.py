@@ -32,6 +32,10 @@ def serve(settings: Settings) -> None:
         "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
         log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+        # SIGHUP to this (master) process restarts the workers one by one; a new worker must finish its startup
+        # (routes, backend clients, gRPC listener) within this before the old one is stopped, else the restart
+        # is abandoned and the old workers keep serving. Also how long a hung worker may miss its health pings.
+        timeout_worker_healthcheck=30,
         log_config=_log_config(settings.log_level),
         # No X-Forwarded-* rewriting (a per-request middleware): the gateway does not use client addresses.
         proxy_headers=False, server_header=False,

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 from gateway.backends.base import Backend, Backends
 from gateway.codecs.jsonio import dumps
@@ -24,25 +25,39 @@ current_route: ContextVar[Route | None] = ContextVar("gateway_route", default=No
 
 
 class InFlight:
-    """Backend calls in flight per target (backend, model, version) in this process: a version is retired only
-    once its count is back to 0 (drain)."""
+    """Backend calls in flight per target (backend, model, version): a version is retired only once its count is
+    back to 0 (drain). ``count`` is this process's; ``total`` every worker's (the metrics' livesum gauge)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.metrics = metrics
+        self._gauges: dict[tuple[str, str, str], Any] = {}
 
     @contextmanager
     def calling(self, route: Route) -> Iterator[None]:
         key = (route.target.backend, route.target.model, route.target.version)
+        gauge = self._gauges.get(key)
+        if gauge is None and self.metrics is not None:
+            gauge = self._gauges[key] = self.metrics.inflight_child(*key)
         self.counts[key] += 1
+        if gauge is not None:
+            gauge.inc()
         try:
             yield
         finally:
+            if gauge is not None:
+                gauge.dec()
             self.counts[key] -= 1
             if not self.counts[key]:
                 del self.counts[key]
 
     def count(self, backend: str, model: str, version: str) -> int:
         return self.counts.get((backend, model, version), 0)
+
+    def total(self, backend: str, model: str, version: str) -> int:
+        """Every worker's calls in flight to that target (this process's alone when it is the only one)."""
+        every = self.metrics.inflight_all_workers(backend, model, version) if self.metrics is not None else None
+        return self.count(backend, model, version) if every is None else every
 
 
 class DataPlane:
@@ -53,7 +68,8 @@ class DataPlane:
         self.backends = backends
         self.metrics = metrics
         self.shadows = shadows
-        self.inflight = InFlight()
+        self.inflight = InFlight(metrics)
+        self.draining = False  # SIGTERM received: not ready, connections closed after their request (lifecycle.py)
 
     def route(self, ref: ModelRef, hints: Hints = NO_HINTS) -> Route:
         # One read of `current` per request: a routes swap mid-request never mixes tables.

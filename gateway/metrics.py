@@ -7,8 +7,10 @@ Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable 
 processes start (prometheus_client reads it when it is first imported). Every worker then writes its values to
 mmap files there, and ``render()`` in any worker merges all of them (a ``MultiProcessCollector``), so one scrape
 of any worker sees the whole gateway. The directory must be emptied when the gateway (not a worker) starts,
-else the previous run's counts are added in. Only counters and histograms are defined here, so no
-``mark_process_dead`` bookkeeping is needed when a worker exits: its counts stay part of the totals.
+else the previous run's counts are added in. Counters and histograms of a worker that exited stay part of the
+totals. The one gauge, ``gateway_inflight_requests``, is ``livesum``: each worker's file counts only while that
+worker lives (``inflight_all_workers`` skips the files of dead pids; a worker that exits cleanly removes its own
+through ``process_exiting``), so a rollout's drain sees every worker's requests in flight, not only its own.
 
 Label values are small closed sets (models, versions and variants from the routes file, status codes,
 protocols), so each labelled child is looked up once and cached in a dict keyed by its label tuple: recording
@@ -18,13 +20,14 @@ name) as labels; map them to a fixed value first.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -75,6 +78,9 @@ class Metrics:
         self.assignments = Counter("gateway_assignments", "Experiment assignments by variant and how the "
                                    "variant was chosen (sticky, random, override, default).",
                                    ("model", "experiment", "variant", "how"), registry=reg)
+        self.inflight = Gauge("gateway_inflight_requests", "Backend calls in flight, by backend target (a "
+                              "version is retired only once its count is 0 in every worker).",
+                              ("backend", "model", "version"), registry=reg, multiprocess_mode="livesum")
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._shadow_children: dict[tuple[str, ...], Counter] = {}
         self._comparison_children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram, Counter, Counter]] = {}
@@ -127,6 +133,31 @@ class Metrics:
             child = self._assignment_children[key] = self.assignments.labels(*key)
         child.inc()
 
+    def inflight_child(self, backend: str, model: str, version: str) -> Gauge:
+        return self.inflight.labels(backend, model, version)
+
+    def inflight_all_workers(self, backend: str, model: str, version: str) -> int | None:
+        """The in-flight gauge of that target summed over every live worker; None outside multiprocess mode (the
+        caller's own count is the whole truth there)."""
+        if not self.multiprocess:
+            return None
+        directory = os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or ""
+        files = [f for f in glob.glob(os.path.join(directory, "gauge_livesum_*.db")) if _alive(f)]
+        total = 0.0
+        for family in MultiProcessCollector.merge(files, accumulate=False):  # type: ignore[no-untyped-call]
+            if family.name != "gateway_inflight_requests":
+                continue
+            for sample in family.samples:
+                if (sample.labels.get("backend"), sample.labels.get("model"), sample.labels.get("version")) \
+                        == (backend, model, version):
+                    total += sample.value
+        return round(total)
+
+    def process_exiting(self) -> None:
+        """A worker's clean exit: its live gauge files go (its in-flight count no longer counts)."""
+        if self.multiprocess:
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped in the library
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition (every worker's, in multiprocess mode) and its content type."""
         return generate_latest(self._render_registry), CONTENT_TYPE_PLAIN_0_0_4
@@ -142,3 +173,15 @@ def _multiprocess_mode() -> bool:
             f"{MULTIPROC_ENV} is {'set' if wanted else 'unset'} but prometheus_client was imported when it was "
             f"{'unset' if wanted else 'set'}: set it before the gateway process (or worker) starts")
     return wanted
+
+
+def _alive(path: str) -> bool:
+    """Whether the worker that wrote ``gauge_livesum_<pid>.db`` still runs."""
+    try:
+        pid = int(os.path.basename(path).rsplit("_", 1)[1].split(".", 1)[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

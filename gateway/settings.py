@@ -19,6 +19,8 @@ class Settings:
     routes_poll_s: float = 1.0
     shadow_max_pending: int = 64  # shadow calls in flight per process; more are dropped (and counted)
     log_level: str = "info"
+    # SIGTERM: seconds not-ready (Connection: close on every answer) before the listener closes (gateway/lifecycle.py)
+    drain_s: float = 2.0
     # Admin API (gateway/api/admin.py): its own listener and token; never opened without a token; 0 = off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 8002
@@ -36,15 +38,15 @@ class Settings:
             grpc_port=_int(env, "GATEWAY_GRPC_PORT", d.grpc_port),
             workers=_int(env, "GATEWAY_WORKERS", d.workers),
             max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes),
-            routes_poll_s=float(env.get("GATEWAY_ROUTES_POLL_S", d.routes_poll_s)),
+            routes_poll_s=_float(env, "GATEWAY_ROUTES_POLL_S", d.routes_poll_s),
             shadow_max_pending=_int(env, "GATEWAY_SHADOW_MAX_PENDING", d.shadow_max_pending),
             log_level=env.get("GATEWAY_LOG_LEVEL", d.log_level).lower(),
+            drain_s=_float(env, "GATEWAY_DRAIN_S", d.drain_s),
             admin_host=env.get("GATEWAY_ADMIN_HOST", d.admin_host),
             admin_port=_int(env, "GATEWAY_ADMIN_PORT", d.admin_port),
             admin_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
             admin_token_file=Path(env["GATEWAY_ADMIN_TOKEN_FILE"]) if env.get("GATEWAY_ADMIN_TOKEN_FILE") else None,
         )
-
 
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes that build their own."""
@@ -58,7 +60,7 @@ class Settings:
             "GATEWAY_GRPC_PORT": str(self.grpc_port), "GATEWAY_WORKERS": str(self.workers),
             "GATEWAY_MAX_BODY_BYTES": str(self.max_body_bytes), "GATEWAY_ROUTES_POLL_S": str(self.routes_poll_s),
             "GATEWAY_SHADOW_MAX_PENDING": str(self.shadow_max_pending),
-            "GATEWAY_LOG_LEVEL": self.log_level, **admin,
+            "GATEWAY_LOG_LEVEL": self.log_level, "GATEWAY_DRAIN_S": str(self.drain_s), **admin,
         }
 
 
@@ -70,3 +72,16 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{key}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{key}={raw!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise SystemExit(f"{key}={raw!r} must be a finite number >= 0")
+    return value

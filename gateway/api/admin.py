@@ -32,7 +32,9 @@ Several workers (GATEWAY_WORKERS > 1): exactly one serves the admin port. The wo
 flock on ``<tmpdir>/gateway-admin-<host>-<port>.lock``; the winner binds (a plain bind, no SO_REUSEPORT, so a
 second binder could never share the port) and the others log that a sibling serves it. The kernel drops the lock
 with its holder, so a restarted worker can take over. The lock tells a sibling from a foreign program holding
-the port: the latter is an error in the log, not a crash — the public ports keep serving either way.
+the port: the latter is an error in the log, not a crash — the public ports keep serving either way. The
+workers that lost the race stand by (``start_admin(standby=True)``): when the holder exits, one of them takes
+the lock, binds, and resumes the running rollouts from their state files.
 """
 
 from __future__ import annotations
@@ -401,10 +403,15 @@ def _bind(host: str, port: int) -> socket.socket:
     return socket.create_server(infos[0][4][:2], family=family, backlog=64)
 
 
+STANDBY_POLL_S = 0.5
+
+
 async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | None = None,
-                      plane: DataPlane | None = None) -> AdminServer | None:
+                      plane: DataPlane | None = None, *, standby: bool = False) -> AdminServer | None:
     """Start the admin listener when this process should serve it; None (with the reason logged) otherwise.
-    ``plane``: the process's data plane (rollouts warm up through it and drain on its in-flight counts)."""
+    ``plane``: the process's data plane (rollouts warm up through it and drain on its in-flight counts).
+    ``standby``: while a sibling worker holds the listener lock, wait for it (polling every STANDBY_POLL_S) and
+    take over when that worker exits (a rolling restart, a crash) instead of returning None; cancel to stop."""
     if not settings.admin_port:
         return None
     where = f"{settings.admin_host}:{settings.admin_port}"
@@ -414,9 +421,14 @@ async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | 
         log.warning("admin API not started: %s", exc)
         return None
     may_bind, lock_fd = _listener_lock(settings.admin_host, settings.admin_port)
-    if not may_bind:
+    if not may_bind and not standby:
         log.info("admin API on %s is served by another worker of this gateway, not by pid %d", where, os.getpid())
         return None
+    while not may_bind:
+        await asyncio.sleep(STANDBY_POLL_S)
+        may_bind, lock_fd = _listener_lock(settings.admin_host, settings.admin_port)
+    if standby:
+        log.info("admin API on %s: taking over from a worker that exited (pid %d)", where, os.getpid())
     try:
         sock = _bind(settings.admin_host, settings.admin_port)
     except OSError as exc:

@@ -251,9 +251,13 @@ class GrpcFront:
         self.server = server
         log.info("gRPC listening on %s:%d", self.settings.host, self.port)
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Turn not-ready (health NOT_SERVING, ServerReady false), let in-flight calls finish, then close."""
+    async def begin_drain(self) -> None:
+        """Turn not-ready (health NOT_SERVING, ServerReady false); calls are still served until ``stop``."""
         self.draining = True
         await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Turn not-ready, let in-flight calls finish (clients get GOAWAY and reconnect elsewhere), then close."""
+        await self.begin_drain()
         if self.server is not None:
             await self.server.stop(grace_s)

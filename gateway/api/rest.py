@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from gateway.backends.base import Backends
 from gateway.control.store import RouteStore
 from gateway.dataplane import DataPlane, current_route
 from gateway.errors import GatewayError, NotFound
+from gateway.lifecycle import install_sigterm_drain
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.shadow import Shadows
@@ -56,6 +58,8 @@ class GatewayApp:
         self.grpc: GrpcFront | None = None
         self.admin: AdminServer | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._admin_standby: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -81,10 +85,35 @@ class GatewayApp:
             from gateway.api.admin import start_admin
 
             self.admin = await start_admin(self.settings, store, metrics, plane=self.plane)
+            if self.admin is None and (self.settings.admin_token or self.settings.admin_token_file):
+                # A sibling worker serves it: stand by to take over when that worker exits.
+                self._admin_standby = asyncio.create_task(self._standby_admin(store, metrics))
         log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
                  store.path, len(store.current.models), len(store.current.backends))
+        install_sigterm_drain(self.settings.drain_s, self.begin_drain)
+
+    async def _standby_admin(self, store: RouteStore, metrics: Metrics) -> None:
+        from gateway.api.admin import start_admin
+
+        self.admin = await start_admin(self.settings, store, metrics, plane=self.plane, standby=True)
+
+    def begin_drain(self) -> None:
+        """The first SIGTERM (gateway/lifecycle.py): not ready, ``Connection: close`` on every answer, gRPC health
+        NOT_SERVING; requests are still served until the listener closes ``drain_s`` later."""
+        log.info("SIGTERM: draining for %g s (not ready; connections closed after their current request), then "
+                 "stopping (pid %d)", self.settings.drain_s, os.getpid())
+        if self.plane is not None:
+            self.plane.draining = True
+        if self._admin_standby is not None:  # a draining worker does not take the admin port over
+            self._admin_standby.cancel()
+        if self.grpc is not None:
+            self._drain_task = asyncio.create_task(self.grpc.begin_drain())
 
     async def shutdown(self) -> None:
+        if self._admin_standby is not None:
+            self._admin_standby.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._admin_standby
         if self.admin is not None:
             await self.admin.stop()
         if self.grpc is not None:
@@ -96,6 +125,7 @@ class GatewayApp:
         if self.plane is not None:
             await self.plane.shadows.close()
             await self.plane.backends.close()
+            self.plane.metrics.process_exiting()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -134,6 +164,8 @@ class GatewayApp:
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = front.encode_error(GatewayError(f"internal gateway error on {scope['method']} {path}"))
+        if self.plane.draining:
+            response.headers.append((b"connection", b"close"))
         await send_response(send, response)
         route = current_route.get()
         if route is not None and request.method == "POST":  # inference calls, routed (model labels stay bounded)

@@ -24,6 +24,8 @@ _PREDICTIONS = re.compile(r"^/predictions/(?P<name>[^/]+)(?:/(?P<version>[^/]+))
 
 
 async def ping(request: Request, match: re.Match[str]) -> Response:
+    if request.plane.draining:  # shutting down: out of the load balancer (TorchServe answers 5xx when unhealthy)
+        return Response(503, dumps({"status": "Unhealthy", "reason": "the gateway is shutting down (draining)"}))
     return Response(200, dumps({"status": "Healthy"}))
 
 

@@ -26,7 +26,10 @@ async def live(request: Request, match: re.Match[str]) -> Response:
 
 async def ready(request: Request, match: re.Match[str]) -> Response:
     # Ready means this process can route: a valid table is loaded. A single backend being down must not take
-    # the whole gateway out of a load balancer; per-model readiness is the model ready endpoint.
+    # the whole gateway out of a load balancer; per-model readiness is the model ready endpoint. A draining
+    # process (SIGTERM) is not ready; the protocol answers false with a 4xx.
+    if request.plane.draining:
+        return Response(400, dumps({"ready": False, "error": "the gateway is shutting down (draining)"}))
     return Response(200, dumps({"ready": True}))
 
 

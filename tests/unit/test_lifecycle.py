@@ -1,0 +1,122 @@
+"""SIGTERM handling (gateway/lifecycle.py), GATEWAY_DRAIN_S, and the in-flight gauge summed over worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from gateway.lifecycle import install_sigterm_drain
+from gateway.settings import Settings
+
+
+async def test_first_sigterm_begins_the_drain_and_stops_after_the_delay() -> None:
+    stopped: list[float] = []
+    begun: list[float] = []
+
+    def server_handler(sig: int, frame: FrameType | None) -> None:  # stands for uvicorn's handle_exit
+        stopped.append(time.monotonic())
+
+    original = signal.signal(signal.SIGTERM, server_handler)
+    try:
+        assert install_sigterm_drain(0.3, lambda: begun.append(time.monotonic()))
+        sent = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.1)
+        assert len(begun) == 1 and not stopped  # draining, not stopped yet
+        await asyncio.sleep(0.4)
+        assert len(stopped) == 1 and stopped[0] - sent >= 0.29
+        assert len(begun) == 1
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+async def test_a_second_sigterm_stops_at_once() -> None:
+    stopped: list[float] = []
+    original = signal.signal(signal.SIGTERM, lambda sig, frame: stopped.append(time.monotonic()))
+    try:
+        assert install_sigterm_drain(30.0, lambda: None)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        assert not stopped
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        assert len(stopped) == 1
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+async def test_nothing_is_installed_without_a_server_handler_or_a_delay() -> None:
+    original = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert not install_sigterm_drain(1.0, lambda: None)  # no server would ever stop the process
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        signal.signal(signal.SIGTERM, lambda sig, frame: None)
+        assert not install_sigterm_drain(0.0, lambda: None)  # GATEWAY_DRAIN_S=0: uvicorn's handling as it is
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def test_drain_setting() -> None:
+    assert Settings.from_env({}).drain_s == 2.0
+    assert Settings.from_env({"GATEWAY_DRAIN_S": "0.5"}).drain_s == 0.5
+    for bad in ("-1", "soon", "inf", "nan"):
+        with pytest.raises(SystemExit, match="GATEWAY_DRAIN_S"):
+            Settings.from_env({"GATEWAY_DRAIN_S": bad})
+
+
+WORKER = """
+import sys, time
+from gateway.metrics import Metrics
+m = Metrics()
+m.inflight_child("ts", "scale", "1").inc(int(sys.argv[1]))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+READER = """
+from gateway.metrics import Metrics
+m = Metrics()
+m.inflight_child("ts", "scale", "1").inc()
+print(m.inflight_all_workers("ts", "scale", "1"), m.inflight_all_workers("ts", "scale", "2"))
+m.process_exiting()
+print(Metrics().inflight_all_workers("ts", "scale", "1"))
+"""
+
+
+def test_inflight_is_summed_over_live_workers_only(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(n)], env=env, stdout=subprocess.PIPE, text=True)
+               for n in (2, 3)]
+    try:
+        for w in workers:
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
+
+        def read() -> list[str]:
+            out = subprocess.run([sys.executable, "-c", READER], env=env, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return out.stdout.split()
+
+        assert read() == ["6", "0", "5"]  # 2 + 3 + its own 1; another version 0; its own gone after exiting
+        workers[0].kill()  # a worker that died without cleaning up: its file no longer counts
+        workers[0].wait()
+        assert read() == ["4", "0", "3"]
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+            if w.stdout is not None:
+                w.stdout.close()
+
+
+def test_inflight_outside_multiprocess_mode_is_none() -> None:
+    from gateway.metrics import Metrics
+
+    assert Metrics().inflight_all_workers("ts", "scale", "1") is None
