@@ -108,6 +108,8 @@ class AdminClient:
         if status == 401:
             raise AdminError(f"the admin API at {self.url} refused the token (401 Unauthorized): use the gateway's "
                              "admin token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE, or --token/--token-file)")
+        if status == 409 and path.startswith("/rollouts"):  # a state conflict (one running already, ended)
+            raise AdminError(f"refused (409): {error}")
         if status == 409:
             current = body.get("revision")
             raise AdminConflict(f"revision conflict, nothing was written: {error}. Run `gateway routes show`, redo "
@@ -162,11 +164,54 @@ def add_rollout_parser(sub: Any) -> None:
     p_start.add_argument("--min-requests", type=int, help="canary requests a step needs to pass (default 20)")
     p_start.add_argument("--sticky-header", help="header whose value keeps a user on one variant")
     p_start.add_argument("--why", default="", help="recorded in the rollout's history")
+    life = p_start.add_argument_group("lifecycle", "deploy the new version first, warm it up, retire the old one")
+    life.add_argument("--deploy", action="store_true",
+                      help="load TO_VERSION on its backend and wait until it serves (TF Serving: from its base_path)")
+    life.add_argument("--archive", help="TorchServe: the archive (.mar in the model store, or a URL); implies --deploy")
+    life.add_argument("--deploy-workers", type=int, help="TorchServe: initial workers (default 1)")
+    life.add_argument("--deploy-timeout", type=float, help="seconds to wait until it serves (default 120)")
+    life.add_argument("--warmup", type=Path, metavar="FILE",
+                      help="JSON: a v2 inference body, or a list of them, sent to TO_VERSION before any traffic")
+    life.add_argument("--warmup-count", type=int, help="send a single warm-up body this many times")
+    life.add_argument("--retire", action="store_true",
+                      help="after promotion, drain and unload the old version (never one the routes still use)")
     for name in ("status", "promote", "rollback", "abort"):
         c = cmds.add_parser(name, help=f"{name} MODEL's rollout" if name != "status" else "show MODEL's rollout")
         c.add_argument("model")
         if name != "status":
             c.add_argument("--why", default="", help="recorded in the rollout's history")
+
+
+def lifecycle_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """``deploy``, ``warmup`` and ``retire`` of POST /rollouts from the start command's flags (the admin API
+    validates them against the target's backend)."""
+    import json
+
+    spec: dict[str, Any] = {}
+    if args.deploy or args.archive or args.deploy_workers is not None or args.deploy_timeout is not None:
+        deploy: dict[str, Any] = {}
+        if args.archive:
+            deploy["archive"] = args.archive
+        if args.deploy_workers is not None:
+            deploy["workers"] = args.deploy_workers
+        if args.deploy_timeout is not None:
+            deploy["timeout_s"] = args.deploy_timeout
+        spec["deploy"] = deploy
+    if args.warmup is not None:
+        try:
+            samples = json.loads(args.warmup.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise AdminError(f"--warmup: cannot read {args.warmup}: {exc}") from exc
+        if args.warmup_count is not None:
+            if not isinstance(samples, dict):
+                raise AdminError("--warmup-count needs --warmup FILE to hold a single v2 inference body")
+            samples = {"body": samples, "count": args.warmup_count}
+        spec["warmup"] = samples
+    elif args.warmup_count is not None:
+        raise AdminError("--warmup-count needs --warmup FILE")
+    if args.retire:
+        spec["retire"] = True
+    return spec
 
 
 def run_rollout(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -191,6 +236,7 @@ def run_rollout(args: argparse.Namespace, environ: Mapping[str, str] | None = No
                         spec[key] = getattr(args, key)
                 if args.dwell is not None:
                     spec["dwell_s"] = args.dwell
+                spec.update(lifecycle_spec(args))
                 done = client.start_rollout(spec)
             elif args.rollout_command == "status":
                 done = client.rollout(args.model)

@@ -4,11 +4,12 @@ port, `gateway routes ...` end to end, no admin port without a token, one admin 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -201,13 +202,47 @@ def test_admin_paths_are_not_on_the_public_port(gateway: Gateway, client: httpx.
 
 # --- the CLI -------------------------------------------------------------------------------------------------
 
-def cli(gateway: Gateway, *args: str, token: str | None = None, url: str | None = None
+def cli(gateway: Gateway, *args: str, token: str | None = None, url: str | None = None, command: str = "routes"
         ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GATEWAY_ADMIN_URL": url or gateway.admin_url,
            "GATEWAY_ADMIN_TOKEN": gateway.admin_token if token is None else token}
     env.pop("GATEWAY_ADMIN_TOKEN_FILE", None)
-    return subprocess.run([sys.executable, "-m", "gateway", "routes", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gateway", command, *args], capture_output=True, text=True,
                           timeout=60, env=env, cwd=Path(__file__).resolve().parents[2])
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cli_rollout_start_status_abort(gateway: Gateway, client: httpx.Client, tmp_path: Path,
+                                        restore_routes: None) -> None:
+    warm = tmp_path / "warm.json"
+    warm.write_text(json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}))
+    bad = cli(gateway, "start", "switch_affine", "2", "--warmup-count", "2", command="rollout")
+    assert bad.returncode == 1 and "--warmup-count needs --warmup FILE" in bad.stderr, bad.stderr
+    started = cli(gateway, "start", "switch_affine", "2", "--steps", "50,100", "--dwell", "60", "--min-requests",
+                  "100000", "--warmup", str(warm), "--warmup-count", "2", "--why", "cli test", command="rollout")
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout)["warmup"] and "switch_affine: running" in started.stderr
+    assert wait_for(lambda: json.loads(cli(gateway, "status", "switch_affine", command="rollout").stdout)
+                    ["percent"] == 50)
+    again = cli(gateway, "start", "switch_affine", "2", command="rollout")
+    assert again.returncode == 1 and "refused (409)" in again.stderr, again.stderr
+    assert "already has a running rollout" in again.stderr, again.stderr
+    aborted = cli(gateway, "abort", "switch_affine", "--why", "cli test over", command="rollout")
+    assert aborted.returncode == 0, aborted.stderr
+    done = json.loads(aborted.stdout)
+    assert done["state"] == "aborted" and done["history"][-1]["why"] == "cli test over", done["history"][-1]
+    assert [h["event"] for h in done["history"]][:4] == ["started", "warming_up", "warmed_up", "step"]
+    assert served_version(client, "switch_affine") == "1"
+    twice = cli(gateway, "abort", "switch_affine", command="rollout")
+    assert twice.returncode == 1 and "aborted already" in twice.stderr, twice.stderr
 
 
 def test_cli_show_apply_set_default(gateway: Gateway, client: httpx.Client, tmp_path: Path,
