@@ -31,6 +31,8 @@ class BackendConfig:
     grpc_target: str | None = None  # host:port of its inference gRPC API (TF Serving 8500, TorchServe 7070)
     grpc_management_target: str | None = None  # TorchServe's management gRPC API (7071)
     token_file: Path | None = None
+    # TF Serving: the models.config it was started with (--model_config_file); rollouts edit it to load/unload
+    model_config_file: Path | None = None
     timeout_s: float = 30.0
     connect_timeout_s: float = 2.0
     max_connections: int = 256
@@ -207,7 +209,7 @@ class _Parser:
         path = f"backends.{name}"
         self.name(name, path)
         allowed = {"kind", "url", "management_url", "token_file", "timeout_s", "connect_timeout_s",
-                   "max_connections", "transport", "grpc_target", "grpc_management_target"}
+                   "max_connections", "transport", "grpc_target", "grpc_management_target", "model_config_file"}
         m = self.mapping(spec, path, required={"kind", "url"}, allowed=allowed)
         kind = self.string(m["kind"], f"{path}.kind")
         if kind not in BACKEND_KINDS:
@@ -226,6 +228,7 @@ class _Parser:
         grpc_management = self.target_address(m.get("grpc_management_target"), f"{path}.grpc_management_target")
         if grpc_management is not None and kind != "torchserve":
             self.fail(f"{path}.grpc_management_target", "only torchserve backends have a management gRPC API")
+        model_config_file = self.model_config_file(m.get("model_config_file"), f"{path}.model_config_file", kind)
         return BackendConfig(
             name=name,
             kind=kind,  # type: ignore[arg-type]
@@ -236,10 +239,22 @@ class _Parser:
             management_url=None if m.get("management_url") is None
             else self.url(m["management_url"], f"{path}.management_url"),
             token_file=None if token is None else Path(self.string(token, f"{path}.token_file")),
+            model_config_file=model_config_file,
             timeout_s=self.number(m.get("timeout_s", 30.0), f"{path}.timeout_s"),
             connect_timeout_s=self.number(m.get("connect_timeout_s", 2.0), f"{path}.connect_timeout_s"),
             max_connections=self.integer(m.get("max_connections", 256), f"{path}.max_connections", minimum=1),
         )
+
+    def model_config_file(self, value: Any, path: str, kind: str) -> Path | None:
+        """TF Serving's --model_config_file, absolute; an empty value (an unset ``${VAR:-}``) means none."""
+        if value is None or (isinstance(value, str) and not self.expand(value, path)):
+            return None
+        if kind != "tfserving":
+            self.fail(path, "only tfserving backends have a model_config_file (TF Serving's --model_config_file)")
+        text = self.string(value, path)
+        if not os.path.isabs(text):
+            self.fail(path, f"{text!r} must be an absolute path (the models.config TF Serving was started with)")
+        return Path(text)
 
     def model(self, name: str, spec: Any, backends: Mapping[str, BackendConfig]) -> ModelConfig:
         path = f"models.{name}"

@@ -11,7 +11,8 @@ own bearer token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE), never on the
     POST /rollouts                  start a canary rollout (gateway/control/rollout.py): {"model", "to_version",
                                     "from_version"?, "steps"? [5, 25, 50, 100], "dwell_s"?, "max_error_rate"?,
                                     "max_p99_ratio"?, "max_p99_s"?, "min_requests"?, "sticky_header"?, "who"?,
-                                    TorchServe lifecycle: "deploy"? {"archive", "workers"?, "timeout_s"?},
+                                    lifecycle: "deploy"? (TorchServe {"archive", "workers"?, "timeout_s"?},
+                                    TF Serving {"timeout_s"?}),
                                     "warmup"? [v2 bodies] | {"body", "count"}, "retire"? bool}
     GET  /rollouts                  every known rollout; GET /rollouts/{m}: one rollout's state and history
     POST /rollouts/{m}/promote|rollback|abort   {"who"?, "why"?}: end it by hand (409 when it is not running)

@@ -2,6 +2,8 @@
 
 TorchServe over its REST management API (token auth, keys refreshed on refusal as the data plane does);
 TF Serving over gRPC ModelService (GetModelStatus, HandleReloadConfigRequest). Every call has a timeout.
+Draining is the same poll for both (:func:`wait_drained`): TorchServe's queue and the gateway's in-flight count,
+or the gateway's in-flight count alone for TF Serving (which finishes the requests holding a servable itself).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,7 +27,7 @@ from gateway.protos import tf_model_server_config_pb2 as tfc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos.services import MODEL_SERVICE, TF_GET_MODEL_STATUS, Method
 
-__all__ = ["DeployFailed", "ModelSpecConfig", "TFServingControl", "TorchServeControl"]
+__all__ = ["DeployFailed", "ModelSpecConfig", "TFServingControl", "TorchServeControl", "wait_drained"]
 
 POLL_INTERVAL_S = 0.05
 #: One management call that is not a synchronous registration.
@@ -49,6 +51,21 @@ def _deadline(timeout_s: float) -> float:
 
 def _left(deadline: float) -> float:
     return max(0.01, deadline - time.monotonic())
+
+
+async def wait_drained(where: str, counts: Callable[[], Awaitable[Sequence[tuple[int, str]]]], *,
+                       timeout_s: float) -> None:
+    """Poll ``counts`` (each ``(n, what)``, e.g. ``(0, "in flight in the gateway")``) until every n is 0 in the
+    same poll; BackendTimeout naming each count of the last poll when they do not all reach 0 in time."""
+    deadline = _deadline(timeout_s)
+    while True:
+        seen = await counts()
+        if all(n == 0 for n, _ in seen):
+            return
+        if time.monotonic() >= deadline:
+            raise BackendTimeout(f"{where} did not drain within {timeout_s:g}s "
+                                 f"({', '.join(f'{n} {what}' for n, what in seen)})")
+        await asyncio.sleep(POLL_INTERVAL_S)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -137,7 +154,7 @@ class TorchServeControl:
             if await self._ready(model, version):
                 return
             if time.monotonic() >= deadline:
-                raise BackendTimeout(f"{self._where(model, version)} has no READY worker after {timeout_s:g}s")
+                raise BackendTimeout(f"{self._where(model, version)} has no READY worker after {timeout_s:.3g}s")
             await asyncio.sleep(POLL_INTERVAL_S)
 
     async def set_default(self, model: str, version: str) -> None:
@@ -161,16 +178,11 @@ class TorchServeControl:
     async def drain(self, model: str, version: str, inflight: Callable[[], int], *, timeout_s: float = 60) -> None:
         """Until TorchServe's queue for that version AND the gateway's own in-flight count are both 0 (seen in
         the same poll). Call it after moving traffic away; BackendTimeout when they do not empty in time."""
-        deadline = _deadline(timeout_s)
-        while True:
-            queued = await self.pending(model, version)
-            running = inflight()
-            if queued == 0 and running == 0:
-                return
-            if time.monotonic() >= deadline:
-                raise BackendTimeout(f"{self._where(model, version)} did not drain within {timeout_s:g}s "
-                                     f"({queued} queued in TorchServe, {running} in flight in the gateway)")
-            await asyncio.sleep(POLL_INTERVAL_S)
+        async def counts() -> list[tuple[int, str]]:
+            return [(await self.pending(model, version), "queued in TorchServe"),
+                    (inflight(), "in flight in the gateway")]
+
+        await wait_drained(self._where(model, version), counts, timeout_s=timeout_s)
 
     async def unregister(self, model: str, version: str) -> None:
         """DELETE /models/m/v; already gone (404) is fine. Drain first: that is the caller's job."""
@@ -274,9 +286,16 @@ class TFServingControl:
     async def reload(self, models: Sequence[ModelSpecConfig], *, timeout_s: float = 120) -> None:
         """HandleReloadConfigRequest with the WHOLE model_config_list: TF Serving unloads every model left out.
         It waits only for new model names; wait for new versions with ``wait_available``."""
+        config = tfc.ModelServerConfig()
+        config.model_config_list.config.extend(m.to_proto() for m in models)
+        await self.reload_config(config, timeout_s=timeout_s)
+
+    async def reload_config(self, config: tfc.ModelServerConfig, *, timeout_s: float = 120) -> None:
+        """HandleReloadConfigRequest with ``config`` as it is (e.g. a parsed models.config: every model, every
+        version policy and label as the file has them). DeployFailed with TF's message when it refuses it."""
         request = tfc.ReloadConfigRequest()
-        request.config.model_config_list.config.extend(m.to_proto() for m in models)
-        names = ", ".join(m.name for m in models) or "no models"
+        request.config.CopyFrom(config)
+        names = ", ".join(m.name for m in config.model_config_list.config) or "no models"
         try:
             response = await self.channel.call(TF_HANDLE_RELOAD_CONFIG, request, where="reload",
                                                timeout_s=timeout_s)
@@ -305,9 +324,33 @@ class TFServingControl:
                     raise DeployFailed(f"TF Serving '{self.config.name}' failed to load model '{model}' version "
                                        f"{version}: {s.status.error_message}")
             if time.monotonic() >= deadline:
+                hint = "" if last != "not listed" else (": TF Serving lists only the versions it finds as "
+                                                        "directories under the model's base_path")
                 raise BackendTimeout(f"TF Serving '{self.config.name}' model '{model}' version {version} not "
-                                     f"AVAILABLE after {timeout_s:g}s (last: {last})")
+                                     f"AVAILABLE after {timeout_s:.3g}s (last: {last}{hint})")
             await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def wait_unloaded(self, model: str, version: str, *, timeout_s: float = 60) -> None:
+        """Until TF Serving reports that version END or no longer lists it (unloaded, serves nothing);
+        BackendTimeout naming the last state seen otherwise."""
+        deadline = _deadline(timeout_s)
+        while True:
+            state = (await self.status(model, timeout_s=min(CALL_TIMEOUT_S, _left(deadline)))).get(version)
+            if state is None or state == "END":
+                return
+            if time.monotonic() >= deadline:
+                raise BackendTimeout(f"TF Serving '{self.config.name}' model '{model}' version {version} still "
+                                     f"{state} after {timeout_s:g}s")
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def drain(self, model: str, version: str, inflight: Callable[[], int], *, timeout_s: float = 60) -> None:
+        """Until the gateway's own in-flight count for that version is 0. TF Serving has no queue to poll: the
+        requests it holds keep their servable until they finish, even once it is unloaded from the config."""
+        async def counts() -> list[tuple[int, str]]:
+            return [(inflight(), "in flight in the gateway")]
+
+        await wait_drained(f"TF Serving '{self.config.name}' model '{model}' version {version}", counts,
+                           timeout_s=timeout_s)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -21,15 +21,32 @@ rollout with the routes file (the applied step is read back from the routes, whi
 resumes its dwell; routes that match none of the rollout's steps (someone edited them) end the rollout as
 ``aborted`` without touching the routes.
 
-Lifecycle (TorchServe targets): with ``deploy`` ({"archive": file in the model store, "workers"?, "timeout_s"?})
-the orchestrator first registers the new version through :class:`TorchServeControl` on the target's backend
-(management_url and token_file from the routes file) and waits for a READY worker; with ``warmup`` (a list of v2
-JSON inference bodies, or {"body": ..., "count": N}) it then sends each sample straight to the new target
-through the gateway's data plane (the backend adapter without one). Either failing ends the rollout as
-``failed`` with the reason, before any traffic step (the routes are not written). With ``retire`` a promoted
-rollout drains the old version (TorchServe's queue and the gateway's in-flight count for that target both 0)
-and unregisters it; a version that the routes file still sends traffic to (a default, experiment variant,
-label or shadow of any model) is never unregistered. Every transition is recorded in the history.
+Lifecycle: with ``deploy`` the orchestrator first loads the new version on its backend and waits until it serves;
+with ``warmup`` (a list of v2 JSON inference bodies, or {"body": ..., "count": N}) it then sends each sample
+straight to the new target through the gateway's data plane (the backend adapter without one). Either failing
+ends the rollout as ``failed`` with the reason, before any traffic step (the routes are not written). With
+``retire`` a promoted rollout drains the old version and unloads it; a version that the routes file still sends
+traffic to (a default, experiment variant, label or shadow of any model) is never unloaded. The backend's kind
+picks what deploy and retire do (:mod:`gateway.control.backend_lifecycle`); ``deploy`` is checked per kind at
+start (400), as is what the backend needs:
+
+* TorchServe (management_url, token_file): ``deploy`` {"archive": file in the model store, "workers"?,
+  "timeout_s"?} registers the archive and waits for a READY worker; retire moves TorchServe's default to the new
+  version, drains (TorchServe's queue and the gateway's in-flight count for that target both 0), unregisters.
+* TF Serving (model_config_file: the models.config TF Serving was started with, and grpc_target): ``deploy``
+  {"timeout_s"?} only, the version's directory must already exist under the model's base_path. It sets the
+  model's policy in the file to ``specific`` {the versions served now (a latest/all policy becomes the versions
+  TF Serving reports AVAILABLE) + the new one}, writes the file atomically, reloads TF Serving with that whole
+  list (HandleReloadConfigRequest) and waits for AVAILABLE; on failure the file is put back (and reloaded), so
+  that TF Serving's poller does not retry the version. Retire drains (the gateway's in-flight count for that
+  target: TF Serving finishes the requests holding a servable itself), writes the file without the old version,
+  reloads and waits until TF Serving reports it END or no longer lists it. A version a label in the file points
+  at is never removed (retire_skipped). Other models in the file are left as they are.
+
+History events of the lifecycle, in order: ``deploying``, ``deployed`` (or ``failed``), ``warming_up``,
+``warmed_up``, then after ``promoted``: ``backend_default`` (TorchServe, when the old and new versions are one
+TorchServe model), ``draining``, ``drained``, then ``unregistered`` (TorchServe) or ``unloaded`` (TF Serving);
+``retire_skipped`` or ``retire_failed`` instead when the old version stays. Every transition is recorded.
 """
 
 from __future__ import annotations
@@ -54,7 +71,16 @@ from gateway.backends.base import Backends
 from gateway.codecs import v2_json
 from gateway.config import BackendConfig, RoutesConfig, VersionConfig, load_routes
 from gateway.control import writer
-from gateway.control.backend_control import TorchServeControl
+from gateway.control.backend_lifecycle import (
+    BackendLifecycle,
+    ConfigFiles,
+    Note,
+    RetireSkipped,
+    SpecError,
+    describe,
+    lifecycle_class,
+    lifecycle_for,
+)
 from gateway.routing import RouteTable
 from gateway.types import ModelRef
 
@@ -70,6 +96,7 @@ DEFAULT_STEPS: tuple[float, ...] = (5, 25, 50, 100)
 GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS",
                                 "UNIMPLEMENTED"})
 _WRITE_ATTEMPTS = 8
+RETIRE_DONE = frozenset({"retired", "retire_failed", "retire_skipped"})  # phases after which no retire resumes
 WARMUP_TIMEOUT_S = 30.0
 MAX_WARMUP_SAMPLES = 1000
 
@@ -246,8 +273,8 @@ class Rollout:
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     history: list[dict[str, Any]] = field(default_factory=list)
-    # Lifecycle (TorchServe): register + wait ready before the first step, warm-up, drain + unregister after.
-    deploy: dict[str, Any] | None = None  # {"archive", "workers", "timeout_s"}
+    # Lifecycle: deploy + wait until it serves before the first step, warm-up, drain + unload after.
+    deploy: dict[str, Any] | None = None  # TorchServe {"archive", "workers", "timeout_s"}; TF Serving {"timeout_s"}
     warmup: list[dict[str, Any]] = field(default_factory=list)  # v2 JSON inference bodies
     retire: bool = False
     phase: str = ""  # deploying | warming_up | canary | retiring | retired | retire_failed | retire_skipped
@@ -380,26 +407,23 @@ def read_routes(path: Path) -> dict[str, Any]:
 
 # --- lifecycle spec: deploy, warm-up, retire ------------------------------------------------------------------
 
-def plan_deploy(value: Any) -> dict[str, Any] | None:
-    """``{"archive": "scale-2.mar", "workers"?: 1, "timeout_s"?: 120}`` (TorchServe), or None."""
+def check_backend(backend: BackendConfig, stage: str, where: str) -> None:
+    """RolloutError 400 when ``stage`` (deploy or retire) of ``where`` cannot run on that backend."""
+    missing = lifecycle_class(backend).missing(backend)
+    if missing is not None:
+        raise RolloutError(400, f"{stage} of {where} needs {missing}")
+
+
+def plan_deploy(value: Any, backend: BackendConfig, where: str = "the new version") -> dict[str, Any] | None:
+    """The ``deploy`` spec for a target on ``backend``, checked per kind: TorchServe ``{"archive": "scale-2.mar",
+    "workers"?: 1, "timeout_s"?: 120}``, TF Serving ``{"timeout_s"?: 120}``; None without one."""
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise RolloutError(400, f"deploy must be an object {{\"archive\", \"workers\"?, \"timeout_s\"?}}, "
-                                f"got {value!r}")
-    unknown = sorted(set(value) - {"archive", "workers", "timeout_s"})
-    if unknown:
-        raise RolloutError(400, f"deploy: unknown field(s) {', '.join(unknown)}")
-    archive = value.get("archive")
-    if not isinstance(archive, str) or not archive.strip():
-        raise RolloutError(400, "deploy.archive must be the archive's file name in the model store (or a URL)")
-    workers = value.get("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
-        raise RolloutError(400, f"deploy.workers must be an integer in [1, 64], got {workers!r}")
-    timeout = value.get("timeout_s", 120.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        raise RolloutError(400, f"deploy.timeout_s must be seconds in (0, 3600], got {timeout!r}")
-    return {"archive": archive.strip(), "workers": workers, "timeout_s": float(timeout)}
+    check_backend(backend, "deploy", where)
+    try:
+        return lifecycle_class(backend).plan_deploy(value)
+    except SpecError as exc:
+        raise RolloutError(400, f"{exc} ({where} is on {backend.kind} backend {backend.name!r})") from None
 
 
 def plan_warmup(value: Any) -> list[dict[str, Any]]:
@@ -462,6 +486,7 @@ class Orchestrator:
         self.plane = plane  # warm-up goes through it, drain reads its in-flight counts; None: own adapters
         self.drain_timeout_s = drain_timeout_s
         self._backends: Backends | None = None
+        self._config_files = ConfigFiles()  # models.config edits of TF Serving backends, one at a time per file
         self.states = StateStore(routes_path)
         self.metrics_text = metrics_text
         self.reload = reload
@@ -480,7 +505,8 @@ class Orchestrator:
         resumed = []
         for ro in await asyncio.to_thread(self.states.load_all):
             self.rollouts[ro.model] = ro
-            if ro.state == "promoted" and ro.retire and ro.phase in ("promoted", "retiring"):
+            if ro.state == "promoted" and ro.retire and ro.phase not in RETIRE_DONE:
+                # Promoted but not retired yet (stopped between the promotion's write and the end of the retire).
                 ro.record("resumed", "orchestrator", "gateway restarted: retiring the old version again")
                 self._spawn_retire(ro)
                 continue
@@ -552,7 +578,6 @@ class Orchestrator:
         sticky = spec.get("sticky_header")
         if sticky is not None and (not isinstance(sticky, str) or not sticky.strip()):
             raise RolloutError(400, "sticky_header must be a header name")
-        deploy = plan_deploy(spec.get("deploy"))
         warmup = plan_warmup(spec.get("warmup"))
         retire = spec.get("retire", False)
         if not isinstance(retire, bool):
@@ -577,16 +602,14 @@ class Orchestrator:
             if to_version not in _versions(mspec):
                 raise RolloutError(400, f"version {to_version} is not listed under models.{model}.versions "
                                         "(add it to the routes first)")
-            if deploy is not None or retire:
+            deploy = None
+            if spec.get("deploy") is not None or retire:
                 config = await asyncio.to_thread(load_routes, self.routes_path)
-                for role, version in (("to_version", to_version), ("from_version", from_version)):
-                    if (role == "to_version" and deploy is None) or (role == "from_version" and not retire):
-                        continue
-                    backend = _backend_of(config, model, version)
-                    if backend.kind != "torchserve" or not backend.management_url:
-                        raise RolloutError(400, f"{'deploy' if role == 'to_version' else 'retire'} needs a "
-                                                f"TorchServe backend with a management_url; version {version} of "
-                                                f"{model!r} is on backend {backend.name!r} ({backend.kind})")
+                deploy = plan_deploy(spec.get("deploy"), _backend_of(config, model, to_version),
+                                     f"version {to_version} of {model!r}")
+                if retire:
+                    check_backend(_backend_of(config, model, from_version), "retire",
+                                  f"version {from_version} of {model!r}")
             ro = Rollout(model=model, from_version=from_version, to_version=to_version, steps=steps,
                          dwell_s=float(dwell), guards=guards, sticky_header=None if sticky is None
                          else sticky.strip().lower(), deploy=deploy, warmup=warmup, retire=retire)
@@ -684,25 +707,17 @@ class Orchestrator:
         config = await self._config()
         if ro.deploy is not None:
             ro.phase = "deploying"
-            ro.record("deploying", "orchestrator", f"registering {ro.deploy['archive']!r}", deploy=ro.deploy)
-            await asyncio.to_thread(self.states.save, ro)
-            vc = config.models[ro.model].versions[ro.to_version]
-            control = TorchServeControl(_backend_of(config, ro.model, ro.to_version))
-            began = time.monotonic()
             try:
-                timeout = float(ro.deploy["timeout_s"])
-                await control.register(vc.model, vc.version, ro.deploy["archive"],
-                                       workers=int(ro.deploy["workers"]), timeout_s=timeout)
-                await control.wait_ready(vc.model, vc.version, timeout_s=max(1.0, timeout - (time.monotonic()
-                                                                                              - began)))
+                vc = config.models[ro.model].versions[ro.to_version]
+                lifecycle = self._lifecycle(config, vc)
             except Exception as exc:
-                return f"deploy of {ro.deploy['archive']!r} as {vc.model} version {vc.version} failed: " \
-                       f"{getattr(exc, 'message', None) or exc}"
+                return f"deploy of version {ro.to_version} of {ro.model!r} failed: {describe(exc)}"
+            try:
+                await lifecycle.deploy(vc, ro.deploy, self._note(ro))  # notes deploying, deployed
+            except Exception as exc:
+                return describe(exc)
             finally:
-                await control.close()
-            ro.record("deployed", "orchestrator", f"{vc.model} version {vc.version} READY on backend "
-                      f"{vc.backend!r}", seconds=round(time.monotonic() - began, 3))
-            await asyncio.to_thread(self.states.save, ro)
+                await lifecycle.close()
         if ro.warmup:
             ro.phase = "warming_up"
             ro.record("warming_up", "orchestrator", f"{len(ro.warmup)} sample(s) to version {ro.to_version}")
@@ -720,8 +735,8 @@ class Orchestrator:
                         await asyncio.wait_for(self._backends.get(route.backend).infer(route.target, request),
                                                WARMUP_TIMEOUT_S)
                 except Exception as exc:
-                    why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                    return f"warm-up sample {i} of {len(ro.warmup)} to version {ro.to_version} failed: {why}"
+                    return f"warm-up sample {i} of {len(ro.warmup)} to version {ro.to_version} failed: " \
+                           f"{describe(exc)}"
             ro.record("warmed_up", "orchestrator", f"{len(ro.warmup)} sample(s) answered",
                       seconds=round(time.monotonic() - began, 3))
         return None
@@ -742,58 +757,53 @@ class Orchestrator:
                 self._tasks.pop(ro.model, None)
 
     async def _retire(self, ro: Rollout) -> None:
-        """Drain then unregister from_version on its TorchServe backend, once the routes send it no traffic."""
+        """Drain then unload from_version on its backend, once the routes send it no traffic."""
         ro.phase = "retiring"
         await asyncio.to_thread(self.states.save, ro)
         try:
             config = await self._config()
-            backend = _backend_of(config, ro.model, ro.from_version)
             vc = config.models[ro.model].versions[ro.from_version]
+            new = config.models[ro.model].versions[ro.to_version]
             users = traffic_users(config, *_backend_target(vc))
             if users:
-                ro.phase = "retire_skipped"
-                ro.record("retire_skipped", "orchestrator", f"{vc.model} version {vc.version} on {vc.backend!r} "
-                          f"still gets traffic from the routes: {'; '.join(users)}")
-                return
-            new = config.models[ro.model].versions[ro.to_version]
-            control = TorchServeControl(backend)
+                raise RetireSkipped(f"{vc.model} version {vc.version} on {vc.backend!r} still gets traffic from "
+                                    f"the routes: {'; '.join(users)}")
+            lifecycle = self._lifecycle(config, vc)
+            plane = self.plane
+
+            async def still_used() -> list[str]:
+                return traffic_users(await self._config(), *_backend_target(vc))
+
             try:
-                if (new.backend, new.model) == (vc.backend, vc.model):
-                    # TorchServe never unregisters a model's default version: move its default first.
-                    await control.set_default(new.model, new.version)
-                    ro.record("backend_default", "orchestrator", f"TorchServe default of {new.model} set to "
-                              f"version {new.version}")
-                ro.record("draining", "orchestrator", f"{vc.model} version {vc.version} on {vc.backend!r}")
-                await asyncio.to_thread(self.states.save, ro)
-                plane = self.plane
-                began = time.monotonic()
-                await control.drain(vc.model, vc.version,
-                                    (lambda: plane.inflight.count(*_backend_target(vc))) if plane is not None
-                                    else (lambda: 0), timeout_s=self.drain_timeout_s)
-                ro.record("drained", "orchestrator", "TorchServe's queue and the gateway's in-flight count are 0",
-                          seconds=round(time.monotonic() - began, 3))
-                # The routes again, just before the DELETE: someone may have pointed traffic back meanwhile.
-                users = traffic_users(await self._config(), *_backend_target(vc))
-                if users:
-                    ro.phase = "retire_skipped"
-                    ro.record("retire_skipped", "orchestrator", "the routes point traffic at it again: "
-                              + "; ".join(users))
-                    return
-                await control.unregister(vc.model, vc.version)
+                event, why = await lifecycle.retire(
+                    vc, new, self._note(ro), still_used=still_used, drain_timeout_s=self.drain_timeout_s,
+                    inflight=(lambda: plane.inflight.total(*_backend_target(vc))) if plane is not None
+                    else (lambda: 0))
             finally:
-                await control.close()
+                await lifecycle.close()
             ro.phase = "retired"
-            ro.record("unregistered", "orchestrator", f"{vc.model} version {vc.version} unregistered from "
-                      f"{vc.backend!r}")
+            ro.record(event, "orchestrator", why)
         except asyncio.CancelledError:
             raise
+        except RetireSkipped as exc:
+            ro.phase = "retire_skipped"
+            ro.record("retire_skipped", "orchestrator", str(exc))
         except Exception as exc:
             ro.phase = "retire_failed"
-            why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            why = describe(exc)
             ro.record("retire_failed", "orchestrator", f"retiring version {ro.from_version} failed: {why}")
             log.warning("rollout %s: retiring version %s failed: %s", ro.model, ro.from_version, why)
         finally:
             await asyncio.to_thread(self.states.save, ro)
+
+    def _lifecycle(self, config: RoutesConfig, vc: VersionConfig) -> BackendLifecycle:
+        return lifecycle_for(config.backends[vc.backend], self._config_files)
+
+    def _note(self, ro: Rollout) -> Note:
+        async def note(event: str, why: str, **what: Any) -> None:
+            ro.record(event, "orchestrator", why, **what)
+            await asyncio.to_thread(self.states.save, ro)
+        return note
 
     async def _dwell(self, ro: Rollout) -> Verdict:
         start = await self._snapshot(ro.model)

@@ -79,6 +79,10 @@ def test_environment_variables_expand() -> None:
     ("backends.tf.timeout_s", -1, "backends.tf.timeout_s: must be a positive number"),
     ("backends.tf.colour", "red", "backends.tf.colour: unknown field"),
     ("backends.tf.token_file", "/k.json", "backends.tf.token_file: only torchserve backends"),
+    ("backends.ts.model_config_file", "/m.config", "backends.ts.model_config_file: only tfserving backends"),
+    ("backends.tf.model_config_file", "models.config",
+     "backends.tf.model_config_file: 'models.config' must be an absolute path"),
+    ("backends.tf.model_config_file", ["/m.config"], "backends.tf.model_config_file: must be a string, got list"),
     ("models.m.versions.1.backend", "nope", "models.m.versions.1.backend: unknown backend 'nope'"),
     ("models.m.versions.1.model", _DELETE, "models.m.versions.1.model: is required"),
     ("models.m.default_version", 7, "models.m.default_version: version 7 is not listed"),
@@ -129,3 +133,11 @@ def test_grpc_transport_needs_a_grpc_target() -> None:
     raw["backends"]["tf"]["grpc_target"] = "tf-serving"
     with pytest.raises(ConfigError, match=r"'tf-serving' must be host:port"):
         parse(raw)
+
+
+def test_tfserving_model_config_file() -> None:
+    assert parse(BASE).backends["tf"].model_config_file is None
+    raw = with_change("backends.tf.model_config_file", "${TF_CONFIG:-/srv/tf/models.config}")
+    assert parse(raw).backends["tf"].model_config_file == Path("/srv/tf/models.config")
+    assert parse(raw, {"TF_CONFIG": ""}).backends["tf"].model_config_file is None  # empty: none
+    assert parse(raw, {"TF_CONFIG": "/etc/tf.config"}).backends["tf"].model_config_file == Path("/etc/tf.config")

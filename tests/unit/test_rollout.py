@@ -310,6 +310,33 @@ async def test_resume_after_restart(routes: Path) -> None:
     assert [h["event"] for h in done.history][-3:] == ["resumed", "step_passed", "promoted"]
 
 
+async def test_resume_retires_a_rollout_stopped_between_promotion_and_retire(routes: Path) -> None:
+    # Promoted (routes on version 2) with retire asked, but the gateway stopped before the retire began: the phase
+    # is still "canary". On resume the retire runs (here it fails: the backend has no management_url; recorded).
+    ro = _rollout(retire=True)
+    ro.state, ro.percent, ro.step_index, ro.phase = "promoted", 100.0, 2, "canary"
+    _, revision = writer.read(routes)
+    writer.apply(routes, step_routes(yaml.safe_load(ROUTES), ro, 100.0), revision)
+    StateStore(routes).save(ro)
+    orch = Orchestrator(routes, lambda: "", check_interval_s=0.05)
+    await orch.resume()
+    for _ in range(100):
+        done = StateStore(routes).load("scale")
+        if done is not None and done.phase not in ("canary", "retiring"):
+            break
+        await asyncio.sleep(0.02)
+    await orch.close()
+    assert done is not None and done.phase == "retire_failed", done
+    assert [h["event"] for h in done.history][-2:] == ["resumed", "retire_failed"]
+    assert "management_url" in done.history[-1]["why"]
+    # Once the retire has ended (failed, skipped or retired), a restart does not try it again.
+    orch = Orchestrator(routes, lambda: "", check_interval_s=0.05)
+    await orch.resume()
+    await asyncio.sleep(0.1)
+    await orch.close()
+    assert StateStore(routes).load("scale").history == done.history  # type: ignore[union-attr]
+
+
 async def test_resume_crash_between_routes_and_state(routes: Path) -> None:
     # The routes got step 2 (50%) but the state file still says step 1 (10%): the routes win.
     ro = _rollout(dwell_s=60)
