@@ -1,7 +1,8 @@
-"""Restarting the gateway itself under load, on both backends: a gateway of 2 worker processes on one shared
-socket (GATEWAY_WORKERS=2, GATEWAY_DRAIN_S=1) in front of our own TorchServe (`scale`: v1 y=2x, v2 y=3x) and TF
-Serving (`affine`: v1 y=0.5x+2, v2 y=0.5x+3), with 8 clients (v2 REST, TF REST, v2 gRPC; every request with a
-sticky `x-user` key) busy throughout.
+"""Rollouts and restarts of the gateway under load, on both backends: a gateway of 2 worker processes on one
+shared socket (GATEWAY_WORKERS=2, GATEWAY_DRAIN_S=1) in front of our own TorchServe (`scale`: v1 y=2x, v2 y=3x)
+and TF Serving (`affine`: v1 y=0.5x+2, v2 y=0.5x+3), with 8 clients (v2 REST, TF REST, v2 gRPC; every request
+with a sticky `x-user` key) busy throughout. Version 3 of each model is bad: a version its backend has not loaded
+(every answer 503); version 4 is slow: v2's numbers through a proxy that adds 250 ms.
 
 1. Rolling restart: `kill -HUP <master>` replaces both workers (uvicorn starts each new worker, waits until it is
    ready, then SIGTERMs the old one, which drains: not ready, `Connection: close`, gRPC GOAWAY). No request
@@ -10,11 +11,17 @@ sticky `x-user` key) busy throughout.
    workers are restarted, the one running the orchestrator included. The new admin worker resumes them from
    their state files; both reach 100 %; no request fails; the observed share of each step matches its weight.
 3. Cold restart mid-rollout: the whole gateway stops (SIGTERM) while a rollout runs; the routes file is at one of
-   the rollout's steps (never half-applied); a new gateway resumes the rollout and promotes it."""
+   the rollout's steps (never half-applied); a new gateway resumes the rollout and promotes it.
+4. SIGTERM on a single worker: not ready at once, still answering (Connection: close) for the drain, then exits.
+5. Automatic rollback on both backends, of a failing version (error-rate guard: failures only inside the
+   detection window and about the canary's share of it) and of a slow one (p99 guard: nothing fails at all);
+   traffic is back on version 1 within the first step's dwell.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -22,15 +29,17 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import httpx
 import pytest
 import yaml
+from aiohttp import web
 
 from gateway import localstack
 from gateway.devstack import MODEL_REPO
@@ -38,12 +47,13 @@ from gateway.devstack import MODEL_REPO
 from .loaddriver import Load
 
 EXPECTED = {
-    "scale": {"1": lambda x: 2 * x, "2": lambda x: 3 * x},
-    "affine": {"1": lambda x: 0.5 * x + 2, "2": lambda x: 0.5 * x + 3},
+    "scale": {"1": lambda x: 2 * x, "2": lambda x: 3 * x, "4": lambda x: 3 * x},  # 4: version 2, slowly
+    "affine": {"1": lambda x: 0.5 * x + 2, "2": lambda x: 0.5 * x + 3, "4": lambda x: 0.5 * x + 3},
 }
 CALL_TIMEOUT_S = 10.0
 RESTART_TIMEOUT_S = 120.0
 STEPS = [20, 50, 100]
+APPLY_S = 0.5  # a routes write is applied by every worker within GATEWAY_ROUTES_POLL_S (0.2 s), with a margin
 
 
 @dataclass
@@ -57,6 +67,7 @@ class Stack:
     env: dict[str, str]
     gateway: localstack.ManagedProcess | None = None
     procs: list[localstack.ManagedProcess] = field(default_factory=list)
+    upstreams: dict[str, tuple[int, str]] = field(default_factory=dict)  # model -> (slow proxy port, backend URL)
 
     @property
     def url(self) -> str:
@@ -95,25 +106,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tf_proc, tf = localstack.start_tfserving(root / "tfserving", template, models, wait_models=("affine",))
         procs.append(tf_proc)
         routes = root / "routes.yaml"
+        slow_ports = {"scale": localstack.free_port(), "affine": localstack.free_port()}
         routes.write_text(yaml.safe_dump({
             "backends": {
                 "torchserve": {"kind": "torchserve", "url": ts.inference_url, "management_url": ts.management_url,
                                "token_file": str(ts.key_file), "timeout_s": 10},
-                "tfserving": {"kind": "tfserving", "url": tf.rest_url, "timeout_s": 10}},
+                "tfserving": {"kind": "tfserving", "url": tf.rest_url, "timeout_s": 10},
+                "ts_slow": {"kind": "torchserve", "url": f"http://127.0.0.1:{slow_ports['scale']}",
+                            "token_file": str(ts.key_file), "timeout_s": 10},
+                "tf_slow": {"kind": "tfserving", "url": f"http://127.0.0.1:{slow_ports['affine']}",
+                            "timeout_s": 10}},
             "models": {
                 "scale": {"default_version": 1, "schema": {  # TF REST's unnamed inputs need the input's name
                     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
                     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]}, "versions": {
                     1: {"backend": "torchserve", "model": "scale", "version": "1"},
-                    2: {"backend": "torchserve", "model": "scale", "version": "2"}}},
+                    2: {"backend": "torchserve", "model": "scale", "version": "2"},
+                    3: {"backend": "torchserve", "model": "scale", "version": "9"},  # not registered: 503s
+                    4: {"backend": "ts_slow", "model": "scale", "version": "2"}}},
                 "affine": {"default_version": 1, "versions": {
                     1: {"backend": "tfserving", "model": "affine", "version": "1"},
-                    2: {"backend": "tfserving", "model": "affine", "version": "2"}}}}}))
+                    2: {"backend": "tfserving", "model": "affine", "version": "2"},
+                    3: {"backend": "tfserving", "model": "affine", "version": "9"},  # not loaded: 503s
+                    4: {"backend": "tf_slow", "model": "affine", "version": "2"}}}}}))
         admin_port, grpc_port, token = localstack.free_port(), localstack.free_port(), secrets.token_hex(16)
         env = {"GATEWAY_WORKERS": "2", "GATEWAY_DRAIN_S": "1", "GATEWAY_ROUTES_POLL_S": "0.2",
                "GATEWAY_GRPC_PORT": str(grpc_port), "GATEWAY_ADMIN_PORT": str(admin_port),
                "GATEWAY_ADMIN_TOKEN": token, "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics")}
-        s = Stack(root, routes, admin_port, token, localstack.free_port(), grpc_port, env, procs=procs)
+        s = Stack(root, routes, admin_port, token, localstack.free_port(), grpc_port, env, procs=procs,
+                  upstreams={"scale": (slow_ports["scale"], ts.inference_url),
+                             "affine": (slow_ports["affine"], tf.rest_url)})
         s.start_gateway()
         yield s
     finally:
@@ -342,3 +364,96 @@ async def test_sigterm_turns_not_ready_then_drains_then_exits(stack: Stack) -> N
         assert "SIGTERM: draining" in proc.log_path.read_text()
     finally:
         proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def slow_proxy(port: int, upstream: str, delay_s: float) -> AsyncIterator[None]:
+    """A reverse proxy on 127.0.0.1:port that waits ``delay_s`` and then forwards to ``upstream``: a backend
+    version that answers right, but slowly."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)) as session:
+        async def forward(request: web.Request) -> web.Response:
+            await asyncio.sleep(delay_s)
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            async with session.request(request.method, upstream + request.path_qs, headers=headers,
+                                       data=await request.read()) as r:
+                return web.Response(status=r.status, body=await r.read(),
+                                    headers={"content-type": r.headers.get("content-type", "application/json")})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+
+async def _rolls_back(stack: Stack, to_version: int, guards: dict[str, Any], why: str) -> dict[str, Any]:
+    """Canary rollouts of both models to ``to_version`` (20 % then 100 %) under load, each expected to roll back
+    on its own within the 20 % step; the figures printed; returns per model the rollout, the failures inside and
+    outside its detection window, and the requests in that window."""
+    await reset(stack)
+    load = stack.load().start(f"rollback-{to_version}")
+    out: dict[str, Any] = {}
+    try:
+        async with stack.admin() as admin:
+            await asyncio.sleep(1.0)
+            for model in EXPECTED:
+                r = await admin.post("/rollouts", json={
+                    "model": model, "to_version": to_version, "steps": [20, 100], "dwell_s": 8.0,
+                    "min_requests": 10, "who": "rollback-test", **guards})
+                assert r.status_code == 200, r.text
+            got = await wait_rollouts(admin, list(EXPECTED), lambda ro: ro["state"] != "running", 30)
+            await asyncio.sleep(1.0)  # load after the rollback
+    finally:
+        await load.finish()
+    print(f"\nrollback of a {why} version {to_version}: {load.summary()}")
+    for model, ro in got.items():
+        step_at = next(h["at"] for h in ro["history"] if h["event"] == "step")
+        # The rollback's write, plus the time every worker takes to apply it (GATEWAY_ROUTES_POLL_S 0.2 s).
+        back_at = ro["history"][-1]["at"] + APPLY_S
+        mine = [r for r in load.results if r.model == model]
+        window = [r for r in mine if r.finished >= step_at and r.started <= back_at]
+        inside = [r for r in window if r.version is None]
+        outside = [r for r in mine if r.version is None and (r.finished < step_at or r.started > back_at)]
+        after = [r for r in mine if r.started > back_at]
+        print(f"  {model}: {ro['state']} {1000 * (back_at - APPLY_S - step_at):.0f} ms after the 20 % step: "
+              f"{ro['reason']}; "
+              f"in that window {len(inside)} failed of {len(window)}; failed outside it {len(outside)}; after: "
+              f"{len(after)} requests, versions {sorted({str(r.version) for r in after})}; failed requests took "
+              f"{1000 * max((r.finished - r.started for r in inside), default=0):.0f} ms at most")
+        out[model] = {"rollout": ro, "detection_s": back_at - APPLY_S - step_at, "inside": inside, "outside": outside,
+                      "window": window, "after": after}
+    assert not load.wrong, load.wrong[:5]
+    for model, o in out.items():
+        ro = o["rollout"]
+        assert ro["state"] == "rolled_back", (model, ro["state"], ro["reason"])
+        assert o["detection_s"] < 8.0  # within the first step's dwell
+        assert not o["outside"], [(r.client, r.error) for r in o["outside"][:5]]
+        assert o["after"] and {r.version for r in o["after"]} == {"1"}
+        spec = yaml.safe_load(stack.routes.read_text())["models"][model]
+        assert spec.get("experiment") is None and str(spec["default_version"]) == "1", spec
+    return out
+
+
+async def test_failing_canary_is_rolled_back_on_both_backends(stack: Stack) -> None:
+    out = await _rolls_back(stack, 3, {"max_error_rate": 0.05}, "failing")
+    for model, o in out.items():
+        assert "error rate" in o["rollout"]["reason"], o["rollout"]["reason"]
+        n = len(o["window"])  # failures about the canary's 20 % share of the window, never much more
+        assert len(o["inside"]) <= 0.2 * n + 3 * (0.16 * n) ** 0.5 + 2, (model, len(o["inside"]), n)
+        assert all(r.version is None or r.version == "1" for r in o["window"])
+
+
+async def test_slow_canary_is_rolled_back_on_both_backends(stack: Stack) -> None:
+    async with contextlib.AsyncExitStack() as proxies:
+        for port, upstream in stack.upstreams.values():
+            await proxies.enter_async_context(slow_proxy(port, upstream, 0.25))
+        out = await _rolls_back(stack, 4, {"max_error_rate": 0.05, "max_p99_s": 0.15}, "slow")
+    for o in out.values():
+        assert "p99" in o["rollout"]["reason"], o["rollout"]["reason"]
+        assert not o["inside"], [(r.client, r.error) for r in o["inside"][:5]]  # slow, but nothing failed
+        assert {r.version for r in o["window"]} <= {"1", "4"}
