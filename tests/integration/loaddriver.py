@@ -63,7 +63,7 @@ class Load:
         if version not in self.expected[model]:
             return False
         got = np.asarray(y, np.float64).reshape(x.shape)
-        return bool(np.allclose(got, self.expected[model][version](x), rtol=1e-5))
+        return bool(np.allclose(got, self.expected[model][version](x), rtol=1e-5, atol=1e-5))
 
     async def rest(self, name: str, front: str, rng: random.Random) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=CALL_TIMEOUT_S) as client:
@@ -129,6 +129,12 @@ class Load:
                 self.tasks.append(asyncio.create_task(coro, name=name))
         return self
 
+    def __enter__(self) -> Load:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
     async def finish(self) -> None:
         self.stop.set()
         if self.tasks:
@@ -143,6 +149,11 @@ class Load:
     @property
     def wrong(self) -> list[Result]:
         return [r for r in self.results if r.version is not None and not r.correct]
+
+    @property
+    def bad(self) -> list[Result]:
+        """Failed or wrong."""
+        return [r for r in self.results if not r.correct]
 
     def summary(self) -> str:
         if not self.results:

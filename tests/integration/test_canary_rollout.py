@@ -10,70 +10,26 @@ The model goes back to version 1 after each test."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import numpy as np
 import yaml
 
 from .conftest import Gateway
+from .loaddriver import Load
 
 MODEL = "canary_scale"
-FACTOR = {"1": 2.0, "2": 3.0}
+EXPECTED = {MODEL: {"1": lambda x: 2 * x, "2": lambda x: 3 * x}}
 CLIENTS = 4
 CALL_TIMEOUT_S = 10.0
 MAX_REQUESTS = 40_000
 TEST_TIMEOUT_S = 45.0
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    started: float  # wall clock (time.time), comparable with the rollout history's "at"
-    finished: float
-    version: str | None  # None: failed
-    correct: bool
-    error: str = ""
-
-
-class Load:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.results: list[Result] = []
-        self.stop = asyncio.Event()
-
-    async def client(self, seed: int) -> None:
-        rng = random.Random(seed)
-        async with httpx.AsyncClient(base_url=self.gateway.url, timeout=CALL_TIMEOUT_S) as client:
-            while not self.stop.is_set() and len(self.results) < MAX_REQUESTS:
-                x = np.array([rng.uniform(-10, 10) for _ in range(3)], np.float32)
-                started = time.time()
-                try:
-                    r = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
-                        {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": x.tolist()}]})
-                except Exception as exc:
-                    self.results.append(Result(started, time.time(), None, False, repr(exc)[:200]))
-                    continue
-                if r.status_code != 200:
-                    self.results.append(Result(started, time.time(), None, False, f"{r.status_code} {r.text[:200]}"))
-                    continue
-                version = r.headers.get("x-model-version")
-                y = np.asarray(r.json()["outputs"][0]["data"], np.float64)
-                correct = version in FACTOR and bool(np.allclose(y, FACTOR[version or ""] * x, rtol=1e-5))
-                self.results.append(Result(started, time.time(), version, correct))
-
-    def start(self) -> list[asyncio.Task[None]]:
-        return [asyncio.create_task(self.client(k)) for k in range(CLIENTS)]
-
-
-async def _stop(load: Load, tasks: list[asyncio.Task[None]]) -> None:
-    load.stop.set()
-    await asyncio.wait(tasks, timeout=CALL_TIMEOUT_S + 5)
-    for task in tasks:
-        task.cancel()
+def _load(gateway: Gateway) -> Load:
+    return Load(gateway.url, gateway.grpc_target, EXPECTED, mix=(("v2-rest", CLIENTS),), max_requests=MAX_REQUESTS)
 
 
 async def _reset(admin: httpx.AsyncClient) -> None:
@@ -104,8 +60,7 @@ def _admin(gateway: Gateway) -> httpx.AsyncClient:
 
 async def _canary_to_100(gateway: Gateway, admin: httpx.AsyncClient) -> None:
     await _reset(admin)
-    load = Load(gateway)
-    tasks = load.start()
+    load = _load(gateway).start()
     try:
         await asyncio.sleep(0.5)
         r = await admin.post("/rollouts", json={"model": MODEL, "to_version": 2, "steps": [10, 50, 100],
@@ -116,7 +71,7 @@ async def _canary_to_100(gateway: Gateway, admin: httpx.AsyncClient) -> None:
         done = await _wait_done(admin, 30)
         await asyncio.sleep(1.0)  # load on the promoted version
     finally:
-        await _stop(load, tasks)
+        await load.finish()
     results = load.results
     failures = [r for r in results if r.version is None]
     wrong = [r for r in results if r.version is not None and not r.correct]
@@ -143,8 +98,7 @@ async def _canary_to_100(gateway: Gateway, admin: httpx.AsyncClient) -> None:
 
 async def _bad_canary_rolls_back(gateway: Gateway, admin: httpx.AsyncClient) -> None:
     await _reset(admin)
-    load = Load(gateway)
-    tasks = load.start()
+    load = _load(gateway).start()
     try:
         await asyncio.sleep(0.5)
         r = await admin.post("/rollouts", json={"model": MODEL, "to_version": 3, "steps": [20, 100], "dwell_s": 3,
@@ -153,7 +107,7 @@ async def _bad_canary_rolls_back(gateway: Gateway, admin: httpx.AsyncClient) -> 
         done = await _wait_done(admin, 15)
         await asyncio.sleep(1.0)  # load after the rollback
     finally:
-        await _stop(load, tasks)
+        await load.finish()
     assert done["state"] == "rolled_back", done
     step_at = next(h["at"] for h in done["history"] if h["event"] == "step")
     back_at = done["history"][-1]["at"]

@@ -10,7 +10,6 @@ file and admin port), under a small load driver (3 v2 REST clients: v1 y=2x, v2 
 from __future__ import annotations
 
 import asyncio
-import random
 import secrets
 import time
 from collections.abc import Iterator
@@ -26,8 +25,10 @@ import yaml
 from gateway import localstack
 from gateway.devstack import MODEL_REPO
 
+from .loaddriver import Load
+
 MODEL = "scale"
-FACTOR = {"1": 2.0, "2": 3.0}
+EXPECTED = {MODEL: {"1": lambda x: 2 * x, "2": lambda x: 3 * x}}
 CLIENTS = 3
 CALL_TIMEOUT_S = 10.0
 MAX_REQUESTS = 20_000
@@ -68,48 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ts_proc.stop()
 
 
-class Load:
-    """CLIENTS clients sending v2 requests until stopped (at most MAX_REQUESTS in all)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.results: list[tuple[float, str | None, bool, str]] = []  # (finished, version, correct, error)
-        self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def client(self, seed: int) -> None:
-        rng = random.Random(seed)
-        async with httpx.AsyncClient(base_url=self.url, timeout=CALL_TIMEOUT_S) as client:
-            while not self.stop.is_set() and len(self.results) < MAX_REQUESTS:
-                x = np.array([rng.uniform(-10, 10) for _ in range(3)], np.float32)
-                try:
-                    r = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
-                        {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": x.tolist()}]})
-                except Exception as exc:
-                    self.results.append((time.time(), None, False, repr(exc)[:200]))
-                    continue
-                if r.status_code != 200:
-                    self.results.append((time.time(), None, False, f"{r.status_code} {r.text[:200]}"))
-                    continue
-                version = r.headers.get("x-model-version")
-                y = np.asarray(r.json()["outputs"][0]["data"], np.float64)
-                ok = version in FACTOR and bool(np.allclose(y, FACTOR[version or ""] * x, rtol=1e-5))
-                self.results.append((time.time(), version, ok, ""))
-
-    def __enter__(self) -> Load:
-        self.tasks = [asyncio.create_task(self.client(k)) for k in range(CLIENTS)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-
-    async def finish(self) -> None:
-        self.stop.set()
-        await asyncio.wait(self.tasks, timeout=CALL_TIMEOUT_S + 5)
-
-    @property
-    def failures(self) -> list[str]:
-        return [e for _, v, ok, e in self.results if not ok]
+def _load(stack: Stack) -> Load:
+    """CLIENTS v2 REST clients until stopped (at most MAX_REQUESTS in all)."""
+    return Load(stack.url, "", EXPECTED, mix=(("v2-rest", CLIENTS),), max_requests=MAX_REQUESTS)
 
 
 def _admin(stack: Stack) -> httpx.AsyncClient:
@@ -139,7 +101,7 @@ async def _ts_versions(stack: Stack) -> list[str]:
 async def test_deploy_of_a_missing_archive_fails_with_traffic_untouched(stack: Stack) -> None:
     before = stack.routes.read_text()
     async with _admin(stack) as admin:
-        with Load(stack.url) as load:
+        with _load(stack) as load:
             await asyncio.sleep(0.3)
             r = await admin.post("/rollouts", json={
                 "model": MODEL, "to_version": 2, "steps": [50, 100], "dwell_s": 0.5, "min_requests": 5,
@@ -154,13 +116,13 @@ async def test_deploy_of_a_missing_archive_fails_with_traffic_untouched(stack: S
     assert [h["event"] for h in ro["history"]] == ["started", "deploying", "failed"], ro["history"]
     assert stack.routes.read_text() == before  # the routes file was never written
     assert await _ts_versions(stack) == ["1"]
-    assert load.results and not load.failures, load.failures[:5]
-    assert {v for _, v, _, _ in load.results} == {"1"}
+    assert load.results and not load.bad, load.bad[:5]
+    assert {r.version for r in load.results} == {"1"}
 
 
 async def test_deploy_warmup_canary_drain_retire(stack: Stack) -> None:
     async with _admin(stack) as admin:
-        with Load(stack.url) as load:
+        with _load(stack) as load:
             await asyncio.sleep(0.3)
             r = await admin.post("/rollouts", json={
                 "model": MODEL, "to_version": 2, "steps": [50, 100], "dwell_s": 1.0, "min_requests": 10,
@@ -179,12 +141,12 @@ async def test_deploy_warmup_canary_drain_retire(stack: Stack) -> None:
     assert await _ts_versions(stack) == ["2"]
     routes = yaml.safe_load(stack.routes.read_text())["models"][MODEL]
     assert str(routes["default_version"]) == "2" and routes.get("experiment") is None, routes
-    assert load.results and not load.failures, (len(load.failures), load.failures[:5])
-    versions = [v for _, v, _, _ in load.results]
+    assert load.results and not load.bad, (len(load.bad), load.bad[:5])
+    versions = [r.version for r in load.results]
     assert "1" in versions and "2" in versions
     assert promoted_at is not None
     # Requests that finished after the promotion (plus a margin for those already on their way) are all v2.
-    late = [v for finished, v, _, _ in load.results if finished > promoted_at + 0.5]
+    late = [r.version for r in load.results if r.finished > promoted_at + 0.5]
     assert late and set(late) == {"2"}, set(late)
     async with httpx.AsyncClient(base_url=stack.url, timeout=CALL_TIMEOUT_S) as client:
         r = await client.post(f"/v2/models/{MODEL}/infer", json=X)

@@ -15,7 +15,6 @@ the backend's model_config_file) and reloads TF Serving with the same whole list
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import secrets
 import shutil
@@ -36,8 +35,10 @@ from gateway.control import tf_models_config as tmc
 from gateway.control.backend_control import TFServingControl
 from gateway.devstack import MODEL_REPO
 
+from .loaddriver import Load
+
 MODEL = "affine"
-BIAS = {"1": 2.0, "2": 3.0}
+EXPECTED = {MODEL: {"1": lambda x: 0.5 * x + 2, "2": lambda x: 0.5 * x + 3}}
 MISSING, BROKEN = 4, 3  # version 4 has no directory; version 3's directory holds no SavedModel
 CLIENTS = 3
 CALL_TIMEOUT_S = 10.0
@@ -87,48 +88,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tf_proc.stop()
 
 
-class Load:
-    """CLIENTS clients sending v2 requests until stopped (at most MAX_REQUESTS in all)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.results: list[tuple[float, str | None, bool, str]] = []  # (finished, version, correct, error)
-        self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def client(self, seed: int) -> None:
-        rng = random.Random(seed)
-        async with httpx.AsyncClient(base_url=self.url, timeout=CALL_TIMEOUT_S) as client:
-            while not self.stop.is_set() and len(self.results) < MAX_REQUESTS:
-                x = np.array([rng.uniform(-10, 10) for _ in range(3)], np.float32)
-                try:
-                    r = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
-                        {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": x.tolist()}]})
-                except Exception as exc:
-                    self.results.append((time.time(), None, False, repr(exc)[:200]))
-                    continue
-                if r.status_code != 200:
-                    self.results.append((time.time(), None, False, f"{r.status_code} {r.text[:200]}"))
-                    continue
-                version = r.headers.get("x-model-version")
-                y = np.asarray(r.json()["outputs"][0]["data"], np.float64)
-                ok = version in BIAS and bool(np.allclose(y, 0.5 * x + BIAS[version or ""], rtol=1e-5, atol=1e-5))
-                self.results.append((time.time(), version, ok, "" if ok else f"version {version}: {y} for {x}"))
-
-    def __enter__(self) -> Load:
-        self.tasks = [asyncio.create_task(self.client(k)) for k in range(CLIENTS)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-
-    async def finish(self) -> None:
-        self.stop.set()
-        await asyncio.wait(self.tasks, timeout=CALL_TIMEOUT_S + 5)
-
-    @property
-    def failures(self) -> list[str]:
-        return [e for _, v, ok, e in self.results if not ok]
+def _load(stack: Stack) -> Load:
+    """CLIENTS v2 REST clients until stopped (at most MAX_REQUESTS in all)."""
+    return Load(stack.url, "", EXPECTED, mix=(("v2-rest", CLIENTS),), max_requests=MAX_REQUESTS)
 
 
 def _admin(stack: Stack) -> httpx.AsyncClient:
@@ -159,7 +121,7 @@ async def _tf_status(stack: Stack) -> dict[str, str]:
 async def _failed_deploy(stack: Stack, version: int, timeout_s: float) -> tuple[dict[str, Any], Load]:
     routes_before, config_before = stack.routes.read_text(), stack.models_config.read_text()
     async with _admin(stack) as admin:
-        with Load(stack.url) as load:
+        with _load(stack) as load:
             await asyncio.sleep(0.3)
             r = await admin.post("/rollouts", json={
                 "model": MODEL, "to_version": version, "steps": [50, 100], "dwell_s": 0.5, "min_requests": 5,
@@ -176,8 +138,8 @@ async def _failed_deploy(stack: Stack, version: int, timeout_s: float) -> tuple[
     assert stack.models_config.read_text() == config_before  # the file TF Serving polls is back as it was
     status = await _tf_status(stack)
     assert status.get("1") == "AVAILABLE" and status.get(str(version)) in (None, "END"), status
-    assert load.results and not load.failures, load.failures[:5]
-    assert {v for _, v, _, _ in load.results} == {"1"}
+    assert load.results and not load.bad, load.bad[:5]
+    assert {r.version for r in load.results} == {"1"}
     return ro, load
 
 
@@ -186,19 +148,19 @@ async def test_deploy_of_a_missing_version_directory_fails_with_traffic_untouche
     # TF Serving never lists a version it does not find under base_path: that is what it reports.
     assert re.search(rf"version {MISSING} not AVAILABLE after [0-9.]+s \(last: not listed: TF Serving lists only "
                      r"the versions it finds as directories under the model's base_path\)", ro["reason"]), ro["reason"]
-    print(f"missing directory: {len(load.results)} requests, {len(load.failures)} failed; {ro['reason']}")
+    print(f"missing directory: {len(load.results)} requests, {len(load.bad)} failed; {ro['reason']}")
 
 
 async def test_deploy_of_a_broken_version_fails_with_tf_servings_error(stack: Stack) -> None:
     ro, load = await _failed_deploy(stack, BROKEN, timeout_s=30)
     assert f"failed to load model '{MODEL}' version {BROKEN}: " in ro["reason"], ro["reason"]
     assert "Could not find SavedModel .pb or .pbtxt" in ro["reason"], ro["reason"]  # TF Serving's own message
-    print(f"broken version: {len(load.results)} requests, {len(load.failures)} failed; {ro['reason']}")
+    print(f"broken version: {len(load.results)} requests, {len(load.bad)} failed; {ro['reason']}")
 
 
 async def test_deploy_warmup_canary_drain_retire(stack: Stack) -> None:
     async with _admin(stack) as admin:
-        with Load(stack.url) as load:
+        with _load(stack) as load:
             await asyncio.sleep(0.3)
             r = await admin.post("/rollouts", json={
                 "model": MODEL, "to_version": 2, "steps": [50, 100], "dwell_s": 1.0, "min_requests": 10,
@@ -221,16 +183,16 @@ async def test_deploy_warmup_canary_drain_retire(stack: Stack) -> None:
     assert tmc.policy_of(affine) == "specific" and list(affine.model_version_policy.specific.versions) == [2]
     routes = yaml.safe_load(stack.routes.read_text())["models"][MODEL]
     assert str(routes["default_version"]) == "2" and routes.get("experiment") is None, routes
-    assert load.results and not load.failures, (len(load.failures), load.failures[:5])
-    versions = [v for _, v, _, _ in load.results]
+    assert load.results and not load.bad, (len(load.bad), load.bad[:5])
+    versions = [r.version for r in load.results]
     assert "1" in versions and "2" in versions
     assert promoted_at is not None
     # Requests that finished after the promotion (plus a margin for those already on their way) are all v2.
-    late = [v for finished, v, _, _ in load.results if finished > promoted_at + 0.5]
+    late = [r.version for r in load.results if r.finished > promoted_at + 0.5]
     assert late and set(late) == {"2"}, set(late)
     async with httpx.AsyncClient(base_url=stack.url, timeout=CALL_TIMEOUT_S) as client:
         r = await client.post(f"/v2/models/{MODEL}/infer", json=X)
     assert r.status_code == 200 and r.headers.get("x-model-version") == "2", r.text
     assert np.allclose(r.json()["outputs"][0]["data"], [3.5, 4.0, 4.5])
     print(f"1 -> 2: {len(load.results)} requests ({versions.count('1')} v1, {versions.count('2')} v2), "
-          f"{len(load.failures)} failed, {len(late)} after promotion all v2")
+          f"{len(load.bad)} failed, {len(late)} after promotion all v2")
