@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+from collections.abc import Sequence
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -81,6 +82,17 @@ class Metrics:
         self.inflight = Gauge("gateway_inflight_requests", "Backend calls in flight, by backend target (a "
                               "version is retired only once its count is 0 in every worker).",
                               ("backend", "model", "version"), registry=reg, multiprocess_mode="livesum")
+        # Rollouts (gateway/control/rollout.py, in the worker that serves the admin API): their state, and every
+        # transition of their history by event (who, when and why are in the admin API's history).
+        self.rollout_percent = Gauge("gateway_rollout_canary_percent", "Traffic share of the new version in the "
+                                     "model's current (or last) rollout, percent.", ("model",), registry=reg,
+                                     multiprocess_mode="livemostrecent")
+        self.rollout_running = Gauge("gateway_rollout_running", "1 while a rollout of the model runs, else 0.",
+                                     ("model",), registry=reg, multiprocess_mode="livemostrecent")
+        self.rollout_transitions = Counter("gateway_rollout_transitions", "Rollout transitions by event: started, "
+                                           "step, step_passed, promoted, rolled_back, aborted, failed, resumed, "
+                                           "deploying, deployed, warmed_up, drained, unregistered, unloaded, ...",
+                                           ("model", "event"), registry=reg)
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._shadow_children: dict[tuple[str, ...], Counter] = {}
         self._comparison_children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram, Counter, Counter]] = {}
@@ -132,6 +144,13 @@ class Metrics:
         if child is None:
             child = self._assignment_children[key] = self.assignments.labels(*key)
         child.inc()
+
+    def rollout(self, *, model: str, percent: float, running: bool, events: Sequence[str] = ()) -> None:
+        """A rollout's state now, and the transitions recorded since the last call."""
+        self.rollout_percent.labels(model).set(percent)
+        self.rollout_running.labels(model).set(1 if running else 0)
+        for event in events:
+            self.rollout_transitions.labels(model, event).inc()
 
     def inflight_child(self, backend: str, model: str, version: str) -> Gauge:
         return self.inflight.labels(backend, model, version)

@@ -16,7 +16,7 @@ class Settings:
     grpc_port: int = 8001  # 0 turns the gRPC listener off
     workers: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
-    routes_poll_s: float = 1.0
+    routes_poll_s: float = 0.5  # every worker applies a new routes revision within a second
     shadow_max_pending: int = 64  # shadow calls in flight per process; more are dropped (and counted)
     log_level: str = "info"
     # SIGTERM: seconds not-ready (Connection: close on every answer) before the listener closes (gateway/lifecycle.py)

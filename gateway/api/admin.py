@@ -440,7 +440,7 @@ async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | 
     orchestrator = None
     if metrics is not None:  # rollouts run in this (the admin) worker's loop, guarded by every worker's metrics
         orchestrator = rollout.Orchestrator(store.path, lambda: metrics.render()[0].decode("utf-8"), store.reload,
-                                            plane=plane)
+                                            plane=plane, metrics=metrics)
     server = AdminServer(AdminApp(store, token, rollouts=orchestrator), sock, lock_fd)
     try:
         await server.start()

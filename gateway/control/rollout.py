@@ -86,6 +86,7 @@ from gateway.types import ModelRef
 
 if TYPE_CHECKING:
     from gateway.dataplane import DataPlane
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.rollout")
 
@@ -481,8 +482,10 @@ class Orchestrator:
 
     def __init__(self, routes_path: Path, metrics_text: Callable[[], str], reload: Callable[[], Any] = lambda: None,
                  *, check_interval_s: float = 0.2, plane: DataPlane | None = None,
-                 drain_timeout_s: float = 60.0) -> None:
+                 drain_timeout_s: float = 60.0, metrics: Metrics | None = None) -> None:
         self.routes_path = routes_path
+        self.metrics = metrics  # exports each rollout's state and transitions (gateway_rollout_*)
+        self._exported: dict[str, int] = {}  # per model: history entries already counted
         self.plane = plane  # warm-up goes through it, drain reads its in-flight counts; None: own adapters
         self.drain_timeout_s = drain_timeout_s
         self._backends: Backends | None = None
@@ -495,6 +498,19 @@ class Orchestrator:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    async def _save(self, ro: Rollout) -> None:
+        """Persist the rollout (atomic state file) and export what changed since the last save."""
+        await asyncio.to_thread(self.states.save, ro)
+        self._export(ro)
+
+    def _export(self, ro: Rollout) -> None:
+        if self.metrics is None:
+            return
+        seen = self._exported.get(ro.model, len(ro.history))
+        self.metrics.rollout(model=ro.model, percent=ro.percent, running=ro.state == "running",
+                             events=[h["event"] for h in ro.history[seen:]])
+        self._exported[ro.model] = len(ro.history)
+
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
 
@@ -505,6 +521,8 @@ class Orchestrator:
         resumed = []
         for ro in await asyncio.to_thread(self.states.load_all):
             self.rollouts[ro.model] = ro
+            self._exported[ro.model] = len(ro.history)  # counted by the process that recorded them
+            self._export(ro)
             if ro.state == "promoted" and ro.retire and ro.phase not in RETIRE_DONE:
                 # Promoted but not retired yet (stopped between the promotion's write and the end of the retire).
                 ro.record("resumed", "orchestrator", "gateway restarted: retiring the old version again")
@@ -535,7 +553,7 @@ class Orchestrator:
                 ro.record("resumed", "orchestrator", "gateway restarted: dwell of the applied step restarts")
                 self._spawn(ro)
                 resumed.append(ro)
-            await asyncio.to_thread(self.states.save, ro)
+            await self._save(ro)
         return resumed
 
     async def close(self) -> None:
@@ -616,7 +634,8 @@ class Orchestrator:
             ro.record("started", who, str(spec.get("why", "")), steps=steps, dwell_s=ro.dwell_s,
                       guards=asdict(guards), deploy=deploy, warmup_samples=len(warmup), retire=retire)
             self.rollouts[model] = ro
-            await asyncio.to_thread(self.states.save, ro)
+            self._exported[model] = 0
+            await self._save(ro)
             self._spawn(ro)
             return ro
 
@@ -659,7 +678,7 @@ class Orchestrator:
                         await self._fail(ro, failure)
                         return
                     ro.phase = "canary"
-                    await asyncio.to_thread(self.states.save, ro)
+                    await self._save(ro)
             while ro.state == "running":
                 nxt = ro.step_index + 1
                 if ro.step_index >= 0:  # a step is applied: dwell on it
@@ -721,7 +740,7 @@ class Orchestrator:
         if ro.warmup:
             ro.phase = "warming_up"
             ro.record("warming_up", "orchestrator", f"{len(ro.warmup)} sample(s) to version {ro.to_version}")
-            await asyncio.to_thread(self.states.save, ro)
+            await self._save(ro)
             began = time.monotonic()
             route = RouteTable.from_config(config).resolve(ModelRef(ro.model, ro.to_version))
             for i, sample in enumerate(ro.warmup):
@@ -745,7 +764,7 @@ class Orchestrator:
         """Ends a rollout that never moved traffic: the routes are not written (all traffic on from_version)."""
         ro.state, ro.reason, ro.percent = "failed", why, 0.0
         ro.record("failed", "orchestrator", why)
-        await asyncio.to_thread(self.states.save, ro)
+        await self._save(ro)
         log.warning("rollout %s: failed before any traffic moved (%s -> %s): %s", ro.model, ro.from_version,
                     ro.to_version, why)
 
@@ -759,7 +778,7 @@ class Orchestrator:
     async def _retire(self, ro: Rollout) -> None:
         """Drain then unload from_version on its backend, once the routes send it no traffic."""
         ro.phase = "retiring"
-        await asyncio.to_thread(self.states.save, ro)
+        await self._save(ro)
         try:
             config = await self._config()
             vc = config.models[ro.model].versions[ro.from_version]
@@ -794,7 +813,7 @@ class Orchestrator:
             ro.record("retire_failed", "orchestrator", f"retiring version {ro.from_version} failed: {why}")
             log.warning("rollout %s: retiring version %s failed: %s", ro.model, ro.from_version, why)
         finally:
-            await asyncio.to_thread(self.states.save, ro)
+            await self._save(ro)
 
     def _lifecycle(self, config: RoutesConfig, vc: VersionConfig) -> BackendLifecycle:
         return lifecycle_for(config.backends[vc.backend], self._config_files)
@@ -802,7 +821,7 @@ class Orchestrator:
     def _note(self, ro: Rollout) -> Note:
         async def note(event: str, why: str, **what: Any) -> None:
             ro.record(event, "orchestrator", why, **what)
-            await asyncio.to_thread(self.states.save, ro)
+            await self._save(ro)
         return note
 
     async def _dwell(self, ro: Rollout) -> Verdict:
@@ -839,7 +858,7 @@ class Orchestrator:
         revision = await self._write(ro, percent)  # the routes first: the state never runs ahead of them
         ro.step_index, ro.percent, ro.routes_revision = index, percent, revision
         ro.record("step", "orchestrator", f"canary at {percent:g}%", revision=revision)
-        await asyncio.to_thread(self.states.save, ro)
+        await self._save(ro)
         log.info("rollout %s: %s -> %s at %g%% (routes revision %d)", ro.model, ro.from_version, ro.to_version,
                  percent, revision)
 
@@ -850,7 +869,7 @@ class Orchestrator:
         if state == "promoted":
             ro.step_index = len(ro.steps) - 1
         ro.record(state, who, why, revision=revision, **what)
-        await asyncio.to_thread(self.states.save, ro)
+        await self._save(ro)
         log.log(logging.WARNING if state != "promoted" else logging.INFO, "rollout %s: %s (%s -> %s): %s",
                 ro.model, state, ro.from_version, ro.to_version, why)
 

@@ -233,11 +233,19 @@ SPEC = {"model": "scale", "to_version": 2, "steps": [10, 50], "dwell_s": 0.3, "m
 
 
 async def test_canary_goes_to_100(routes: Path) -> None:
+    exported = Metrics()
     async with _traffic(routes) as traffic:
-        orch = Orchestrator(routes, traffic.text, check_interval_s=0.05)
+        orch = Orchestrator(routes, traffic.text, check_interval_s=0.05, metrics=exported)
         ro = await orch.start(SPEC, "alice")
         assert ro.steps == [10, 50, 100]
         done = await _until(orch, "scale")
+    text = exported.render()[0].decode()  # the state and every transition, exported
+    for line in ('gateway_rollout_canary_percent{model="scale"} 100.0', 'gateway_rollout_running{model="scale"} 0.0',
+                 'gateway_rollout_transitions_total{event="started",model="scale"} 1.0',
+                 'gateway_rollout_transitions_total{event="step",model="scale"} 2.0',
+                 'gateway_rollout_transitions_total{event="step_passed",model="scale"} 2.0',
+                 'gateway_rollout_transitions_total{event="promoted",model="scale"} 1.0'):
+        assert line in text, line
     assert done.state == "promoted" and done.percent == 100
     assert [h["event"] for h in done.history] == ["started", "step", "step_passed", "step", "step_passed",
                                                   "promoted"]
