@@ -20,7 +20,7 @@ class Settings:
     shadow_max_pending: int = 64  # shadow calls in flight per process; more are dropped (and counted)
     log_level: str = "info"
     # SIGTERM: seconds not-ready (Connection: close on every answer) before the listener closes (gateway/lifecycle.py)
-    drain_s: float = 2.0
+    drain_s: float = 5.0
     # Admin API (gateway/api/admin.py): its own listener and token; never opened without a token; 0 = off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 8002

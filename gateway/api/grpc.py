@@ -23,6 +23,7 @@ from gateway.codecs.tf_json import DEFAULT_SIGNATURE
 from gateway.dataplane import DataPlane, check_specs, current_route
 from gateway.deadline import set_deadline
 from gateway.errors import GatewayError, InvalidArgument
+from gateway.lifecycle import grpc_max_connection_age_s, stop_listening
 from gateway.metrics import Metrics
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
@@ -33,6 +34,8 @@ from gateway.settings import Settings
 from gateway.types import ModelRef
 
 log = logging.getLogger("gateway.grpc")
+#: A call still running this long after its connection's age GOAWAY is cancelled (backend timeouts are shorter).
+MAX_CALL_S = 120.0
 MAX_DETAILS = 1024  # TF Serving truncates gRPC error messages here too
 SERVED_SERVICES = (svc.V2_INFERENCE_SERVICE, svc.PREDICTION_SERVICE, svc.MODEL_SERVICE)
 
@@ -221,19 +224,26 @@ class GrpcFront:
         self.plane = plane
         self.settings = settings
         self.draining = False
+        self._close_listener: asyncio.TimerHandle | None = None
+        self._listener_stopped = False
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
 
     async def start(self) -> None:
         limit = self.settings.max_body_bytes
-        server = grpc.aio.server(options=[
+        options: list[tuple[str, Any]] = [
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ])
+        ]
+        age_s = grpc_max_connection_age_s(self.settings.drain_s)
+        if age_s is not None:  # connections move away within a drain (gateway/lifecycle.py)
+            options += [("grpc.max_connection_age_ms", int(age_s * 1000)),
+                        ("grpc.max_connection_age_grace_ms", int(MAX_CALL_S * 1000))]
+        server = grpc.aio.server(options=options)
         v2_servicer, tf_servicer = V2Servicer(self.plane, self), TFServingServicer(self.plane)
         server.add_generic_rpc_handlers((
             grpc.method_handlers_generic_handler(svc.V2_INFERENCE_SERVICE, v2_servicer.handlers()),
@@ -252,12 +262,27 @@ class GrpcFront:
         log.info("gRPC listening on %s:%d", self.settings.host, self.port)
 
     async def begin_drain(self) -> None:
-        """Turn not-ready (health NOT_SERVING, ServerReady false); calls are still served until ``stop``."""
+        """Turn not-ready (health NOT_SERVING, ServerReady false); half-way through the drain stop accepting
+        connections (the other workers' listeners get them). Calls on the connections made are served until
+        ``stop``, while the connections' maximum age moves their clients away (gateway/lifecycle.py)."""
+        if self.draining:
+            return
         self.draining = True
         await self.health.enter_graceful_shutdown()
+        self._close_listener = asyncio.get_running_loop().call_later(self.settings.drain_s / 2, self._stop_listening)
+
+    def _stop_listening(self) -> None:
+        if self.server is None or not self.port or self._listener_stopped:
+            return
+        self._listener_stopped = True
+        closed = stop_listening(self.port)
+        log.info("gRPC: draining; stopped accepting on port %d (%d listener(s))", self.port, closed)
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Turn not-ready, let in-flight calls finish (clients get GOAWAY and reconnect elsewhere), then close."""
+        """Turn not-ready, stop accepting, let in-flight calls finish (clients get GOAWAY), then close."""
         await self.begin_drain()
+        if self._close_listener is not None:
+            self._close_listener.cancel()
+        self._stop_listening()
         if self.server is not None:
             await self.server.stop(grace_s)

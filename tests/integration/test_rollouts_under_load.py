@@ -1,5 +1,5 @@
 """Rollouts and restarts of the gateway under load, on both backends: a gateway of 2 worker processes on one
-shared socket (GATEWAY_WORKERS=2, GATEWAY_DRAIN_S=1) in front of our own TorchServe (`scale`: v1 y=2x, v2 y=3x)
+shared socket (GATEWAY_WORKERS=2, GATEWAY_DRAIN_S=2) in front of our own TorchServe (`scale`: v1 y=2x, v2 y=3x)
 and TF Serving (`affine`: v1 y=0.5x+2, v2 y=0.5x+3), with 8 clients (v2 REST, TF REST, v2 gRPC; every request
 with a sticky `x-user` key) busy throughout. Version 3 of each model is bad: a version its backend has not loaded
 (every answer 503); version 4 is slow: v2's numbers through a proxy that adds 250 ms.
@@ -130,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     3: {"backend": "tfserving", "model": "affine", "version": "9"},  # not loaded: 503s
                     4: {"backend": "tf_slow", "model": "affine", "version": "2"}}}}}))
         admin_port, grpc_port, token = localstack.free_port(), localstack.free_port(), secrets.token_hex(16)
-        env = {"GATEWAY_WORKERS": "2", "GATEWAY_DRAIN_S": "1", "GATEWAY_ROUTES_POLL_S": "0.2",
+        env = {"GATEWAY_WORKERS": "2", "GATEWAY_DRAIN_S": "2", "GATEWAY_ROUTES_POLL_S": "0.2",
                "GATEWAY_GRPC_PORT": str(grpc_port), "GATEWAY_ADMIN_PORT": str(admin_port),
                "GATEWAY_ADMIN_TOKEN": token, "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics")}
         s = Stack(root, routes, admin_port, token, localstack.free_port(), grpc_port, env, procs=procs,

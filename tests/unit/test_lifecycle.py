@@ -13,7 +13,7 @@ from types import FrameType
 
 import pytest
 
-from gateway.lifecycle import install_sigterm_drain
+from gateway.lifecycle import grpc_max_connection_age_s, install_sigterm_drain, stop_listening
 from gateway.settings import Settings
 
 
@@ -64,8 +64,16 @@ async def test_nothing_is_installed_without_a_server_handler_or_a_delay() -> Non
         signal.signal(signal.SIGTERM, original)
 
 
+def test_grpc_connection_age_fits_in_the_second_half_of_the_drain() -> None:
+    assert grpc_max_connection_age_s(0) is None
+    for drain in (2.0, 5.0, 30.0):
+        age = grpc_max_connection_age_s(drain)
+        assert age is not None and drain / 2 + 1.1 * age + 0.3 <= drain + 1e-9  # jitter + reconnect included
+    assert grpc_max_connection_age_s(0.5) == 0.5  # never below half a second
+
+
 def test_drain_setting() -> None:
-    assert Settings.from_env({}).drain_s == 2.0
+    assert Settings.from_env({}).drain_s == 5.0
     assert Settings.from_env({"GATEWAY_DRAIN_S": "0.5"}).drain_s == 0.5
     for bad in ("-1", "soon", "inf", "nan"):
         with pytest.raises(SystemExit, match="GATEWAY_DRAIN_S"):
@@ -120,3 +128,15 @@ def test_inflight_outside_multiprocess_mode_is_none() -> None:
     from gateway.metrics import Metrics
 
     assert Metrics().inflight_all_workers("ts", "scale", "1") is None
+
+
+def test_stop_listening_refuses_new_connections_and_leaves_other_ports_alone() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as target, socket.create_server(("127.0.0.1", 0)) as other:
+        port = target.getsockname()[1]
+        assert stop_listening(port) == 1
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        socket.create_connection(("127.0.0.1", other.getsockname()[1]), timeout=2).close()  # still listening
+        assert stop_listening(port) == 0  # nothing listens there any more
