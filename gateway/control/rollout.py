@@ -533,8 +533,9 @@ class Orchestrator:
             try:
                 raw = await asyncio.to_thread(read_routes, self.routes_path)
                 percent = applied_percent(raw, ro)
-            except RolloutError:
-                percent = None
+                written_at = (await asyncio.to_thread(os.stat, self.routes_path)).st_mtime
+            except (RolloutError, OSError):
+                percent, written_at = None, time.time()
             if percent is None:
                 ro.state, ro.reason = "aborted", "on resume the routes matched none of the rollout's steps " \
                                                  "(changed outside it); routes left as they are"
@@ -542,10 +543,16 @@ class Orchestrator:
             elif percent >= 100:
                 ro.percent, ro.step_index, ro.state = 100.0, len(ro.steps) - 1, "promoted"
                 ro.reason = "the routes were already promoted when the gateway restarted"
-                ro.record("promoted", "orchestrator", ro.reason)
+                ro.record("promoted", "orchestrator", ro.reason, at=written_at)
             else:
+                unrecorded = percent != ro.percent
                 ro.percent = percent
                 ro.step_index = ro.steps.index(percent) if percent in ro.steps else -1
+                if percent > 0 and unrecorded and ro.step_index >= 0:
+                    # The previous process wrote this step and stopped before recording it: record it now, at
+                    # the time of the write (the routes file's mtime), so that the history misses no transition.
+                    ro.record("step", "orchestrator", f"canary at {percent:g}% (written just before the gateway "
+                              "stopped; recorded on resume)", at=written_at)
                 if percent > 0 and ro.step_index < 0:  # a share the plan does not have: go back to safety
                     await self._end(ro, "aborted", "orchestrator", f"on resume the canary share {percent:g}% is "
                                     "none of the steps; traffic back on the old version")

@@ -352,9 +352,14 @@ async def test_resume_crash_between_routes_and_state(routes: Path) -> None:
     _, revision = writer.read(routes)
     writer.apply(routes, step_routes(yaml.safe_load(ROUTES), ro, 50.0), revision)
     StateStore(routes).save(ro)
+    written_at = routes.stat().st_mtime
     orch = Orchestrator(routes, lambda: "", check_interval_s=0.05)
     resumed = await orch.resume()
     assert resumed[0].percent == 50 and resumed[0].step_index == 1
+    # The step the previous process wrote but never recorded is in the history, at the time it was written.
+    step, again = resumed[0].history[-2:]
+    assert (step["event"], step["percent"], step["step"], step["at"]) == ("step", 50.0, 1, written_at), step
+    assert again["event"] == "resumed"
     await orch.close()
     assert StateStore(routes).load("scale").state == "running"  # type: ignore[union-attr]  # resumable again
 
