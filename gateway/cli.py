@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p_dev = sub.add_parser("dev", help="start TorchServe, TF Serving (real or stand-in) and the gateway locally")
     p_dev.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
     p_dev.add_argument("--grpc-port", type=int, default=int(os.environ.get("GATEWAY_GRPC_PORT", "8001")))
+    p_dev.add_argument("--admin-port", type=int, default=int(os.environ.get("GATEWAY_ADMIN_PORT", "8002")))
     p_dev.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "dev")
     p_dev.add_argument("--no-token-auth", action="store_true", help="start TorchServe without token auth")
     p_check = sub.add_parser("check-routes", help="validate a routes file and exit")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.devstack import run_dev
 
         return run_dev(port=args.port, grpc_port=args.grpc_port, workdir=args.workdir,
-                       token_auth=not args.no_token_auth)
+                       token_auth=not args.no_token_auth, admin_port=args.admin_port)
     settings = Settings.from_env()
     overrides = {k: v for k, v in (("routes_file", args.routes), ("port", args.port), ("grpc_port", args.grpc_port),
                                    ("workers", args.workers)) if v is not None}

@@ -18,7 +18,7 @@ TORCHSERVE_MODELS = (("mlp", "1", "mlp-1.mar"), ("mlp", "2", "mlp-2.mar"),
 TF_MODELS = ("affine", "mlp", "multi")
 
 
-def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True) -> int:
+def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True, admin_port: int = 8002) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -34,6 +34,8 @@ def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True) -
         stack.add(tf_proc)
         os.environ.update({
             "TFSERVING_URL": tf.rest_url,
+            "TFSERVING_GRPC_TARGET": tf.grpc_target,
+            "TFSERVING_MODEL_CONFIG": str(tf.model_config_file or ""),
             "TORCHSERVE_URL": ts.inference_url,
             "TORCHSERVE_MANAGEMENT_URL": ts.management_url,
             "TORCHSERVE_KEY_FILE": str(ts.key_file or ""),
@@ -45,7 +47,7 @@ def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True) -
         token_file.write_text(secrets.token_urlsafe(24))
         token_file.chmod(0o600)
         settings = Settings(routes_file=routes, host="127.0.0.1", port=port, grpc_port=grpc_port,
-                            admin_token_file=token_file)
+                            admin_port=admin_port, admin_token_file=token_file)
         print(banner(port, grpc_port, ts, tf, routes, tf_kind, settings), flush=True)
         from gateway.cli import serve
 
@@ -80,6 +82,8 @@ Try:
   curl -si {g}/v1/models/affine
   curl -si -X POST {g}/v2/models/classifier/infer -H 'x-user-id: alice' \
     -d '{{"inputs":[{{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}'   # see x-model-variant
+  export GATEWAY_ADMIN_TOKEN_FILE={settings.admin_token_file}   # then, a canary rollout back to scale v1:
+  gateway rollout start scale 1 --steps 20,50,100 --dwell 10 && gateway rollout status scale
 
 Ctrl-C stops everything.
 """

@@ -792,6 +792,7 @@ class TFServingEndpoints:
     rest_url: str
     grpc_target: str
     real_binary: bool
+    model_config_file: Path | None = None  # the --model_config_file it was started with
 
 
 _BASE_PATH_RE = re.compile(r'(base_path\s*:\s*)"/models/([^"]+)"')
@@ -865,6 +866,7 @@ def start_tfserving(
         rest_url=f"http://127.0.0.1:{rest_port}",
         grpc_target=f"127.0.0.1:{grpc_port}",
         real_binary=binary is not None,
+        model_config_file=config_path,
     )
     try:
         with httpx.Client(timeout=_HTTP_TIMEOUT) as client:
