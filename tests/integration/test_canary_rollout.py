@@ -10,13 +10,13 @@ The model goes back to version 1 after each test."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from typing import Any
 
 import httpx
 import yaml
 
+from .adminapi import admin_client, wait_rollout
 from .conftest import Gateway
 from .loaddriver import Load
 
@@ -43,19 +43,11 @@ async def _reset(admin: httpx.AsyncClient) -> None:
 
 
 async def _wait_done(admin: httpx.AsyncClient, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = await admin.get(f"/rollouts/{MODEL}")
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["state"] != "running" or time.monotonic() > deadline:
-            return body
-        await asyncio.sleep(0.1)
+    return await wait_rollout(admin, MODEL, lambda ro: ro["state"] != "running", timeout_s)
 
 
 def _admin(gateway: Gateway) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=gateway.admin_url, timeout=CALL_TIMEOUT_S,
-                             headers={"authorization": f"Bearer {gateway.admin_token}"})
+    return admin_client(gateway.admin_url, gateway.admin_token)
 
 
 async def _canary_to_100(gateway: Gateway, admin: httpx.AsyncClient) -> None:

@@ -18,7 +18,6 @@ import asyncio
 import re
 import secrets
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from gateway.control import tf_models_config as tmc
 from gateway.control.backend_control import TFServingControl
 from gateway.devstack import MODEL_REPO
 
+from .adminapi import admin_client, wait_rollout
 from .loaddriver import Load
 
 MODEL = "affine"
@@ -94,19 +94,11 @@ def _load(stack: Stack) -> Load:
 
 
 def _admin(stack: Stack) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=stack.admin_url, timeout=CALL_TIMEOUT_S,
-                             headers={"authorization": f"Bearer {stack.admin_token}"})
+    return admin_client(stack.admin_url, stack.admin_token)
 
 
 async def _wait(admin: httpx.AsyncClient, done: Any, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = await admin.get(f"/rollouts/{MODEL}")
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if done(body) or time.monotonic() > deadline:
-            return body
-        await asyncio.sleep(0.1)
+    return await wait_rollout(admin, MODEL, done, timeout_s)
 
 
 async def _tf_status(stack: Stack) -> dict[str, str]:
