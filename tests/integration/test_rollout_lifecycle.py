@@ -4,7 +4,8 @@ file and admin port), under a small load driver (3 v2 REST clients: v1 y=2x, v2 
 
 1. A deploy of an archive that is not in the model store: the rollout fails with TorchServe's reason, the routes
    file is not written, no request fails.
-2. 1 -> 2 with deploy scale-2.mar, 4 warm-up samples, steps 50, 100 (short dwell), retire: no request fails,
+2. A warm-up sample the new version refuses: the rollout fails before any step, traffic untouched.
+3. 1 -> 2 with deploy scale-2.mar, 4 warm-up samples, steps 50, 100 (short dwell), retire: no request fails,
    v1 is unregistered from TorchServe at the end (only v2 listed) and every answer after promotion is v2's."""
 
 from __future__ import annotations
@@ -110,6 +111,31 @@ async def test_deploy_of_a_missing_archive_fails_with_traffic_untouched(stack: S
     assert await _ts_versions(stack) == ["1"]
     assert load.results and not load.bad, load.bad[:5]
     assert {r.version for r in load.results} == {"1"}
+
+
+async def test_a_failing_warmup_fails_the_rollout_with_traffic_untouched(stack: Stack) -> None:
+    """scale-2 deploys, but the second warm-up sample does not fit it (BYTES for its FP32 input): the rollout
+    fails before any step, with the reason; version 2 stays registered, unused."""
+    before = stack.routes.read_text()
+    bad = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["not a number"]}]}
+    async with _admin(stack) as admin:
+        with _load(stack) as load:
+            await asyncio.sleep(0.3)
+            r = await admin.post("/rollouts", json={
+                "model": MODEL, "to_version": 2, "steps": [50, 100], "dwell_s": 0.5, "min_requests": 5,
+                "deploy": {"archive": "scale-2.mar", "timeout_s": 60}, "warmup": [X, bad, X]})
+            assert r.status_code == 200, r.text
+            ro = await _wait(admin, lambda b: b["state"] != "running", 60)
+            await asyncio.sleep(0.3)
+            await load.finish()
+    assert ro["state"] == "failed", ro
+    assert ro["reason"].startswith("warm-up sample 1 of 3 to version 2 failed: "), ro["reason"]
+    assert "'BYTES' does not match the model's 'FP32'" in ro["reason"], ro["reason"]
+    assert [h["event"] for h in ro["history"]] == ["started", "deploying", "deployed", "warming_up", "failed"]
+    assert stack.routes.read_text() == before
+    assert load.results and not load.bad, load.bad[:5]
+    assert {r.version for r in load.results} == {"1"}
+    print(f"\nfailed warm-up: {ro['reason']}; {len(load.results)} requests, 0 failed, all version 1")
 
 
 async def test_deploy_warmup_canary_drain_retire(stack: Stack) -> None:
