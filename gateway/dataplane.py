@@ -69,6 +69,8 @@ class DataPlane:
         self.metrics = metrics
         self.shadows = shadows
         self.inflight = InFlight(metrics)
+        metrics.routes_revision.set(store.current.revision)  # what every worker serves: a retire waits for it
+        store.on_swap.append(lambda table: metrics.routes_revision.set(table.revision))
         self.draining = False  # SIGTERM received: not ready, connections closed after their request (lifecycle.py)
 
     def route(self, ref: ModelRef, hints: Hints = NO_HINTS) -> Route:

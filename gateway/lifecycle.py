@@ -21,7 +21,9 @@ which loses no call, and reconnects to a worker that still listens; by ``server.
 Measured over 80 worker restarts under load: 0 failed calls this way, against CANCELLED calls in 2 of 3 restarts
 with a plain ``stop(grace)``.
 
-A second SIGTERM skips the rest of the delay. SIGINT (Ctrl-C) is left to uvicorn: it stops at once.
+Further SIGTERMs during the drain are ignored: uvicorn's master forwards its own SIGTERM to every worker, and
+senders that signal a whole process group (systemd's control-group kill, tini -g) would otherwise cut the drain
+short. SIGINT (Ctrl-C) is left to uvicorn: it stops at once.
 
 With several workers on one shared socket (``gateway serve --workers N``), ``kill -HUP <master>`` restarts the
 workers one by one (uvicorn brings each replacement up, waits until it is ready, then sends the old one
@@ -48,8 +50,9 @@ Handler = Callable[[int, FrameType | None], Any]
 
 def install_sigterm_drain(drain_s: float, begin: Callable[[], None]) -> bool:
     """Put a delay of ``drain_s`` in front of the SIGTERM handler installed now (uvicorn's), calling ``begin`` on
-    the loop when the first SIGTERM arrives. Call it from the running loop's thread. Does nothing (False) off the
-    main thread, with ``drain_s <= 0``, or when no Python handler is installed (no server would stop then)."""
+    the loop when the first SIGTERM arrives (later ones are ignored). Call it from the running loop's thread.
+    Does nothing (False) off the main thread, with ``drain_s <= 0``, or when no Python handler is installed (no
+    server would stop then)."""
     if drain_s <= 0 or threading.current_thread() is not threading.main_thread():
         return False
     previous = signal.getsignal(signal.SIGTERM)
@@ -64,8 +67,7 @@ def install_sigterm_drain(drain_s: float, begin: Callable[[], None]) -> bool:
 
     def on_sigterm(sig: int, frame: FrameType | None) -> None:
         nonlocal fired
-        if fired:  # a second SIGTERM: stop now
-            loop.call_soon_threadsafe(stop_now, sig)
+        if fired:  # already draining: uvicorn's master and group-wide senders (systemd, tini -g) send it twice
             return
         fired = True
         loop.call_soon_threadsafe(begin)
@@ -81,7 +83,7 @@ def grpc_max_connection_age_s(drain_s: float) -> float | None:
     reconnect. None (no limit) without a drain. The default drain, 5 s, gives 2 s."""
     if drain_s <= 0:
         return None
-    return max(0.5, (drain_s / 2 - 0.3) / 1.1)
+    return max(0.1, (drain_s / 2 - 0.3) / 1.1)
 
 
 def stop_listening(port: int) -> int:

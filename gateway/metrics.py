@@ -20,6 +20,7 @@ name) as labels; map them to a fixed value first.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
@@ -50,6 +51,8 @@ class Metrics:
         self.registry = CollectorRegistry() if registry is None else registry
         self.multiprocess = _multiprocess_mode()
         if self.multiprocess:
+            # A dead worker's live gauges under this pid (reused) would be taken over: drop them first.
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped in the library
             # Metric objects still register on self.registry (harmless); a scrape reads every worker's files.
             self._render_registry = CollectorRegistry()
             MultiProcessCollector(self._render_registry)  # type: ignore[no-untyped-call]  # untyped in the library
@@ -84,6 +87,9 @@ class Metrics:
                               ("backend", "model", "version"), registry=reg, multiprocess_mode="livesum")
         # Rollouts (gateway/control/rollout.py, in the worker that serves the admin API): their state, and every
         # transition of their history by event (who, when and why are in the admin API's history).
+        self.routes_revision = Gauge("gateway_routes_revision", "The routes revision this worker serves (over "
+                                     "several workers: the oldest one still served).", registry=reg,
+                                     multiprocess_mode="livemin")
         self.rollout_percent = Gauge("gateway_rollout_canary_percent", "Traffic share of the new version in the "
                                      "model's current (or last) rollout, percent.", ("model",), registry=reg,
                                      multiprocess_mode="livemostrecent")
@@ -158,19 +164,38 @@ class Metrics:
     def inflight_all_workers(self, backend: str, model: str, version: str) -> int | None:
         """The in-flight gauge of that target summed over every live worker; None outside multiprocess mode (the
         caller's own count is the whole truth there)."""
+        samples = self._live("livesum", "gateway_inflight_requests")
+        if samples is None:
+            return None
+        return round(sum(value for labels, value in samples
+                         if (labels.get("backend"), labels.get("model"), labels.get("version"))
+                         == (backend, model, version)))
+
+    def applied_revision_all_workers(self) -> int | None:
+        """The oldest routes revision a live worker serves (every worker has applied at least this one); None
+        outside multiprocess mode or before any worker set it."""
+        samples = self._live("livemin", "gateway_routes_revision")
+        return None if not samples else round(min(value for _, value in samples))
+
+    def _live(self, mode: str, name: str) -> list[tuple[dict[str, str], float]] | None:
+        """The samples of a ``live*`` gauge merged over the workers that still run; the files of workers that
+        died without cleaning up (SIGKILL) are removed on the way. None outside multiprocess mode."""
         if not self.multiprocess:
             return None
         directory = os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or ""
-        files = [f for f in glob.glob(os.path.join(directory, "gauge_livesum_*.db")) if _alive(f)]
-        total = 0.0
+        files = []
+        for path in glob.glob(os.path.join(directory, f"gauge_{mode}_*.db")):
+            pid = _pid_of(path)
+            if pid is not None and _alive(pid):
+                files.append(path)
+            elif pid is not None:
+                with contextlib.suppress(OSError):
+                    mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # untyped in the library
+        out: list[tuple[dict[str, str], float]] = []
         for family in MultiProcessCollector.merge(files, accumulate=False):  # type: ignore[no-untyped-call]
-            if family.name != "gateway_inflight_requests":
-                continue
-            for sample in family.samples:
-                if (sample.labels.get("backend"), sample.labels.get("model"), sample.labels.get("version")) \
-                        == (backend, model, version):
-                    total += sample.value
-        return round(total)
+            if family.name == name:
+                out.extend((sample.labels, sample.value) for sample in family.samples)
+        return out
 
     def process_exiting(self) -> None:
         """A worker's clean exit: its live gauge files go (its in-flight count no longer counts)."""
@@ -194,12 +219,18 @@ def _multiprocess_mode() -> bool:
     return wanted
 
 
-def _alive(path: str) -> bool:
-    """Whether the worker that wrote ``gauge_livesum_<pid>.db`` still runs."""
+def _pid_of(path: str) -> int | None:
+    """``gauge_livesum_<pid>.db`` -> pid."""
     try:
-        pid = int(os.path.basename(path).rsplit("_", 1)[1].split(".", 1)[0])
+        return int(os.path.basename(path).rsplit("_", 1)[1].split(".", 1)[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
         os.kill(pid, 0)
-    except (ValueError, IndexError, ProcessLookupError):
+    except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
         return True

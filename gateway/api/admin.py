@@ -444,15 +444,18 @@ async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | 
     server = AdminServer(AdminApp(store, token, rollouts=orchestrator), sock, lock_fd)
     try:
         await server.start()
+        if orchestrator is not None:
+            try:
+                for ro in await orchestrator.resume():
+                    log.info("rollout of %s resumed at %g%%", ro.model, ro.percent)
+            except Exception:
+                log.exception("admin API: resuming rollouts failed")
+    except asyncio.CancelledError:  # a standby that began draining while taking over: leave nothing behind
+        await server.stop()
+        raise
     except Exception as exc:
         log.error("admin API not started on %s: %s", where, exc)
         await server.stop()
         return None
-    if orchestrator is not None:
-        try:
-            for ro in await orchestrator.resume():
-                log.info("rollout of %s resumed at %g%%", ro.model, ro.percent)
-        except Exception:
-            log.exception("admin API: resuming rollouts failed")
     log.info("admin API listening on http://%s (pid %d)", where, os.getpid())
     return server

@@ -34,7 +34,7 @@ from gateway.settings import Settings
 from gateway.types import ModelRef
 
 log = logging.getLogger("gateway.grpc")
-#: A call still running this long after its connection's age GOAWAY is cancelled (backend timeouts are shorter).
+#: The least time a call may run on after its connection's age GOAWAY (see GrpcFront.start).
 MAX_CALL_S = 120.0
 MAX_DETAILS = 1024  # TF Serving truncates gRPC error messages here too
 SERVED_SERVICES = (svc.V2_INFERENCE_SERVICE, svc.PREDICTION_SERVICE, svc.MODEL_SERVICE)
@@ -241,8 +241,11 @@ class GrpcFront:
         ]
         age_s = grpc_max_connection_age_s(self.settings.drain_s)
         if age_s is not None:  # connections move away within a drain (gateway/lifecycle.py)
+            # A call still running this long after its connection's age GOAWAY is cancelled: longer than any
+            # backend timeout in the routes at start.
+            longest = max((b.timeout_s for b in self.plane.store.current.backends.values()), default=0.0)
             options += [("grpc.max_connection_age_ms", int(age_s * 1000)),
-                        ("grpc.max_connection_age_grace_ms", int(MAX_CALL_S * 1000))]
+                        ("grpc.max_connection_age_grace_ms", int(max(MAX_CALL_S, 2 * longest) * 1000))]
         server = grpc.aio.server(options=options)
         v2_servicer, tf_servicer = V2Servicer(self.plane, self), TFServingServicer(self.plane)
         server.add_generic_rpc_handlers((

@@ -112,7 +112,7 @@ class GatewayApp:
     async def shutdown(self) -> None:
         if self._admin_standby is not None:
             self._admin_standby.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._admin_standby
         if self.admin is not None:
             await self.admin.stop()
@@ -147,7 +147,10 @@ class GatewayApp:
         path = scope["path"]
         if path == "/metrics":
             body, content_type = self.plane.metrics.render()
-            await send_response(send, Response(200, body, content_type=content_type.encode()))
+            metrics = Response(200, body, content_type=content_type.encode())
+            if self.plane.draining:
+                metrics.headers.append((b"connection", b"close"))
+            await send_response(send, metrics)
             return
         start = time.perf_counter()
         current_route.set(None)

@@ -258,6 +258,9 @@ class TFServingLifecycle(BackendLifecycle):
         try:
             await self.control.wait_available(target.model, target.version,
                                               timeout_s=max(1.0, timeout - (time.monotonic() - began)))
+        except asyncio.CancelledError:  # the rollout was aborted meanwhile: do not leave the version in the file
+            await asyncio.shield(self._undo(edit))
+            raise
         except Exception as exc:
             raise DeployFailed(f"deploy of {what} failed: {describe(exc)}; {await self._undo(edit)}") from exc
         await note("deployed", f"{what} AVAILABLE", seconds=round(time.monotonic() - began, 3))

@@ -99,6 +99,7 @@ GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_
 _WRITE_ATTEMPTS = 8
 RETIRE_DONE = frozenset({"retired", "retire_failed", "retire_skipped"})  # phases after which no retire resumes
 WARMUP_TIMEOUT_S = 30.0
+APPLY_TIMEOUT_S = 15.0  # every worker polls the routes every GATEWAY_ROUTES_POLL_S (0.5 s by default)
 MAX_WARMUP_SAMPLES = 1000
 
 
@@ -544,8 +545,20 @@ class Orchestrator:
                 ro.percent, ro.step_index, ro.state = 100.0, len(ro.steps) - 1, "promoted"
                 ro.reason = "the routes were already promoted when the gateway restarted"
                 ro.record("promoted", "orchestrator", ro.reason, at=written_at)
+                if ro.retire:
+                    await self._save(ro)
+                    self._spawn_retire(ro)
+                    continue
+            elif percent <= 0 and ro.percent > 0:
+                # Traffic is back on from_version although a step had been applied: the rollout was being rolled
+                # back or aborted when the gateway stopped (or someone moved it back by hand). Never re-run it.
+                ro.state, ro.percent, ro.step_index = "aborted", 0.0, -1
+                ro.reason = (f"on resume the routes were back on version {ro.from_version} (the rollout was being "
+                             "ended when the gateway stopped, or was moved back by hand); ended, routes left as "
+                             "they are")
+                ro.record("aborted", "orchestrator", ro.reason, at=written_at)
             else:
-                unrecorded = percent != ro.percent
+                unrecorded = percent > ro.percent  # lower: moved back by hand, nothing of ours to record
                 ro.percent = percent
                 ro.step_index = ro.steps.index(percent) if percent in ro.steps else -1
                 if percent > 0 and unrecorded and ro.step_index >= 0:
@@ -609,6 +622,10 @@ class Orchestrator:
             raise RolloutError(400, f"retire must be true or false, got {retire!r}")
         async with self._lock(model):
             existing = self.rollouts.get(model)
+            task = self._tasks.get(model)
+            if existing is not None and existing.state != "running" and task is not None and not task.done():
+                raise RolloutError(409, f"the previous rollout of {model!r} is still {existing.phase or 'ending'} "
+                                        "(retiring the old version); start the next one when it is done")
             if existing is not None and existing.state == "running":
                 raise RolloutError(409, f"model {model!r} already has a running rollout "
                                         f"({existing.from_version} -> {existing.to_version})")
@@ -662,6 +679,10 @@ class Orchestrator:
             ro = self.get(model)
             if ro.state != "running":
                 raise RolloutError(409, f"the rollout of {model!r} is {ro.state} already")
+            if state == "promoted" and ro.step_index < 0 and (ro.deploy is not None or ro.warmup):
+                raise RolloutError(409, f"the rollout of {model!r} is still {ro.phase or 'preparing'}: version "
+                                        f"{ro.to_version} is not deployed and warmed up yet; promote it after that "
+                                        "(or abort)")
             task = self._tasks.pop(model, None)
             if task is not None:
                 task.cancel()
@@ -794,6 +815,9 @@ class Orchestrator:
             if users:
                 raise RetireSkipped(f"{vc.model} version {vc.version} on {vc.backend!r} still gets traffic from "
                                     f"the routes: {'; '.join(users)}")
+            # Every worker must serve the promotion's routes first: one that has not polled them yet would still
+            # send new requests to the old version with none in flight at the moment the drain looks.
+            await self._wait_applied(ro.routes_revision)
             lifecycle = self._lifecycle(config, vc)
             plane = self.plane
 
@@ -830,6 +854,24 @@ class Orchestrator:
             ro.record(event, "orchestrator", why, **what)
             await self._save(ro)
         return note
+
+    async def _wait_applied(self, revision: int | None) -> None:
+        """Until every worker serves routes ``revision`` or a later one (gateway_routes_revision, livemin over
+        the workers; this process's table alone without several workers). RolloutError after APPLY_TIMEOUT_S."""
+        plane = self.plane
+        if revision is None or plane is None:
+            return
+        deadline = time.monotonic() + APPLY_TIMEOUT_S
+        while True:
+            applied = await asyncio.to_thread(plane.metrics.applied_revision_all_workers)
+            if applied is None:
+                applied = plane.store.current.revision
+            if applied >= revision:
+                return
+            if time.monotonic() > deadline:
+                raise RolloutError(503, f"a worker still serves routes revision {applied}, not {revision}, after "
+                                        f"{APPLY_TIMEOUT_S:g} s; the old version is kept")
+            await asyncio.sleep(0.05)
 
     async def _dwell(self, ro: Rollout) -> Verdict:
         start = await self._snapshot(ro.model)

@@ -12,7 +12,8 @@ with a sticky `x-user` key) busy throughout. Version 3 of each model is bad: a v
    their state files; both reach 100 %; no request fails; the observed share of each step matches its weight.
 3. Cold restart mid-rollout: the whole gateway stops (SIGTERM) while a rollout runs; the routes file is at one of
    the rollout's steps (never half-applied); a new gateway resumes the rollout and promotes it.
-4. SIGTERM on a single worker: not ready at once, still answering (Connection: close) for the drain, then exits.
+4. SIGTERM on a single worker: not ready at once, still answering (Connection: close) for the drain (a second
+   SIGTERM does not cut it short), then exits.
 5. Automatic rollback on both backends, of a failing version (error-rate guard: failures only inside the
    detection window and about the canary's share of it) and of a slow one (p99 guard: nothing fails at all);
    traffic is back on version 1 within the first step's dwell.
@@ -53,7 +54,7 @@ EXPECTED = {
 CALL_TIMEOUT_S = 10.0
 RESTART_TIMEOUT_S = 120.0
 STEPS = [20, 50, 100]
-APPLY_S = 0.5  # a routes write is applied by every worker within GATEWAY_ROUTES_POLL_S (0.2 s), with a margin
+APPLY_S = 1.0  # a routes write is applied by every worker within GATEWAY_ROUTES_POLL_S (0.2 s), with a margin
 
 
 @dataclass
@@ -261,7 +262,7 @@ async def test_restart_of_every_worker_in_the_middle_of_a_rollout(stack: Stack) 
             await asyncio.sleep(1.0)
             for model in EXPECTED:
                 r = await admin.post("/rollouts", json={
-                    "model": model, "to_version": 2, "steps": STEPS, "dwell_s": 4.0, "min_requests": 10,
+                    "model": model, "to_version": 2, "steps": STEPS, "dwell_s": 6.0, "min_requests": 10,
                     "max_error_rate": 0.02, "sticky_header": "x-user", "who": "restart-test"})
                 assert r.status_code == 200, r.text
             await wait_rollouts(admin, list(EXPECTED), lambda ro: ro["step_index"] >= 0, 30)
@@ -283,8 +284,10 @@ async def test_restart_of_every_worker_in_the_middle_of_a_rollout(stack: Stack) 
         assert ro["state"] == "promoted", (model, ro["reason"], events)
         assert "resumed" in events, events  # the orchestrator's worker was replaced and the rollout picked up
         for percent, share, n in _shares(load, model, ro["history"]):
-            if n >= 50:
-                assert not math.isnan(share) and abs(share - percent / 100) <= 0.15, (model, percent, share, n)
+            if n >= 50:  # 4 standard deviations of a binomial share, at least 10 points
+                p = percent / 100
+                tolerance = max(0.10, 4 * math.sqrt(p * (1 - p) / n))
+                assert not math.isnan(share) and abs(share - p) <= tolerance, (model, percent, share, n)
         late = [r for r in load.results if r.model == model and r.started > ro["updated_at"] + 0.6]
         assert late and {r.version for r in late} == {"2"}
     await reset(stack)
@@ -320,14 +323,15 @@ async def test_cold_restart_mid_rollout_resumes_from_a_consistent_state(stack: S
 
 
 async def test_sigterm_turns_not_ready_then_drains_then_exits(stack: Stack) -> None:
-    """One worker, GATEWAY_DRAIN_S=1.5: after SIGTERM the gateway still answers for the drain period, but as not
-    ready (v2 ready 400, /ping 503, gRPC health NOT_SERVING) and with `Connection: close` on every answer; then it
-    exits with nothing left listening."""
+    """One worker, GATEWAY_DRAIN_S=4: after SIGTERM the gateway still answers for the drain period, but as not
+    ready (gRPC health NOT_SERVING, v2 ready 400, /ping 503) and with `Connection: close` on every answer; a
+    second SIGTERM does not cut the drain short; then it exits with nothing left listening."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    drain_s = 4.0
     grpc_port = localstack.free_port()
     proc, url = localstack.start_gateway(stack.root / "sigterm", stack.routes, env={
-        "GATEWAY_DRAIN_S": "1.5", "GATEWAY_GRPC_PORT": str(grpc_port), "GATEWAY_ADMIN_PORT": "0"})
+        "GATEWAY_DRAIN_S": str(drain_s), "GATEWAY_GRPC_PORT": str(grpc_port), "GATEWAY_ADMIN_PORT": "0"})
     body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=CALL_TIMEOUT_S) as client, \
@@ -340,24 +344,26 @@ async def test_sigterm_turns_not_ready_then_drains_then_exits(stack: Stack) -> N
                 health_pb2.HealthCheckResponse.SERVING
             proc.popen.send_signal(signal.SIGTERM)
             sent = time.monotonic()
-            while (await client.get("/v2/health/ready")).status_code == 200:
-                assert time.monotonic() - sent < 1.0, "still ready 1 s after SIGTERM"
+            # gRPC first: half-way through the drain this worker stops accepting (the channel's connection ages).
+            checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            while checked.status == health_pb2.HealthCheckResponse.SERVING and time.monotonic() - sent < 1.0:
                 await asyncio.sleep(0.02)
+                checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
             ready = await client.get("/v2/health/ready")
             ping = await client.get("/ping")
+            proc.popen.send_signal(signal.SIGTERM)  # ignored: the drain goes on
             infer = await client.post("/v2/models/scale/infer", json=body)
-            checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
             during = time.monotonic() - sent
-            assert during < 1.5, f"the checks took until {during:.2f} s, past the drain period"
+            assert during < drain_s, f"the checks took until {during:.2f} s, past the drain period"
             assert ready.status_code == 400 and ready.json()["ready"] is False, ready.text
             assert ping.status_code == 503 and ping.json()["status"] == "Unhealthy", ping.text
             assert infer.status_code == 200 and infer.headers.get("connection") == "close", infer.headers
-            assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            exit_code = await asyncio.to_thread(proc.popen.wait, 20)
+            exit_code = await asyncio.to_thread(proc.popen.wait, 30)
             took = time.monotonic() - sent
-        print(f"\nSIGTERM -> not ready at once, answers served for the 1.5 s drain, exit after {took:.2f} s "
+        print(f"\nSIGTERM -> not ready at once, answers served for the {drain_s:g} s drain, exit after {took:.2f} s "
               f"(code {exit_code})")
-        assert took >= 1.5
+        assert took >= drain_s
         with pytest.raises(httpx.TransportError):
             async with httpx.AsyncClient(base_url=url, timeout=2) as client:
                 await client.get("/v2/health/live")
@@ -407,13 +413,14 @@ async def _rolls_back(stack: Stack, to_version: int, guards: dict[str, Any], why
                     "min_requests": 10, "who": "rollback-test", **guards})
                 assert r.status_code == 200, r.text
             got = await wait_rollouts(admin, list(EXPECTED), lambda ro: ro["state"] != "running", 30)
-            await asyncio.sleep(1.0)  # load after the rollback
+            await asyncio.sleep(2.0)  # load after the rollback
     finally:
         await load.finish()
     print(f"\nrollback of a {why} version {to_version}: {load.summary()}")
     for model, ro in got.items():
         step_at = next(h["at"] for h in ro["history"] if h["event"] == "step")
-        # The rollback's write, plus the time every worker takes to apply it (GATEWAY_ROUTES_POLL_S 0.2 s).
+        # The rollback's write, plus the time every worker takes to apply it (GATEWAY_ROUTES_POLL_S 0.2 s; margin
+        # for a loaded 2-core machine).
         back_at = ro["history"][-1]["at"] + APPLY_S
         mine = [r for r in load.results if r.model == model]
         window = [r for r in mine if r.finished >= step_at and r.started <= back_at]

@@ -345,6 +345,38 @@ async def test_resume_retires_a_rollout_stopped_between_promotion_and_retire(rou
     assert StateStore(routes).load("scale").history == done.history  # type: ignore[union-attr]
 
 
+async def test_resume_never_reruns_a_rollout_that_was_being_ended(routes: Path) -> None:
+    # State at the 50% step, routes already back on version 1 (a rollback wrote them, then the gateway stopped):
+    # the rollout ends as aborted, nothing is written, nothing runs.
+    ro = _rollout(dwell_s=60)
+    ro.step_index, ro.percent = 1, 50.0
+    StateStore(routes).save(ro)
+    before = routes.read_text()
+    orch = Orchestrator(routes, lambda: "", check_interval_s=0.05)
+    assert await orch.resume() == []
+    await orch.close()
+    done = StateStore(routes).load("scale")
+    assert done is not None and done.state == "aborted" and "back on version 1" in done.reason, done
+    assert routes.read_text() == before
+
+
+async def test_resume_of_a_promotion_the_state_missed_retires(routes: Path) -> None:
+    # Routes promoted (100%), state still at 50%, retire asked: promoted on resume, and the retire starts.
+    ro = _rollout(retire=True, dwell_s=60)
+    ro.step_index, ro.percent, ro.phase = 1, 50.0, "canary"
+    _, revision = writer.read(routes)
+    writer.apply(routes, step_routes(yaml.safe_load(ROUTES), ro, 100.0), revision)
+    StateStore(routes).save(ro)
+    orch = Orchestrator(routes, lambda: "", check_interval_s=0.05)
+    await orch.resume()
+    async with asyncio.timeout(5):
+        while orch.get("scale").phase in ("canary", "retiring"):
+            await asyncio.sleep(0.02)
+    await orch.close()
+    done = orch.get("scale")
+    assert done.state == "promoted" and [h["event"] for h in done.history][-2:] == ["promoted", "retire_failed"]
+
+
 async def test_resume_crash_between_routes_and_state(routes: Path) -> None:
     # The routes got step 2 (50%) but the state file still says step 1 (10%): the routes win.
     ro = _rollout(dwell_s=60)
