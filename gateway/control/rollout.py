@@ -394,8 +394,9 @@ def write_routes(path: Path, edit: Callable[[dict[str, Any]], dict[str, Any]],
     for _ in range(_WRITE_ATTEMPTS):
         text, revision = writer.read(path)
         raw = yaml.safe_load(text)
-        try:
-            return writer.apply(path, edit(raw), revision, lock_timeout_s=lock_timeout_s)
+        try:  # the models the edit changed are re-written; the rest of the file keeps its text and comments
+            return writer.apply(path, writer.splice_models(text, edit(raw)), revision,
+                                lock_timeout_s=lock_timeout_s)
         except writer.RevisionConflict:
             continue
     raise RolloutError(409, f"{path}: the routes kept changing under the rollout ({_WRITE_ATTEMPTS} conflicts)")

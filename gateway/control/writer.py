@@ -9,9 +9,10 @@ caller read (else :class:`RevisionConflict`, carrying the current revision), the
 (several workers, the CLI and the admin API), so a check and its write can never interleave with another's.
 
 Comments and layout of YAML text are kept: only the top-level ``revision:`` line (and, for
-:func:`set_default_version`, the model's ``default_version:`` line) are edited in place, and the edited text is
-re-parsed and compared with the intended content; when an in-place edit cannot be proven equal, the content is
-written with ``yaml.safe_dump`` instead.
+:func:`set_default_version`, the model's ``default_version:`` line; for :func:`splice_models`, which rollouts
+use, the changed models' blocks) are edited in place, and the edited text is re-parsed and compared with the
+intended content; when an in-place edit cannot be proven equal, the content is written with ``yaml.safe_dump``
+instead.
 """
 
 from __future__ import annotations
@@ -150,6 +151,33 @@ def set_default_version(path: Path, model: str, version: str | int, expected_rev
     return apply(path, edited, expected_revision, lock_timeout_s=lock_timeout_s, environ=environ)
 
 
+def splice_models(text: str, intended: Mapping[str, Any]) -> str:
+    """``intended`` (the routes parsed from ``text`` with some ``models`` entries changed) as text that keeps
+    everything else of ``text``: comments, layout, the other models. Each changed model's block is replaced by
+    its dump at the same indentation (comments inside that block go). Falls back to dumping the whole mapping
+    when anything else changed, the layout is not the simple block style this understands, or the spliced text
+    does not parse back to exactly ``intended``."""
+    raw = _load_yaml(text, "routes")
+    whole = yaml.safe_dump(dict(intended), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    if not isinstance(raw, dict):
+        return whole
+    old_models: Mapping[str, Any] = raw["models"] if isinstance(raw.get("models"), dict) else {}
+    new_models: Mapping[str, Any] = intended["models"] if isinstance(intended.get("models"), Mapping) else {}
+    others_same = {k: v for k, v in raw.items() if k != "models"} == \
+        {k: v for k, v in intended.items() if k != "models"}
+    edited: str | None = text
+    if not others_same or list(old_models) != list(new_models):
+        edited = None
+    for name, spec in new_models.items():
+        if edited is None:
+            break
+        if old_models.get(name) != spec:
+            edited = _replace_model_block(edited, name, spec)
+    if edited is not None and _safe_load(edited) == dict(intended):
+        return edited
+    return whole
+
+
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 # libyaml's parser with PyYAML's own safe constructors (~6x faster) for the writer's bookkeeping parses; the text
@@ -264,6 +292,48 @@ def _edit_default_version(text: str, model: str, value: str | int) -> str | None
     else:
         lines.insert(model_at + 1, f"{' ' * child_indent}default_version: {value}\n")
     return "".join(lines)
+
+
+def _model_block(lines: list[str], model: str) -> tuple[int, int, int] | None:
+    """(first line, line after the last significant line, indent) of ``models.<model>`` in block-style YAML."""
+    models_at = next((i for i, line in enumerate(lines) if re.match(r"^models[ \t]*:[ \t]*(#.*)?$", line.rstrip())),
+                     None)
+    if models_at is None:
+        return None
+    model_line = re.compile(rf"^(?P<indent> +){re.escape(model)}[ \t]*:[ \t]*(#.*)?$")
+    model_at = None
+    for i in range(models_at + 1, len(lines)):
+        line = lines[i].rstrip("\r\n")
+        if _significant(line) and _TOP_KEY.match(line):
+            return None  # the models block ended
+        if model_line.match(line):
+            model_at = i
+            break
+    if model_at is None:
+        return None
+    indent = _indent(lines[model_at])
+    end = model_at + 1
+    for i in range(model_at + 1, len(lines)):
+        line = lines[i].rstrip("\r\n")
+        if not _significant(line):
+            continue
+        if _indent(line) <= indent:
+            break
+        end = i + 1
+    return model_at, end, indent
+
+
+def _replace_model_block(text: str, model: str, spec: Any) -> str | None:
+    lines = text.splitlines(keepends=True)
+    block = _model_block(lines, model)
+    if block is None:
+        return None
+    start, end, indent = block
+    dumped = yaml.safe_dump({model: spec}, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    new = [" " * indent + line if line.strip() else line for line in dumped.splitlines(keepends=True)]
+    if end == len(lines) and lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return "".join(lines[:start] + new + lines[end:])
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -158,6 +158,40 @@ def test_set_default_version_on_a_layout_it_cannot_edit_falls_back_to_a_dump(rou
     assert config.models["plain"].default_version == "2" and config.models["ab"].experiment is not None
 
 
+def test_splice_models_rewrites_only_the_changed_models(routes: Path) -> None:
+    # A rollout step: `plain` gets an experiment; the rest of the file keeps its text, comments included.
+    raw = yaml.safe_load(ROUTES)
+    raw["models"]["plain"]["experiment"] = {"name": "canary", "variants": [
+        {"name": "stable", "version": 1, "weight": 80}, {"name": "canary", "version": 2, "weight": 20}]}
+    raw["models"]["plain"]["default_version"] = 1
+    text = writer.splice_models(ROUTES, raw)
+    assert yaml.safe_load(text) == raw
+    assert text.startswith("# Routes for the tests") and "revision: 3  # bumped by every write" in text
+    assert "default_version: 1   # the instant switch edits this line" in text  # scale untouched
+    assert "      variants: [{name: a, version: 1, weight: 50}" in text  # ab untouched, flow style kept
+    assert writer.apply(routes, text, 3) == 4
+    assert load_routes(routes).models["plain"].experiment is not None
+    # The last model of the file, and a file without a final newline.
+    raw2 = yaml.safe_load(ROUTES)
+    raw2["models"]["ab"]["experiment"]["variants"][0]["weight"] = 90
+    raw2["models"]["ab"]["experiment"]["variants"][1]["weight"] = 10
+    spliced = writer.splice_models(ROUTES.rstrip("\n"), raw2)
+    assert yaml.safe_load(spliced) == raw2 and "# the instant switch edits this line" in spliced
+
+
+def test_splice_models_falls_back_to_a_dump_when_more_than_models_changed() -> None:
+    raw = yaml.safe_load(ROUTES)
+    raw["backends"]["ts"]["timeout_s"] = 5
+    raw["models"]["plain"]["default_version"] = 2
+    text = writer.splice_models(ROUTES, raw)
+    assert yaml.safe_load(text) == raw and "#" not in text  # dumped whole
+    flow = "models: {plain: {versions: {1: {backend: ts, model: plain, version: '1'}}}}\nbackends: {ts: " \
+           "{kind: torchserve, url: 'http://x:1'}}\n"
+    raw = yaml.safe_load(flow)
+    raw["models"]["plain"]["default_version"] = 1
+    assert yaml.safe_load(writer.splice_models(flow, raw)) == raw  # a layout it cannot splice: dumped
+
+
 def test_readers_never_see_a_partial_file(routes: Path) -> None:
     """Readers poll the file while it is rewritten 100 times (each version ~7 KB, so a torn or truncated write
     would show): every read is a whole file, and revisions only go up."""
