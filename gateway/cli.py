@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +29,8 @@ def serve(settings: Settings) -> None:
     os.environ.update(settings.to_env())  # uvicorn's factory (in every worker) rebuilds Settings from these
     if settings.workers > 1:
         _multiprocess_metrics_dir()
+    else:  # SIGHUP's default action would kill the only worker at once, requests in flight included
+        signal.signal(signal.SIGHUP, _sighup_single_worker)
     uvicorn.run(
         "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
@@ -43,6 +46,12 @@ def serve(settings: Settings) -> None:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _sighup_single_worker(sig: int, frame: object) -> None:
+    logging.getLogger("gateway").warning(
+        "SIGHUP ignored: a rolling restart needs --workers 2 or more (one process cannot hand its requests over); "
+        "SIGTERM drains and stops it")
 
 
 def _log_config(level: str) -> dict[str, object]:

@@ -342,6 +342,9 @@ async def test_sigterm_turns_not_ready_then_drains_then_exits(stack: Stack) -> N
             assert r.status_code == 200 and "connection" not in r.headers
             assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == \
                 health_pb2.HealthCheckResponse.SERVING
+            proc.popen.send_signal(signal.SIGHUP)  # one worker: nothing to roll over to, so ignored (logged)
+            await asyncio.sleep(0.3)
+            assert (await client.post("/v2/models/scale/infer", json=body)).status_code == 200
             proc.popen.send_signal(signal.SIGTERM)
             sent = time.monotonic()
             # gRPC first: half-way through the drain this worker stops accepting (the channel's connection ages).
@@ -367,7 +370,8 @@ async def test_sigterm_turns_not_ready_then_drains_then_exits(stack: Stack) -> N
         with pytest.raises(httpx.TransportError):
             async with httpx.AsyncClient(base_url=url, timeout=2) as client:
                 await client.get("/v2/health/live")
-        assert "SIGTERM: draining" in proc.log_path.read_text()
+        log = proc.log_path.read_text()
+        assert "SIGTERM: draining" in log and "SIGHUP ignored: a rolling restart needs --workers 2" in log
     finally:
         proc.stop()
 
