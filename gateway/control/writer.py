@@ -252,30 +252,16 @@ def _edit_default_version(text: str, model: str, value: str | int) -> str | None
     """``text`` with ``models.<model>.default_version`` set in place (block-style YAML), or None when the layout
     is not the simple one this understands (the caller then dumps the mapping)."""
     lines = text.splitlines(keepends=True)
-    models_at = next((i for i, line in enumerate(lines) if re.match(r"^models[ \t]*:[ \t]*(#.*)?$", line.rstrip())),
-                     None)
-    if models_at is None:
+    block = _model_block(lines, model)
+    if block is None:
         return None
-    model_line = re.compile(rf"^(?P<indent> +){re.escape(model)}[ \t]*:[ \t]*(#.*)?$")
-    model_at = None
-    for i in range(models_at + 1, len(lines)):
-        line = lines[i].rstrip("\r\n")
-        if _significant(line) and _TOP_KEY.match(line):
-            break  # the next top-level key: the models block ended
-        if model_line.match(line):
-            model_at = i
-            break
-    if model_at is None:
-        return None
-    model_indent = _indent(lines[model_at])
+    model_at, end, _ = block
     child_indent = None
     default_at = None
-    for i in range(model_at + 1, len(lines)):
+    for i in range(model_at + 1, end):
         line = lines[i].rstrip("\r\n")
         if not _significant(line):
             continue
-        if _indent(line) <= model_indent:
-            break
         if child_indent is None:
             child_indent = _indent(line)
         if _indent(line) == child_indent and re.match(r"^ *default_version[ \t]*:", line):
