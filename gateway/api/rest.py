@@ -147,10 +147,7 @@ class GatewayApp:
         path = scope["path"]
         if path == "/metrics":
             body, content_type = self.plane.metrics.render()
-            metrics = Response(200, body, content_type=content_type.encode())
-            if self.plane.draining:
-                metrics.headers.append((b"connection", b"close"))
-            await send_response(send, metrics)
+            await self._send(send, Response(200, body, content_type=content_type.encode()))
             return
         start = time.perf_counter()
         current_route.set(None)
@@ -167,15 +164,20 @@ class GatewayApp:
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = front.encode_error(GatewayError(f"internal gateway error on {scope['method']} {path}"))
-        if self.plane.draining:
-            response.headers.append((b"connection", b"close"))
-        await send_response(send, response)
+        await self._send(send, response)
         route = current_route.get()
         if route is not None and request.method == "POST":  # inference calls, routed (model labels stay bounded)
             t = route.target
             self.plane.metrics.request(model=t.logical_model, version=t.logical_version, variant=route.variant,
                                        backend=t.backend, protocol=front.name, code=str(response.status),
                                        seconds=time.perf_counter() - start)
+
+    async def _send(self, send: Send, response: Response) -> None:
+        """Every answer of this app; while draining each asks the client to reconnect (elsewhere) after it."""
+        assert self.plane is not None
+        if self.plane.draining:
+            response.headers.append((b"connection", b"close"))
+        await send_response(send, response)
 
     @staticmethod
     async def dispatch(front: Front, request: Request) -> Response:

@@ -158,7 +158,7 @@ def splice_models(text: str, intended: Mapping[str, Any]) -> str:
     when anything else changed, the layout is not the simple block style this understands, or the spliced text
     does not parse back to exactly ``intended``."""
     raw = _load_yaml(text, "routes")
-    whole = yaml.safe_dump(dict(intended), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    whole = _yaml(dict(intended))
     if not isinstance(raw, dict):
         return whole
     old_models: Mapping[str, Any] = raw["models"] if isinstance(raw.get("models"), dict) else {}
@@ -212,7 +212,12 @@ def _revision_of(raw: Any, path: Path) -> int:
 
 def _dump(raw: Mapping[str, Any], revision: int) -> str:
     ordered = {"revision": revision, **{k: v for k, v in raw.items() if k != "revision"}}
-    return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return _yaml(ordered)
+
+
+def _yaml(data: Mapping[str, Any]) -> str:
+    """Block-style YAML in the mapping's own key order (how the writer dumps routes and model blocks)."""
+    return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def _with_revision(routes: str | Mapping[str, Any], revision: int, source: str) -> str:
@@ -315,7 +320,7 @@ def _replace_model_block(text: str, model: str, spec: Any) -> str | None:
     if block is None:
         return None
     start, end, indent = block
-    dumped = yaml.safe_dump({model: spec}, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    dumped = _yaml({model: spec})
     new = [" " * indent + line if line.strip() else line for line in dumped.splitlines(keepends=True)]
     if end == len(lines) and lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
