@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollout":
         return admin_client.run_rollout(args)
     if args.command == "dev":
-        from gateway.devstack import run_dev
+        from gateway.dev.devstack import run_dev
 
         return run_dev(port=args.port, grpc_port=args.grpc_port, workdir=args.workdir,
                        token_auth=not args.no_token_auth, admin_port=args.admin_port)

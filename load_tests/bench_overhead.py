@@ -4,7 +4,7 @@ Starts, on free 127.0.0.1 ports:
 
 * a FAST test backend (``load_tests/fast_backend.py``: raw ASGI on uvicorn + httptools + uvloop, fixed
   TF Serving-shaped answers), which isolates the gateway's own cost;
-* the real backends through :mod:`gateway.localstack`: TorchServe with the model_repo archives (token
+* the real backends through :mod:`gateway.dev.localstack`: TorchServe with the model_repo archives (token
   auth on) and TF Serving (the real binary when on PATH, else the stand-in) with model_repo/tfserving;
 * a FAST test gRPC backend (``load_tests/fast_grpc_backend.py``: grpc.aio, TF Serving's PredictionService
   and ModelService with fixed answers), which isolates the cost of the gateway's gRPC fronts;
@@ -66,9 +66,9 @@ import numpy as np
 import yaml
 from google.protobuf.message import Message
 
-from gateway import localstack
 from gateway.codecs import tf_proto, v2_grpc, v2_json
-from gateway.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
+from gateway.dev import localstack
+from gateway.dev.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos import torchserve_inference_pb2 as tsi

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from gateway import localstack
-from gateway.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
+from gateway.dev import localstack
+from gateway.dev.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
 
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from gateway import localstack
 from gateway.control import writer
+from gateway.dev import localstack
 
 from .conftest import Gateway
 

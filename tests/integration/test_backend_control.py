@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import localstack
 from gateway.config import BackendConfig
 from gateway.control.backend_control import DeployFailed, ModelSpecConfig, TFServingControl, TorchServeControl
-from gateway.devstack import MODEL_REPO
+from gateway.dev import localstack
+from gateway.dev.devstack import MODEL_REPO
 from gateway.errors import BackendTimeout, BackendUnavailable
 
 X = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}

@@ -15,7 +15,6 @@ import grpc
 import numpy as np
 import pytest
 
-from gateway import localstack
 from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, TargetNotLoaded, channel_target, map_status
 from gateway.backends.tfserving import TFServingBackend
 from gateway.backends.tfserving_grpc import TFServingGrpcBackend
@@ -23,6 +22,7 @@ from gateway.backends.torchserve_grpc import TorchServeGrpcBackend
 from gateway.codecs import tf_proto
 from gateway.config import BackendConfig
 from gateway.deadline import set_deadline
+from gateway.dev import localstack
 from gateway.errors import (
     BackendError,
     BackendTimeout,

@@ -1,4 +1,4 @@
-"""Integration tests for gateway.localstack against a real TorchServe (throwaway TorchScript archive).
+"""Integration tests for gateway.dev.localstack against a real TorchServe (throwaway TorchScript archive).
 
 TF Serving is exercised through a fake ``tensorflow_model_server`` placed on PATH (it checks the
 flags and the rewritten models.config); a test against the real ``tfserving_standin`` comes once
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.localstack import (
+from gateway.dev.localstack import (
     LocalStackError,
     ManagedProcess,
     TorchServeEndpoints,
@@ -92,7 +92,7 @@ def _archiver() -> list[str]:
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-1.mar and tiny-2.mar: a traced TorchScript y = 2x (+ the version in the handler)."""
-    import torch  # the tests may import torch; gateway.localstack must not
+    import torch  # the tests may import torch; gateway.dev.localstack must not
 
     src = tmp_path_factory.mktemp("tiny_src")
     store = tmp_path_factory.mktemp("tiny_store")
@@ -302,7 +302,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from gateway.localstack import Stack, spawn_process
+from gateway.dev.localstack import Stack, spawn_process
 work = Path({work!r})
 mode = sys.argv[1]
 procs = [

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import yaml
 
-from gateway import localstack
-from gateway.devstack import MODEL_REPO
+from gateway.dev import localstack
+from gateway.dev.devstack import MODEL_REPO
 
 from .adminapi import admin_client, wait_rollout
 from .loaddriver import Load

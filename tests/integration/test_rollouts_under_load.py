@@ -42,8 +42,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway import localstack
-from gateway.devstack import MODEL_REPO
+from gateway.dev import localstack
+from gateway.dev.devstack import MODEL_REPO
 
 from .loaddriver import Load
 

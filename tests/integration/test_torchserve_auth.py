@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from gateway import localstack
+from gateway.dev import localstack
 
 from .conftest import Gateway
 

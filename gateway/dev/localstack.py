@@ -486,7 +486,7 @@ def rotate_torchserve_key(
 
 
 _LOG4J2_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by gateway.localstack: everything to stdout (the log file), no rolling files. -->
+<!-- Written by gateway.dev.localstack: everything to stdout (the log file), no rolling files. -->
 <Configuration status="WARN">
   <Appenders>
     <Console name="STDOUT" target="SYSTEM_OUT">
@@ -810,7 +810,7 @@ def render_model_config(template_text: str, models_root: Path) -> str:
 
 def _standin_env(env: dict[str, str]) -> None:
     """Make ``python -m tfserving_standin`` importable from any cwd (repo checkout, not installed)."""
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]
     if (repo_root / "tfserving_standin").is_dir():
         old = env.get("PYTHONPATH")
         env["PYTHONPATH"] = str(repo_root) + (os.pathsep + old if old else "")
@@ -950,7 +950,7 @@ def start_gateway(
     child_env["GATEWAY_GRPC_PORT"] = str(free_port())
     child_env.update(env or {})
     child_env["GATEWAY_PORT"] = str(port)
-    repo_root = str(Path(__file__).resolve().parent.parent)
+    repo_root = str(Path(__file__).resolve().parents[2])
     old = child_env.get("PYTHONPATH")
     child_env["PYTHONPATH"] = repo_root + (os.pathsep + old if old else "")
     argv = [sys.executable, "-m", "gateway", "serve", "--routes", str(routes_file.resolve()), "--port", str(port)]

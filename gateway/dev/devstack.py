@@ -7,10 +7,10 @@ import secrets
 import shutil
 from pathlib import Path
 
-from gateway import localstack
+from gateway.dev import localstack
 from gateway.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPO = REPO_ROOT / "model_repo"
 EXAMPLE_ROUTES = REPO_ROOT / "examples" / "routes.local.yaml"
 TORCHSERVE_MODELS = (("mlp", "1", "mlp-1.mar"), ("mlp", "2", "mlp-2.mar"),
