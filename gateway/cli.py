@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from gateway import admin_client
-from gateway.config import load_routes
 from gateway.errors import ConfigError
+from gateway.routes.schema import load_routes
 from gateway.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

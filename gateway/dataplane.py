@@ -11,11 +11,11 @@ from typing import Any
 
 from gateway.backends.base import Backend, Backends
 from gateway.codecs.jsonio import dumps
-from gateway.control.store import RouteStore
 from gateway.deadline import set_deadline
 from gateway.errors import InvalidArgument
 from gateway.metrics import Metrics
-from gateway.routing import NO_HINTS, Hints, Route
+from gateway.routes.store import RouteStore
+from gateway.routes.table import NO_HINTS, Hints, Route
 from gateway.shadow import Shadows
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor, TensorSpec
 

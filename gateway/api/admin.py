@@ -17,7 +17,7 @@ own bearer token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE), never on the
     GET  /rollouts                  every known rollout; GET /rollouts/{m}: one rollout's state and history
     POST /rollouts/{m}/promote|rollback|abort   {"who"?, "why"?}: end it by hand (409 when it is not running)
 
-Writes go through gateway.control.writer (validated, compare-and-swap on the revision, atomic, locked); this
+Writes go through gateway.routes.writer (validated, compare-and-swap on the revision, atomic, locked); this
 process applies a successful write at once, every other worker within GATEWAY_ROUTES_POLL_S. `applied_revision`
 is this process's table only.
 
@@ -58,9 +58,10 @@ import orjson
 import uvicorn
 
 from gateway.api.asgi import Receive, Scope, Send
-from gateway.control import rollout, writer
-from gateway.control.store import RouteStore
+from gateway.control import rollout
 from gateway.errors import ConfigError
+from gateway.routes import writer
+from gateway.routes.store import RouteStore
 from gateway.settings import Settings
 
 if TYPE_CHECKING:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.errors import GatewayError, PayloadTooLarge
-from gateway.routing import Hints
+from gateway.routes.table import Hints
 
 if TYPE_CHECKING:
     from gateway.dataplane import DataPlane
-    from gateway.routing import Route
+    from gateway.routes.table import Route
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -29,7 +29,7 @@ from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos import v2_pb2 as v2
 from gateway.protos.reflection import public_pool
-from gateway.routing import Hints, Route
+from gateway.routes.table import Hints, Route
 from gateway.settings import Settings
 from gateway.types import ModelRef
 

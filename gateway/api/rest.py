@@ -23,11 +23,11 @@ from gateway.api.asgi import (
 )
 from gateway.api.asgi import served_by as _served_by
 from gateway.backends.base import Backends
-from gateway.control.store import RouteStore
 from gateway.dataplane import DataPlane, current_route
 from gateway.errors import GatewayError, NotFound
 from gateway.lifecycle import install_sigterm_drain
 from gateway.metrics import Metrics
+from gateway.routes.store import RouteStore
 from gateway.settings import Settings
 from gateway.shadow import Shadows
 

@@ -7,7 +7,7 @@ import asyncio
 from gateway.codecs.tf_json import DEFAULT_SIGNATURE
 from gateway.dataplane import DataPlane
 from gateway.errors import InvalidArgument, ModelNotFound, NotFound, VersionNotFound
-from gateway.routing import Hints, Route
+from gateway.routes.table import Hints, Route
 from gateway.types import ModelRef, ModelStatus
 
 

@@ -11,7 +11,7 @@ from gateway.backends.tfserving_grpc import TFServingGrpcBackend
 from gateway.codecs import tf_json, tf_proto
 from gateway.codecs.jsonio import dumps
 from gateway.errors import GatewayError, InvalidArgument, Unimplemented
-from gateway.routing import Route
+from gateway.routes.table import Route
 from gateway.types import ModelRef
 
 # TF Serving's own path grammar (http_rest_api_handler.cc); versions are integers, names and labels URL-decoded.

@@ -9,7 +9,7 @@ from gateway.api.asgi import Front, Request, Response, json_error, served_by
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import dumps
 from gateway.errors import GatewayError, InvalidArgument, MethodNotAllowed, NotFound
-from gateway.routing import Route
+from gateway.routes.table import Route
 from gateway.types import InferRequest, ModelRef
 
 _MODEL = r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Protocol
 
-from gateway.config import BackendConfig
+from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
 

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from gateway.config import BackendConfig
 from gateway.deadline import timeout_for
 from gateway.errors import (
     BackendError,
@@ -23,6 +22,7 @@ from gateway.errors import (
     Unimplemented,
 )
 from gateway.protos.services import Method
+from gateway.routes.schema import BackendConfig
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.config import BackendConfig
 from gateway.deadline import timeout_for
 from gateway.errors import BackendError, BackendTimeout, BackendUnavailable
+from gateway.routes.schema import BackendConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.codecs import tf_json
 from gateway.codecs.jsonio import loads
-from gateway.config import BackendConfig
 from gateway.errors import BackendError, BackendUnavailable, GatewayError, NotFound, error_for_status
+from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
 _JSON = {"Content-Type": "application/json"}

@@ -8,10 +8,10 @@ from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
 from gateway.backends.tfserving import Signatures
 from gateway.codecs import tf_json, tf_proto
 from gateway.codecs.jsonio import loads
-from gateway.config import BackendConfig
 from gateway.errors import BackendError, GatewayError, Unimplemented
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
+from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Target
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import loads
-from gateway.config import BackendConfig
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -20,6 +19,7 @@ from gateway.errors import (
     PayloadTooLarge,
     error_for_status,
 )
+from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
 

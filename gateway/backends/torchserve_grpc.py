@@ -12,7 +12,6 @@ from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, Targe
 from gateway.backends.http import HttpClient
 from gateway.backends.torchserve import KeyRefresher, TokenFile, described_status
 from gateway.codecs import v2_json
-from gateway.config import BackendConfig
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -23,6 +22,7 @@ from gateway.errors import (
 from gateway.protos import services as svc
 from gateway.protos import torchserve_inference_pb2 as tsi
 from gateway.protos import torchserve_management_pb2 as tsm
+from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
 Req = TypeVar("Req", bound=Message)

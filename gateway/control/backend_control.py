@@ -21,11 +21,11 @@ import grpc
 from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.backends.torchserve import KeyRefresher, TokenFile
-from gateway.config import BackendConfig
 from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
 from gateway.protos import tf_model_server_config_pb2 as tfc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos.services import MODEL_SERVICE, TF_GET_MODEL_STATUS, Method
+from gateway.routes.schema import BackendConfig
 
 __all__ = ["DeployFailed", "ModelSpecConfig", "TFServingControl", "TorchServeControl", "wait_drained"]
 

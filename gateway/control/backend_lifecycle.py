@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from gateway.config import BackendConfig, VersionConfig
 from gateway.control import tf_models_config as tmc
-from gateway.control import writer
 from gateway.control.backend_control import DeployFailed, TFServingControl, TorchServeControl
 from gateway.protos import tf_model_server_config_pb2 as tfc
+from gateway.routes import writer
+from gateway.routes.schema import BackendConfig, VersionConfig
 
 __all__ = ["BackendLifecycle", "ConfigFiles", "RetireSkipped", "SpecError", "TFServingLifecycle",
            "TorchServeLifecycle", "describe", "lifecycle_class", "lifecycle_for"]
@@ -76,7 +76,7 @@ def _timeout(value: Mapping[str, Any]) -> float:
 
 class ConfigFiles:
     """Serialises edits of a file: an asyncio lock per real path in this process, and across processes the
-    flock of :func:`gateway.control.writer.locked` (``.<name>.lock`` next to the file)."""
+    flock of :func:`gateway.routes.writer.locked` (``.<name>.lock`` next to the file)."""
 
     def __init__(self, lock_timeout_s: float = writer.LOCK_TIMEOUT_S) -> None:
         self.lock_timeout_s = lock_timeout_s

@@ -1,7 +1,7 @@
 """Canary rollouts over the routes file: traffic side only (the new version must already be loaded on its backend).
 
 A rollout moves a model from ``from_version`` to ``to_version`` through canary steps (e.g. 5, 25, 50, 100 percent).
-Each step is one routes write through :mod:`gateway.control.writer` (validated, compare-and-swap, atomic): the
+Each step is one routes write through :mod:`gateway.routes.writer` (validated, compare-and-swap, atomic): the
 model gets an experiment ``canary`` with variants ``stable`` (from_version, weight 100-p) and ``canary``
 (to_version, weight p); at 100 the experiment goes and ``default_version`` becomes to_version (promoted). A
 rollback (automatic or asked for) and an abort write the model back to from_version only, in one write.
@@ -69,8 +69,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.backends.base import Backends
 from gateway.codecs import v2_json
-from gateway.config import BackendConfig, RoutesConfig, VersionConfig, load_routes
-from gateway.control import writer
 from gateway.control.backend_lifecycle import (
     BackendLifecycle,
     ConfigFiles,
@@ -81,7 +79,9 @@ from gateway.control.backend_lifecycle import (
     lifecycle_class,
     lifecycle_for,
 )
-from gateway.routing import RouteTable
+from gateway.routes import writer
+from gateway.routes.schema import BackendConfig, RoutesConfig, VersionConfig, load_routes
+from gateway.routes.table import RouteTable
 from gateway.types import ModelRef
 
 if TYPE_CHECKING:

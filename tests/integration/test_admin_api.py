@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from gateway.control import writer
 from gateway.dev import localstack
+from gateway.routes import writer
 
 from .conftest import Gateway
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.config import BackendConfig
 from gateway.control.backend_control import DeployFailed, ModelSpecConfig, TFServingControl, TorchServeControl
 from gateway.dev import localstack
 from gateway.dev.devstack import MODEL_REPO
 from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.routes.schema import BackendConfig
 
 X = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
 AFFINE_V1 = [2.5, 3.0, 3.5]

@@ -20,7 +20,6 @@ from gateway.backends.tfserving import TFServingBackend
 from gateway.backends.tfserving_grpc import TFServingGrpcBackend
 from gateway.backends.torchserve_grpc import TorchServeGrpcBackend
 from gateway.codecs import tf_proto
-from gateway.config import BackendConfig
 from gateway.deadline import set_deadline
 from gateway.dev import localstack
 from gateway.errors import (
@@ -35,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
+from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, Target, Tensor, TensorSpec
 
 from .conftest import Blackhole

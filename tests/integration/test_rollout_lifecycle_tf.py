@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 import yaml
 
-from gateway.config import BackendConfig
 from gateway.control import tf_models_config as tmc
 from gateway.control.backend_control import TFServingControl
 from gateway.dev import localstack
 from gateway.dev.devstack import MODEL_REPO
+from gateway.routes.schema import BackendConfig
 
 from .adminapi import admin_client, wait_rollout
 from .loaddriver import Load

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_routes, parse_routes
 from gateway.errors import ConfigError
+from gateway.routes.schema import load_routes, parse_routes
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "routes.local.yaml"
 

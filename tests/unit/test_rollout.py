@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_routes
 from gateway.control import rollout as ro_mod
-from gateway.control import writer
 from gateway.control.rollout import (
     Guards,
     Orchestrator,
@@ -32,6 +30,8 @@ from gateway.control.rollout import (
     step_routes,
 )
 from gateway.metrics import Metrics
+from gateway.routes import writer
+from gateway.routes.schema import load_routes
 
 ROUTES = """\
 revision: 1
@@ -224,7 +224,8 @@ async def _traffic(routes: Path, bad: frozenset[str] = frozenset()) -> AsyncIter
 
 async def _until(orch: Orchestrator, model: str, timeout: float = 10.0) -> Rollout:
     async with asyncio.timeout(timeout):
-        while orch.get(model).state == "running":
+        # Ended, and its task done: the end's state file and exported metrics are written after the state changes.
+        while orch.get(model).state == "running" or model in orch._tasks:
             await asyncio.sleep(0.02)
     return orch.get(model)
 

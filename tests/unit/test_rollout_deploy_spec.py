@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.config import BackendConfig
 from gateway.control.backend_lifecycle import TFServingLifecycle, TorchServeLifecycle, lifecycle_class
 from gateway.control.rollout import Orchestrator, RolloutError, plan_deploy
+from gateway.routes.schema import BackendConfig
 
 TS = BackendConfig(name="ts", kind="torchserve", url="http://127.0.0.1:8080", management_url="http://127.0.0.1:8081")
 TS_BARE = BackendConfig(name="ts_bare", kind="torchserve", url="http://127.0.0.1:8080")

@@ -1,4 +1,4 @@
-"""gateway.control.writer: validated, compare-and-swap, atomic and locked writes of the routes file."""
+"""gateway.routes.writer: validated, compare-and-swap, atomic and locked writes of the routes file."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_routes
-from gateway.control import writer
-from gateway.control.writer import LockTimeout, RevisionConflict, UnknownModel
 from gateway.errors import ConfigError
+from gateway.routes import writer
+from gateway.routes.schema import load_routes
+from gateway.routes.writer import LockTimeout, RevisionConflict, UnknownModel
 
 ROUTES = """\
 # Routes for the tests: comments must survive writes.

@@ -6,10 +6,10 @@ import dataclasses
 import pytest
 
 from gateway.backends.base import Backends
-from gateway.config import parse_routes
 from gateway.dataplane import InFlight
 from gateway.errors import InvalidArgument, ModelNotFound, VersionNotFound
-from gateway.routing import RouteTable
+from gateway.routes.schema import parse_routes
+from gateway.routes.table import RouteTable
 from gateway.types import ModelRef
 
 from .test_config import BASE

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 import yaml
 
-from gateway.config import parse_routes
 from gateway.errors import ConfigError, InvalidArgument, PermissionDenied
-from gateway.routing import Hints, RouteTable
+from gateway.routes.schema import parse_routes
+from gateway.routes.table import Hints, RouteTable
 from gateway.types import ModelRef
 
 BASE = {

@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from gateway.config import parse_routes
 from gateway.errors import ConfigError
+from gateway.routes.schema import parse_routes
 
 LOCK_TIMEOUT_S = 10.0
 _REVISION_LINE = re.compile(r"^revision[ \t]*:[^\n#]*?(?P<comment>[ \t]+#[^\n]*)?$", re.MULTILINE)

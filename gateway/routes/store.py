@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.config import load_routes
-from gateway.routing import RouteTable
+from gateway.routes.schema import load_routes
+from gateway.routes.table import RouteTable
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from gateway.config import BackendConfig, Experiment, ModelConfig, RoutesConfig, Variant
 from gateway.errors import InvalidArgument, ModelNotFound, PermissionDenied, UnknownLabel, VersionNotFound
+from gateway.routes.schema import BackendConfig, Experiment, ModelConfig, RoutesConfig, Variant
 from gateway.types import ModelRef, Target
 
 BUCKETS = 10_000  # sticky keys hash into this many buckets; a variant owns a contiguous range of them
