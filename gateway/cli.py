@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway import admin_client
+from gateway.admin import client as admin_client
 from gateway.errors import ConfigError
 from gateway.routes.schema import load_routes
 from gateway.settings import Settings
@@ -32,7 +32,7 @@ def serve(settings: Settings) -> None:
     else:  # SIGHUP's default action would kill the only worker at once, requests in flight included
         signal.signal(signal.SIGHUP, _sighup_single_worker)
     uvicorn.run(
-        "gateway.api.rest:create_app", factory=True, host=settings.host, port=settings.port,
+        "gateway.server:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
         log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
         # SIGHUP to this (master) process restarts the workers one by one; a new worker must finish its startup

@@ -21,7 +21,7 @@ class Settings:
     log_level: str = "info"
     # SIGTERM: seconds not-ready (Connection: close on every answer) before the listener closes (gateway/lifecycle.py)
     drain_s: float = 5.0
-    # Admin API (gateway/api/admin.py): its own listener and token; never opened without a token; 0 = off.
+    # Admin API (gateway/admin/): its own listener and token; never opened without a token; 0 = off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 8002
     admin_token: str | None = field(default=None, repr=False)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway import admin_client
-from gateway.admin_client import AdminError, lifecycle_spec
+from gateway.admin import client as admin_client
+from gateway.admin.client import AdminError, lifecycle_spec
 
 
 def parse(*argv: str) -> argparse.Namespace:

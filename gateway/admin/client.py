@@ -1,4 +1,4 @@
-"""Client of the admin API (gateway/api/admin.py) and the `gateway routes ...` commands built on it.
+"""Client of the admin API (gateway/admin/app.py) and the `gateway routes ...` commands built on it.
 
     gateway routes show                       the routes file's text on stdout; its revision on stderr
     gateway routes apply FILE [--revision N]  replace the routes with FILE (compare-and-swap on N, by default

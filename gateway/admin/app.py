@@ -21,80 +21,31 @@ Writes go through gateway.routes.writer (validated, compare-and-swap on the revi
 process applies a successful write at once, every other worker within GATEWAY_ROUTES_POLL_S. `applied_revision`
 is this process's table only.
 
-It runs in the gateway process, on the same event loop as the public app: a second uvicorn.Server over a socket
-bound here, started and stopped by the public app's lifespan (signals stay with the main server). File writes
-run in a thread, never on the loop.
-
-Security: with no token configured the admin port is never opened (the reason is logged and the gateway serves
-without it). Tokens are compared in constant time (hmac.compare_digest); anything but /healthz without the right
-`Authorization: Bearer <token>` is a 401.
-
-Several workers (GATEWAY_WORKERS > 1): exactly one serves the admin port. The workers race for an exclusive
-flock on ``<tmpdir>/gateway-admin-<host>-<port>.lock``; the winner binds (a plain bind, no SO_REUSEPORT, so a
-second binder could never share the port) and the others log that a sibling serves it. The kernel drops the lock
-with its holder, so a restarted worker can take over. The lock tells a sibling from a foreign program holding
-the port: the latter is an error in the log, not a crash — the public ports keep serving either way. The
-workers that lost the race stand by (``start_admin(standby=True)``): when the holder exits, one of them takes
-the lock, binds, and resumes the running rollouts from their state files.
+Authentication: gateway/admin/auth.py; which worker serves the port: gateway/admin/listener.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import hashlib
-import hmac
 import logging
-import os
 import re
-import socket
-import tempfile
-from collections.abc import Callable, Generator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
-import uvicorn
 
+from gateway.admin.auth import REALM, BearerToken
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.control import rollout
 from gateway.errors import ConfigError
 from gateway.routes import writer
 from gateway.routes.store import RouteStore
-from gateway.settings import Settings
-
-if TYPE_CHECKING:
-    from gateway.dataplane import DataPlane
-    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.admin")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _MODEL_DEFAULT = re.compile(r"^/models/(?P<model>[^/]+)/default$")
 _ROLLOUT = re.compile(r"^/rollouts/(?P<model>[^/]+)(?:/(?P<action>promote|rollback|abort))?$")
-
-
-class AdminSetupError(Exception):
-    """The admin API cannot start (no token, unreadable token file...); the message says why."""
-
-
-def load_token(settings: Settings) -> bytes:
-    """The admin token from GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE; exactly one must be set."""
-    if settings.admin_token and settings.admin_token_file:
-        raise AdminSetupError("both GATEWAY_ADMIN_TOKEN and GATEWAY_ADMIN_TOKEN_FILE are set; set one")
-    if settings.admin_token_file:
-        try:
-            token = settings.admin_token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AdminSetupError(f"cannot read GATEWAY_ADMIN_TOKEN_FILE {settings.admin_token_file}: {exc}") from exc
-        if not token:
-            raise AdminSetupError(f"GATEWAY_ADMIN_TOKEN_FILE {settings.admin_token_file} is empty")
-        return token.encode()
-    if settings.admin_token and settings.admin_token.strip():
-        return settings.admin_token.strip().encode()
-    raise AdminSetupError("neither GATEWAY_ADMIN_TOKEN nor GATEWAY_ADMIN_TOKEN_FILE is set, and the admin port is "
-                          "never opened without a token (GATEWAY_ADMIN_PORT=0 turns the admin API off)")
 
 
 class _Answer(Exception):
@@ -118,7 +69,7 @@ class AdminApp:
                  rollouts: rollout.Orchestrator | None = None) -> None:
         self.store = store
         self.rollouts = rollouts
-        self._token_digest = hashlib.sha256(token).digest()
+        self._token = BearerToken(token)
         self.lock_timeout_s = lock_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,13 +142,9 @@ class AdminApp:
         return _Answer(200, rollout.public(ro))
 
     def _authorize(self, scope: Scope) -> None:
-        presented = _header(scope, b"authorization") or b""
-        scheme, _, token = presented.partition(b" ")
-        # Constant time: digests of equal length, compared with compare_digest, whatever was presented.
-        ok = hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._token_digest)
-        if not ok or scheme.lower() != b"bearer":
+        if not self._token.accepts(_header(scope, b"authorization")):
             raise _Answer(401, {"error": "missing or wrong admin token (Authorization: Bearer <token>)"},
-                          [(b"www-authenticate", b'Bearer realm="gateway-admin"')])
+                          [(b"www-authenticate", REALM.encode())])
 
     async def _get_routes(self) -> _Answer:
         text, revision = await asyncio.to_thread(writer.read, self.store.path)
@@ -294,169 +241,19 @@ async def _body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-# --- the listener ----------------------------------------------------------------------------------------------
-
-_TASK_NAME = "admin-api"
 
 
-class _QuietAdminServer(logging.Filter):
-    """Drops uvicorn's own info lines from the admin server's task ("Started server process [pid]" a second time,
-    "Shutting down"...), which would read as the main server's; warnings and errors pass."""
+class Admin:
+    """The admin worker's service (gateway/admin/listener.py): this app and the rollouts it drives."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:
-            return True
-        return task is None or task.get_name() != _TASK_NAME
-
-
-_UVICORN_LOG = logging.getLogger("uvicorn.error")
-if not any(isinstance(f, _QuietAdminServer) for f in _UVICORN_LOG.filters):
-    _UVICORN_LOG.addFilter(_QuietAdminServer())
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn.Server that leaves signal handling to the process's main server."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class AdminServer:
-    def __init__(self, app: AdminApp, sock: socket.socket, lock_fd: int | None) -> None:
+    def __init__(self, app: AdminApp) -> None:
         self.app = app
-        self.sock = sock
-        self.port: int = sock.getsockname()[1]
-        self._lock_fd = lock_fd
-        config = uvicorn.Config(app, interface="asgi3", lifespan="off", ws="none", log_config=None,
-                                access_log=False, proxy_headers=False, server_header=False,
-                                timeout_graceful_shutdown=5)
-        self._server = _EmbeddedServer(config)
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self, timeout_s: float = 10.0) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]), name=_TASK_NAME)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not self._server.started:
-            if self._task.done():
-                self._release()
-                self._task.result()  # raises what stopped it
-                raise AdminSetupError("the admin server stopped during startup")
-            if asyncio.get_running_loop().time() > deadline:
-                await self.stop()
-                raise AdminSetupError(f"the admin server did not start within {timeout_s:g} s")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
+    async def resume(self) -> None:
         if self.app.rollouts is not None:
-            await self.app.rollouts.close()  # the routes stay at the last applied step; resumed on restart
-        if self._task is not None:
-            self._server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
-            except (TimeoutError, asyncio.CancelledError):
-                self._server.force_exit = True
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
-            except Exception:
-                log.exception("admin API: error while stopping")
-            self._task = None
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        self._release()
+            for ro in await self.app.rollouts.resume():
+                log.info("rollout of %s resumed at %g%%", ro.model, ro.percent)
 
-    def _release(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
-
-
-def _listener_lock(host: str, port: int) -> tuple[bool, int | None]:
-    """(may bind, lock fd to hold). False: a sibling worker holds the lock and serves the port. When the lock
-    file cannot be opened, bind anyway (a plain bind still lets only one process listen)."""
-    safe_host = re.sub(r"[^A-Za-z0-9_.-]", "_", host)
-    path = Path(tempfile.gettempdir()) / f"gateway-admin-{safe_host}-{port}.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.warning("admin API: cannot open the listener lock %s (%s); binding without it", path, exc)
-            return True, None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False, None
-    return True, fd
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family = infos[0][0]
-    # create_server sets SO_REUSEADDR (a restart may rebind past TIME_WAIT) and never SO_REUSEPORT.
-    return socket.create_server(infos[0][4][:2], family=family, backlog=64)
-
-
-STANDBY_POLL_S = 0.5
-
-
-async def start_admin(settings: Settings, store: RouteStore, metrics: Metrics | None = None,
-                      plane: DataPlane | None = None, *, standby: bool = False) -> AdminServer | None:
-    """Start the admin listener when this process should serve it; None (with the reason logged) otherwise.
-    ``plane``: the process's data plane (rollouts warm up through it and drain on its in-flight counts).
-    ``standby``: while a sibling worker holds the listener lock, wait for it (polling every STANDBY_POLL_S) and
-    take over when that worker exits (a rolling restart, a crash) instead of returning None; cancel to stop."""
-    if not settings.admin_port:
-        return None
-    where = f"{settings.admin_host}:{settings.admin_port}"
-    try:
-        token = load_token(settings)
-    except AdminSetupError as exc:
-        log.warning("admin API not started: %s", exc)
-        return None
-    may_bind, lock_fd = _listener_lock(settings.admin_host, settings.admin_port)
-    if not may_bind and not standby:
-        log.info("admin API on %s is served by another worker of this gateway, not by pid %d", where, os.getpid())
-        return None
-    while not may_bind:
-        await asyncio.sleep(STANDBY_POLL_S)
-        may_bind, lock_fd = _listener_lock(settings.admin_host, settings.admin_port)
-    if standby:
-        log.info("admin API on %s: taking over from a worker that exited (pid %d)", where, os.getpid())
-    try:
-        sock = _bind(settings.admin_host, settings.admin_port)
-    except OSError as exc:
-        log.error("admin API not started: cannot listen on %s: %s", where, exc)
-        if lock_fd is not None:
-            os.close(lock_fd)
-        return None
-    orchestrator = None
-    if metrics is not None:  # rollouts run in this (the admin) worker's loop, guarded by every worker's metrics
-        orchestrator = rollout.Orchestrator(store.path, lambda: metrics.render()[0].decode("utf-8"), store.reload,
-                                            plane=plane, metrics=metrics)
-    server = AdminServer(AdminApp(store, token, rollouts=orchestrator), sock, lock_fd)
-    try:
-        await server.start()
-        if orchestrator is not None:
-            try:
-                for ro in await orchestrator.resume():
-                    log.info("rollout of %s resumed at %g%%", ro.model, ro.percent)
-            except Exception:
-                log.exception("admin API: resuming rollouts failed")
-    except asyncio.CancelledError:  # a standby that began draining while taking over: leave nothing behind
-        await server.stop()
-        raise
-    except Exception as exc:
-        log.error("admin API not started on %s: %s", where, exc)
-        await server.stop()
-        return None
-    log.info("admin API listening on http://%s (pid %d)", where, os.getpid())
-    return server
+    async def close(self) -> None:
+        if self.app.rollouts is not None:
+            await self.app.rollouts.close()

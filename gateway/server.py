@@ -1,0 +1,142 @@
+"""The composition root: one gateway process assembled (route store, backend clients, metrics, shadows, data plane,
+REST, gRPC and admin listeners) and run through its lifecycle (startup, SIGTERM drain, shutdown).
+
+uvicorn runs :func:`create_app` in every worker; its lifespan builds a :class:`GatewayProcess` there, after the
+fork, so no socket, pool or task crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from gateway.admin.listener import AdminSeat
+from gateway.api.asgi import Receive, Scope, Send
+from gateway.api.rest import RestApp
+from gateway.backends.base import Backends
+from gateway.dataplane import DataPlane
+from gateway.lifecycle import install_sigterm_drain
+from gateway.metrics import Metrics
+from gateway.routes.store import RouteStore
+from gateway.settings import Settings
+from gateway.shadow import Shadows
+
+if TYPE_CHECKING:
+    from gateway.admin.app import Admin
+    from gateway.api.grpc import GrpcFront
+
+log = logging.getLogger("gateway")
+
+
+class GatewayProcess:
+    """Everything one worker process serves with, built in :meth:`start` and torn down in :meth:`stop`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.plane: DataPlane | None = None
+        self.rest: RestApp | None = None
+        self.grpc: GrpcFront | None = None
+        self.admin: AdminSeat | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        store = RouteStore(settings.routes_file)
+        backends = Backends()
+        for config in store.current.backends.values():
+            backends.get(config)
+        metrics = Metrics()
+        plane = self.plane = DataPlane(store, backends, metrics,
+                                       Shadows(metrics, max_pending=settings.shadow_max_pending))
+        store.on_swap.append(lambda table: backends.retire_unused(table.backends.values()))
+        self._watch = asyncio.create_task(store.watch(settings.routes_poll_s))
+        self.rest = RestApp(plane, settings.max_body_bytes)
+        if settings.grpc_port:
+            from gateway.api.grpc import GrpcFront  # grpc servicers load only when the listener is on
+
+            self.grpc = GrpcFront(plane, settings)
+            await self.grpc.start()
+        if settings.admin_port:  # its own port and token; one worker serves it (gateway/admin/listener.py)
+            self.admin = AdminSeat(settings, self._admin_service)
+            await self.admin.start()
+        log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
+                 store.path, len(store.current.models), len(store.current.backends))
+        install_sigterm_drain(settings.drain_s, self.begin_drain)
+
+    def _admin_service(self, token: bytes) -> Admin:
+        """Built by the worker that wins the admin port: the admin app and the rollouts it drives, which run in
+        this worker's loop, guarded by every worker's metrics."""
+        from gateway.admin.app import Admin, AdminApp  # only the admin worker loads the control plane
+        from gateway.control.rollout import Orchestrator
+
+        plane = self.plane
+        assert plane is not None
+        metrics = plane.metrics
+        orchestrator = Orchestrator(plane.store.path, lambda: metrics.render()[0].decode("utf-8"),
+                                    plane.store.reload, plane=plane, metrics=metrics)
+        return Admin(AdminApp(plane.store, token, rollouts=orchestrator))
+
+    def begin_drain(self) -> None:
+        """The first SIGTERM (gateway/lifecycle.py): not ready, ``Connection: close`` on every answer, gRPC health
+        NOT_SERVING; requests are still served until the listener closes ``drain_s`` later."""
+        log.info("SIGTERM: draining for %g s (not ready; connections closed after their current request), then "
+                 "stopping (pid %d)", self.settings.drain_s, os.getpid())
+        if self.plane is not None:
+            self.plane.draining = True
+        if self.admin is not None:
+            self.admin.stand_down()
+        if self.grpc is not None:
+            self._drain_task = asyncio.create_task(self.grpc.begin_drain())
+
+    async def stop(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.grpc is not None:
+            await self.grpc.stop()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self.plane is not None:
+            await self.plane.shadows.close()
+            await self.plane.backends.close()
+            self.plane.metrics.process_exiting()
+
+
+class GatewayApp:
+    """The ASGI app uvicorn runs: its lifespan starts and stops the process; HTTP goes to the REST fronts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.process = GatewayProcess(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            rest = self.process.rest
+            assert rest is not None, "the ASGI server must run the lifespan"
+            await rest(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.process.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.process.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app() -> GatewayApp:
+    """uvicorn factory: settings from the environment, everything else built in the lifespan."""
+    return GatewayApp(Settings.from_env())
