@@ -1,4 +1,35 @@
-"""The gateway's error tree: each class carries its HTTP status and gRPC code; this is the only mapping table."""
+"""The gateway's error tree: each class carries its HTTP status and gRPC code; this is the only mapping table.
+
+    GatewayError                      500 INTERNAL
+    ├── InvalidArgument               400 INVALID_ARGUMENT
+    │   ├── UnknownLabel                  (TF Serving answers an unknown label with 400, not 404)
+    │   └── MalformedRequest              (unparseable JSON, bad path)
+    ├── PayloadTooLarge               413 RESOURCE_EXHAUSTED
+    ├── NotFound                      404 NOT_FOUND
+    │   ├── ModelNotFound
+    │   └── VersionNotFound
+    ├── Unauthenticated               401 UNAUTHENTICATED     no or wrong credentials
+    ├── PermissionDenied              403 PERMISSION_DENIED
+    ├── MethodNotAllowed              405 UNIMPLEMENTED
+    ├── Unimplemented                 501 UNIMPLEMENTED
+    ├── ResourceExhausted             429 RESOURCE_EXHAUSTED
+    ├── BackendError                  502 INTERNAL            the backend failed (5xx, unreadable answer)
+    ├── BackendUnavailable            503 UNAVAILABLE         down, refusing, or the target is not loaded
+    ├── BackendTimeout                504 DEADLINE_EXCEEDED
+    └── ControlError                  500                     the control plane: admin API, routes writes, rollouts
+        ├── InvalidChange             400                     a change or spec that cannot be applied
+        │   └── ConfigError               (the routes document: file, field path and reason in the message)
+        ├── NotDefined                404                     no such model (in the routes) or rollout
+        │   └── UnknownModel
+        ├── Conflict                  409                     the state moved on (another write, a running rollout)
+        │   └── RevisionConflict          (carries the current revision)
+        ├── DeployFailed              502                     a backend refused a control operation
+        └── ControlUnavailable        503                     the store or the workers cannot take it now
+            └── LockTimeout
+
+The fronts encode any GatewayError in their client's protocol (gateway/api/), the admin API through one
+exception handler (gateway/admin/app.py); library errors are mapped to these classes at one place per adapter.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +76,15 @@ class VersionNotFound(NotFound):
     pass
 
 
+class Unauthenticated(GatewayError):
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self, message: str, challenge: str = "Bearer") -> None:
+        super().__init__(message)
+        self.challenge = challenge  # the WWW-Authenticate header's value over HTTP
+
+
 class PermissionDenied(GatewayError):
     http_status = 403
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
@@ -84,8 +124,59 @@ class BackendTimeout(GatewayError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class ConfigError(Exception):
-    """The routes file is invalid; the message names the file, the field path and what is wrong."""
+# --- the control plane -------------------------------------------------------------------------------------------
+
+class ControlError(GatewayError):
+    """A refused or failed control operation (admin API, routes write, rollout); the message is the answer."""
+
+
+class InvalidChange(ControlError):
+    http_status = 400
+
+
+class ConfigError(InvalidChange):
+    """The routes document is invalid; the message names the file, the field path and what is wrong."""
+
+
+class NotDefined(ControlError):
+    http_status = 404
+
+
+class UnknownModel(NotDefined):
+    """A write named a model the routes do not define."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} is not defined in the routes file")
+        self.model = model
+
+
+class Conflict(ControlError):
+    http_status = 409
+
+
+class RevisionConflict(Conflict):
+    """The routes are not at the revision the caller read: someone else wrote them meanwhile. Nothing was written."""
+
+    def __init__(self, where: object, expected: int, current: int) -> None:
+        super().__init__(f"{where}: revision conflict: expected revision {expected}, the routes are at revision "
+                         f"{current}; re-read them and apply the change again")
+        self.expected = expected
+        self.current = current
+
+
+class DeployFailed(ControlError):
+    """The backend refused or failed a control operation (registration, load, reload, unregister); the message
+    carries the backend's own."""
+
+    http_status = 502
+
+
+class ControlUnavailable(ControlError):
+    http_status = 503
+
+
+class LockTimeout(ControlUnavailable):
+    """Another writer held the routes' lock for longer than the timeout."""
 
 
 # TF Serving's REST status per error code (http_rest_api_util.cc), used to map a TF error body back to a class.

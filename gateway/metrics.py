@@ -85,7 +85,7 @@ class Metrics:
         self.inflight = Gauge("gateway_inflight_requests", "Backend calls in flight, by backend target (a "
                               "version is retired only once its count is 0 in every worker).",
                               ("backend", "model", "version"), registry=reg, multiprocess_mode="livesum")
-        # Rollouts (gateway/control/rollout.py, in the worker that serves the admin API): their state, and every
+        # Rollouts (gateway/control/orchestrator.py, in the worker that serves the admin API): their state, and every
         # transition of their history by event (who, when and why are in the admin API's history).
         self.routes_revision = Gauge("gateway_routes_revision", "The routes revision this worker serves (over "
                                      "several workers: the oldest one still served).", registry=reg,

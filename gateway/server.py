@@ -71,7 +71,7 @@ class GatewayProcess:
         """Built by the worker that wins the admin port: the admin app and the rollouts it drives, which run in
         this worker's loop, guarded by every worker's metrics."""
         from gateway.admin.app import Admin, AdminApp  # only the admin worker loads the control plane
-        from gateway.control.rollout import Orchestrator
+        from gateway.control.orchestrator import Orchestrator
 
         plane = self.plane
         assert plane is not None

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Annotated
 
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway.errors import Unauthenticated
 from gateway.settings import Settings
 
 REALM = 'Bearer realm="gateway-admin"'
@@ -44,3 +49,14 @@ class BearerToken:
         # Constant time: digests of equal length compared with compare_digest, whatever was presented.
         ok = hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._digest)
         return ok and scheme.lower() == b"bearer"
+
+
+_SCHEME = HTTPBearer(auto_error=False, description="the admin token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE)")
+
+
+def require_token(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)]) -> None:
+    """FastAPI dependency of every admin endpoint but /healthz (and the docs): 401 without the right token."""
+    token: BearerToken = request.app.state.admin.token
+    raw = request.headers.get("authorization")
+    if not token.accepts(None if raw is None else raw.encode("latin-1")):
+        raise Unauthenticated("missing or wrong admin token (Authorization: Bearer <token>)", REALM)

@@ -147,7 +147,7 @@ def _common(p: Any) -> None:
 
 
 def add_rollout_parser(sub: Any) -> None:
-    """`gateway rollout ...`: canary rollouts through the admin API (gateway/control/rollout.py)."""
+    """`gateway rollout ...`: canary rollouts through the admin API (gateway/control/orchestrator.py)."""
     p = sub.add_parser("rollout", help="canary rollouts through the admin API", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import grpc
-
 from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.backends.torchserve import KeyRefresher, TokenFile
-from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
+from gateway.errors import BackendTimeout, BackendUnavailable, DeployFailed, GatewayError
 from gateway.protos import tf_model_server_config_pb2 as tfc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos.services import MODEL_SERVICE, TF_GET_MODEL_STATUS, Method
@@ -35,14 +33,6 @@ CALL_TIMEOUT_S = 10.0
 
 TF_HANDLE_RELOAD_CONFIG: Method[Any, Any] = Method(
     f"/{MODEL_SERVICE}/HandleReloadConfigRequest", tfc.ReloadConfigRequest, tfc.ReloadConfigResponse)
-
-
-class DeployFailed(GatewayError):
-    """The backend refused or failed a control operation (registration, load, reload, unregister); the message
-    carries the backend's own."""
-
-    http_status = 502
-    grpc_code = grpc.StatusCode.INTERNAL
 
 
 def _deadline(timeout_s: float) -> float:

@@ -1,7 +1,7 @@
 """The two backend stages of a rollout around its canary, one small object per backend kind.
 
 ``deploy``: load the new version and wait until it serves; ``retire``: drain the old version, then unload it.
-The orchestrator (:mod:`gateway.control.rollout`) picks the object with :func:`lifecycle_for` from the target's
+The orchestrator (:mod:`gateway.control.orchestrator`) picks the object with :func:`lifecycle_for` from the target's
 backend kind and knows nothing of either backend; each transition is reported through ``note`` (recorded in the
 rollout's history and saved), and ``retire`` ends with the name of its last event.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -32,13 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from gateway.control import tf_models_config as tmc
-from gateway.control.backend_control import DeployFailed, TFServingControl, TorchServeControl
+from gateway.control.backend_control import TFServingControl, TorchServeControl
+from gateway.control.validation import explain
+from gateway.errors import DeployFailed, InvalidChange
 from gateway.protos import tf_model_server_config_pb2 as tfc
 from gateway.routes import writer
 from gateway.routes.schema import BackendConfig, VersionConfig
 
-__all__ = ["BackendLifecycle", "ConfigFiles", "RetireSkipped", "SpecError", "TFServingLifecycle",
+__all__ = ["BackendLifecycle", "ConfigFiles", "RetireSkipped", "TFServingLifecycle",
            "TorchServeLifecycle", "describe", "lifecycle_class", "lifecycle_for"]
 
 DEFAULT_DEPLOY_TIMEOUT_S = 120.0
@@ -46,10 +49,6 @@ DEFAULT_DEPLOY_TIMEOUT_S = 120.0
 RELOAD_TIMEOUT_S = 30.0
 #: How long TF Serving may take to unload a retired version (END or gone).
 UNLOAD_TIMEOUT_S = 60.0
-
-
-class SpecError(ValueError):
-    """A deploy spec or backend that a rollout cannot use; the message is the answer (a 400)."""
 
 
 class RetireSkipped(Exception):
@@ -66,12 +65,61 @@ def describe(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
-def _timeout(value: Mapping[str, Any]) -> float:
-    timeout = value.get("timeout_s", DEFAULT_DEPLOY_TIMEOUT_S)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600 \
-            or not math.isfinite(timeout):
-        raise SpecError(f"deploy.timeout_s must be seconds in (0, 3600], got {timeout!r}")
-    return float(timeout)
+Timeout = Field(DEFAULT_DEPLOY_TIMEOUT_S, gt=0, le=3600, allow_inf_nan=False,
+                description="seconds to wait until the version serves")
+
+
+def _checked(spec: type[BaseModel], value: Any, what: str) -> dict[str, Any]:
+    """``value`` as ``spec`` (pydantic) or InvalidChange naming every problem under ``deploy``."""
+    if not isinstance(value, dict):
+        raise InvalidChange(f"deploy must be an object {what}, got {value!r}")
+    try:
+        return spec.model_validate(value).model_dump()
+    except ValidationError as exc:
+        raise InvalidChange(explain(exc, "deploy")) from None
+
+
+class TorchServeDeploy(BaseModel):
+    """``deploy`` of a TorchServe target: register an archive of its model store."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    archive: str = Field(min_length=1, description="the archive's file name in the model store, or an http(s) URL")
+    workers: int = Field(1, ge=1, le=64, description="initial workers")
+    timeout_s: float = Timeout
+
+
+class TFServingDeploy(BaseModel):
+    """``deploy`` of a TF Serving target: its version directory is already under the model's base_path."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    timeout_s: float = Timeout
+
+
+def archive_in_store(archive: str, backend: BackendConfig) -> str:
+    """The archive TorchServe is asked to register, refused (InvalidChange) before any backend is asked when it
+    names a file outside the model store: a path with ``..``, an absolute path (unless inside the backend's
+    ``model_store``), or, with ``model_store`` set, a file that is not in it. http(s) URLs pass: TorchServe's own
+    ``allowed_urls`` decides those."""
+    archive = archive.strip()
+    if archive.startswith(("http://", "https://")):
+        return archive
+    if "\\" in archive or "\x00" in archive or ".." in Path(archive).parts:
+        raise InvalidChange(f"deploy.archive {archive!r}: a file of the model store is named without '..'")
+    store = backend.model_store
+    if store is None:
+        if os.path.isabs(archive) or "/" in archive:
+            raise InvalidChange(f"deploy.archive {archive!r}: name a file of TorchServe's model store (set "
+                                f"backends.{backend.name}.model_store to allow paths under it)")
+        return archive
+    real_store = Path(os.path.realpath(store))
+    real = Path(os.path.realpath(store / archive))
+    if real_store not in real.parents:
+        raise InvalidChange(f"deploy.archive {archive!r} is outside the model store {store}")
+    if not real.exists():
+        raise InvalidChange(f"deploy.archive {archive!r}: no such archive in the model store {store}")
+    return str(real.relative_to(real_store))
 
 
 class ConfigFiles:
@@ -108,8 +156,8 @@ class BackendLifecycle:
         raise NotImplementedError
 
     @classmethod
-    def plan_deploy(cls, value: Any) -> dict[str, Any]:
-        """The rollout's ``deploy`` spec checked and normalised for this kind; SpecError otherwise."""
+    def plan_deploy(cls, value: Any, backend: BackendConfig) -> dict[str, Any]:
+        """The rollout's ``deploy`` spec checked and normalised for this kind; InvalidChange otherwise."""
         raise NotImplementedError
 
     async def deploy(self, target: VersionConfig, spec: Mapping[str, Any], note: Note) -> None:
@@ -143,19 +191,10 @@ class TorchServeLifecycle(BackendLifecycle):
         return None if backend.management_url else f"a management_url on TorchServe backend {backend.name!r}"
 
     @classmethod
-    def plan_deploy(cls, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise SpecError(f"deploy must be an object {cls.deploy_fields} for a TorchServe target, got {value!r}")
-        unknown = sorted(set(value) - {"archive", "workers", "timeout_s"})
-        if unknown:
-            raise SpecError(f"deploy: unknown field(s) {', '.join(unknown)}")
-        archive = value.get("archive")
-        if not isinstance(archive, str) or not archive.strip():
-            raise SpecError("deploy.archive must be the archive's file name in the model store (or a URL)")
-        workers = value.get("workers", 1)
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
-            raise SpecError(f"deploy.workers must be an integer in [1, 64], got {workers!r}")
-        return {"archive": archive.strip(), "workers": workers, "timeout_s": _timeout(value)}
+    def plan_deploy(cls, value: Any, backend: BackendConfig) -> dict[str, Any]:
+        spec = _checked(TorchServeDeploy, value, f"{cls.deploy_fields} for a TorchServe target")
+        spec["archive"] = archive_in_store(spec["archive"], backend)
+        return spec
 
     async def deploy(self, target: VersionConfig, spec: Mapping[str, Any], note: Note) -> None:
         archive = spec["archive"]
@@ -231,18 +270,13 @@ class TFServingLifecycle(BackendLifecycle):
         return f"TF Serving backend {backend.name!r} to have " + " and ".join(needs) if needs else None
 
     @classmethod
-    def plan_deploy(cls, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise SpecError(f"deploy must be an object {cls.deploy_fields} for a TF Serving target, got {value!r}")
-        torchserve_only = sorted(set(value) & {"archive", "workers"})
+    def plan_deploy(cls, value: Any, backend: BackendConfig) -> dict[str, Any]:
+        torchserve_only = sorted(set(value) & {"archive", "workers"}) if isinstance(value, dict) else []
         if torchserve_only:
-            raise SpecError(f"deploy.{' and deploy.'.join(torchserve_only)}: TorchServe only; a TF Serving target "
-                            "loads the version from its directory under the model's base_path (publish it there "
-                            f"first), and its deploy takes {cls.deploy_fields} only")
-        unknown = sorted(set(value) - {"timeout_s"})
-        if unknown:
-            raise SpecError(f"deploy: unknown field(s) {', '.join(unknown)}")
-        return {"timeout_s": _timeout(value)}
+            raise InvalidChange(f"deploy.{' and deploy.'.join(torchserve_only)}: TorchServe only; a TF Serving "
+                                "target loads the version from its directory under the model's base_path (publish "
+                                f"it there first), and its deploy takes {cls.deploy_fields} only")
+        return _checked(TFServingDeploy, value, f"{cls.deploy_fields} for a TF Serving target")
 
     async def deploy(self, target: VersionConfig, spec: Mapping[str, Any], note: Note) -> None:
         what = f"{target.model} version {target.version} on TF Serving {target.backend!r}"
@@ -364,9 +398,9 @@ def lifecycle_class(backend: BackendConfig) -> type[BackendLifecycle]:
 
 
 def lifecycle_for(backend: BackendConfig, files: ConfigFiles) -> BackendLifecycle:
-    """The backend's lifecycle object; SpecError when the backend lacks what it needs."""
+    """The backend's lifecycle object; InvalidChange when the backend lacks what it needs."""
     cls = lifecycle_class(backend)
     missing = cls.missing(backend)
     if missing is not None:
-        raise SpecError(f"deploy and retire need {missing}")
+        raise InvalidChange(f"deploy and retire need {missing}")
     return cls(backend, files)

@@ -19,13 +19,14 @@ from collections.abc import Iterable
 
 from google.protobuf import text_format
 
+from gateway.errors import InvalidChange
 from gateway.protos import tf_model_server_config_pb2 as tfc
 
 __all__ = ["ModelsConfigError", "entry", "labels_on", "parse", "policy_of", "render", "served_versions",
            "with_entry", "with_version", "without_version"]
 
 
-class ModelsConfigError(ValueError):
+class ModelsConfigError(InvalidChange):
     """A models.config the gateway cannot read or edit as asked; the message says why."""
 
 

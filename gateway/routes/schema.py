@@ -33,6 +33,8 @@ class BackendConfig:
     token_file: Path | None = None
     # TF Serving: the models.config it was started with (--model_config_file); rollouts edit it to load/unload
     model_config_file: Path | None = None
+    # TorchServe: its model store, where rollouts' deploy archives must be (refused outside it)
+    model_store: Path | None = None
     timeout_s: float = 30.0
     connect_timeout_s: float = 2.0
     max_connections: int = 256
@@ -209,7 +211,8 @@ class _Parser:
         path = f"backends.{name}"
         self.name(name, path)
         allowed = {"kind", "url", "management_url", "token_file", "timeout_s", "connect_timeout_s",
-                   "max_connections", "transport", "grpc_target", "grpc_management_target", "model_config_file"}
+                   "max_connections", "transport", "grpc_target", "grpc_management_target", "model_config_file",
+                   "model_store"}
         m = self.mapping(spec, path, required={"kind", "url"}, allowed=allowed)
         kind = self.string(m["kind"], f"{path}.kind")
         if kind not in BACKEND_KINDS:
@@ -229,6 +232,7 @@ class _Parser:
         if grpc_management is not None and kind != "torchserve":
             self.fail(f"{path}.grpc_management_target", "only torchserve backends have a management gRPC API")
         model_config_file = self.model_config_file(m.get("model_config_file"), f"{path}.model_config_file", kind)
+        model_store = self.model_store(m.get("model_store"), f"{path}.model_store", kind)
         return BackendConfig(
             name=name,
             kind=kind,  # type: ignore[arg-type]
@@ -240,6 +244,7 @@ class _Parser:
             else self.url(m["management_url"], f"{path}.management_url"),
             token_file=None if token is None else Path(self.string(token, f"{path}.token_file")),
             model_config_file=model_config_file,
+            model_store=model_store,
             timeout_s=self.number(m.get("timeout_s", 30.0), f"{path}.timeout_s"),
             connect_timeout_s=self.number(m.get("connect_timeout_s", 2.0), f"{path}.connect_timeout_s"),
             max_connections=self.integer(m.get("max_connections", 256), f"{path}.max_connections", minimum=1),
@@ -254,6 +259,17 @@ class _Parser:
         text = self.string(value, path)
         if not os.path.isabs(text):
             self.fail(path, f"{text!r} must be an absolute path (the models.config TF Serving was started with)")
+        return Path(text)
+
+    def model_store(self, value: Any, path: str, kind: str) -> Path | None:
+        """TorchServe's model store directory, absolute; an empty value (an unset ``${VAR:-}``) means none."""
+        if value is None or (isinstance(value, str) and not self.expand(value, path)):
+            return None
+        if kind != "torchserve":
+            self.fail(path, "only torchserve backends have a model store")
+        text = self.string(value, path)
+        if not os.path.isabs(text):
+            self.fail(path, f"{text!r} must be an absolute path (TorchServe's model_store)")
         return Path(text)
 
     def model(self, name: str, spec: Any, backends: Mapping[str, BackendConfig]) -> ModelConfig:

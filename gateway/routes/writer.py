@@ -31,34 +31,12 @@ from typing import Any
 
 import yaml
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, LockTimeout, RevisionConflict, UnknownModel
 from gateway.routes.schema import parse_routes
 
 LOCK_TIMEOUT_S = 10.0
 _REVISION_LINE = re.compile(r"^revision[ \t]*:[^\n#]*?(?P<comment>[ \t]+#[^\n]*)?$", re.MULTILINE)
 _TOP_KEY = re.compile(r"^[^\s#]")
-
-
-class RevisionConflict(Exception):
-    """The file is not at the revision the caller read: someone else wrote it meanwhile. Nothing was written."""
-
-    def __init__(self, path: Path, expected: int, current: int) -> None:
-        super().__init__(f"{path}: revision conflict: expected revision {expected}, the file is at revision "
-                         f"{current}; re-read it and apply the change again")
-        self.expected = expected
-        self.current = current
-
-
-class LockTimeout(Exception):
-    """Another writer held the routes file's lock for longer than the timeout."""
-
-
-class UnknownModel(LookupError):
-    """set_default_version named a model the routes file does not define."""
-
-    def __init__(self, model: str) -> None:
-        super().__init__(f"model {model!r} is not defined in the routes file")
-        self.model = model
 
 
 def lock_path(path: Path) -> Path:

@@ -107,7 +107,7 @@ def test_put_routes_compare_and_swap(gateway: Gateway, admin: httpx.Client, clie
     assert admin.put("/routes", content=changed, headers={"if-match": "soon"}).status_code == 400
     stale = admin.put("/routes", content=changed, headers={"if-match": str(rev + 7)})
     assert stale.status_code == 409, stale.text
-    assert stale.json()["revision"] == rev and f"the file is at revision {rev}" in stale.json()["error"]
+    assert stale.json()["revision"] == rev and f"the routes are at revision {rev}" in stale.json()["error"]
     assert gateway.routes_file.read_text() == text  # nothing written
 
     ok = admin.put("/routes", content=changed, headers={"if-match": f'"{rev}"'})
@@ -167,7 +167,7 @@ def test_set_default_switches_at_once(gateway: Gateway, admin: httpx.Client, cli
         ("nope", {"version": "1", "revision": rev + 1}, 404, "'nope' is not defined"),
         ("mlp_ab", {"version": "1", "revision": rev + 1}, 400, "has an experiment"),
         ("switch_affine", {"version": "1"}, 400, "revision"),
-        ("switch_affine", {"version": True, "revision": rev + 1}, 400, "version must be"),
+        ("switch_affine", {"version": True, "revision": rev + 1}, 400, "version: must be"),
     ]
     for model, body, status, message in cases:
         refused = admin.post(f"/models/{model}/default", json=body)

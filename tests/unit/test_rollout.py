@@ -1,6 +1,6 @@
-"""Canary rollouts (gateway/control/rollout.py) without backends: step planning, p99 from histogram buckets, guard
-decisions, routes edits, state persistence, and the orchestrator driven by a fake traffic source that records into a
-real Metrics object."""
+"""Canary rollouts (gateway/control/: orchestrator, guards, rollout_spec, routes_edit, rollout_state) without
+backends: step planning, p99 from histogram buckets, guard decisions, routes edits, state persistence, and the
+orchestrator driven by a fake traffic source that records into a real Metrics object."""
 
 from __future__ import annotations
 
@@ -14,21 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.control import rollout as ro_mod
-from gateway.control.rollout import (
-    Guards,
-    Orchestrator,
-    Rollout,
-    RolloutError,
-    StateStore,
-    Window,
-    applied_percent,
-    evaluate,
-    plan_steps,
-    quantile,
-    snapshot,
-    step_routes,
-)
+from gateway.control.guards import Guards, Window, evaluate, quantile, snapshot
+from gateway.control.orchestrator import Orchestrator
+from gateway.control.rollout_spec import RolloutSpec
+from gateway.control.rollout_state import Rollout, StateStore, public
+from gateway.control.routes_edit import applied_percent, step_routes
+from gateway.errors import ControlError
 from gateway.metrics import Metrics
 from gateway.routes import writer
 from gateway.routes.schema import load_routes
@@ -71,13 +62,21 @@ def _rollout(**kw: object) -> Rollout:
 
 # --- planning, quantiles, guards ----------------------------------------------------------------------------------
 
+def plan_steps(steps: object) -> list[float]:
+    spec: dict[str, object] = {"model": "m", "to_version": 2}
+    if steps is not None:
+        spec["steps"] = steps
+    return RolloutSpec.parse(spec).steps
+
+
 def test_plan_steps() -> None:
     assert plan_steps(None) == [5, 25, 50, 100]
     assert plan_steps([10, 50]) == [10, 50, 100]
     assert plan_steps([1, 2.5, 100]) == [1, 2.5, 100]
-    for bad in ([0, 50], [50, 50], [60, 40], [101], [True], ["5"], [math.nan]):
-        with pytest.raises(RolloutError):
+    for bad in ([0, 50], [50, 50], [60, 40], [101], [True], ["5"], [math.nan], 5):
+        with pytest.raises(ControlError) as info:
             plan_steps(bad)
+        assert info.value.http_status == 400 and "steps" in info.value.message, info.value.message
 
 
 def test_quantile_interpolates_like_histogram_quantile() -> None:
@@ -134,11 +133,14 @@ def test_guard_decisions() -> None:
     # Latency is not judged on too few canary requests, nor against too few stable ones.
     assert evaluate(g, _w(100, 0, 0.005), _w(10, 0, 0.05)).breach is None
     assert evaluate(g, _w(5, 0, 0.005), _w(30, 0, 0.05)).breach is None
-    with pytest.raises(RolloutError):
-        Guards.from_json({"max_error_rate": -1})
-    with pytest.raises(RolloutError):
-        Guards.from_json({"min_requests": 0})
-    assert Guards.from_json({"max_p99_ratio": 3, "min_requests": 7}) == Guards(max_p99_ratio=3.0, min_requests=7)
+    def guards(**spec: object) -> Guards:
+        return RolloutSpec.parse({"model": "m", "to_version": 2, **spec}).guards()
+
+    for bad in ({"max_error_rate": -1}, {"min_requests": 0}, {"max_error_rate": None}, {"max_p99_s": True}):
+        with pytest.raises(ControlError) as info:
+            guards(**bad)
+        assert info.value.http_status == 400 and next(iter(bad)) in info.value.message, info.value.message
+    assert guards(max_p99_ratio=3, min_requests=7) == Guards(max_p99_ratio=3.0, min_requests=7)
 
 
 # --- routes edits and state ----------------------------------------------------------------------------------------
@@ -230,6 +232,10 @@ async def _until(orch: Orchestrator, model: str, timeout: float = 10.0) -> Rollo
     return orch.get(model)
 
 
+async def start(orch: Orchestrator, spec: dict[str, object], who: str = "admin-api") -> Rollout:
+    return await orch.start(RolloutSpec.parse(spec), who)
+
+
 SPEC = {"model": "scale", "to_version": 2, "steps": [10, 50], "dwell_s": 0.3, "min_requests": 5}
 
 
@@ -237,7 +243,7 @@ async def test_canary_goes_to_100(routes: Path) -> None:
     exported = Metrics()
     async with _traffic(routes) as traffic:
         orch = Orchestrator(routes, traffic.text, check_interval_s=0.05, metrics=exported)
-        ro = await orch.start(SPEC, "alice")
+        ro = await start(orch, SPEC, "alice")
         assert ro.steps == [10, 50, 100]
         done = await _until(orch, "scale")
     text = exported.render()[0].decode()  # the state and every transition, exported
@@ -259,7 +265,7 @@ async def test_canary_goes_to_100(routes: Path) -> None:
 async def test_bad_canary_is_rolled_back(routes: Path) -> None:
     async with _traffic(routes, frozenset({"2"})) as traffic:
         orch = Orchestrator(routes, traffic.text, check_interval_s=0.05)
-        await orch.start({**SPEC, "dwell_s": 5})
+        await start(orch, {**SPEC, "dwell_s": 5})
         done = await _until(orch, "scale", timeout=4)  # well within the first step's dwell
     assert done.state == "rolled_back" and done.percent == 0
     assert "error rate" in done.reason and done.history[-1]["who"] == "orchestrator"
@@ -270,29 +276,29 @@ async def test_bad_canary_is_rolled_back(routes: Path) -> None:
 
 async def test_manual_operations_and_refusals(routes: Path) -> None:
     orch = Orchestrator(routes, lambda: "", check_interval_s=0.05)
-    with pytest.raises(RolloutError) as exc:
-        await orch.start({**SPEC, "model": "ab"})
-    assert exc.value.status == 409
+    with pytest.raises(ControlError) as exc:
+        await start(orch, {**SPEC, "model": "ab"})
+    assert exc.value.http_status == 409
     for bad, status in (({"from_version": 2}, 409), ({"to_version": 1}, 400), ({"to_version": 7}, 400),
                         ({"model": "nope"}, 404), ({"steps": [50, 10]}, 400), ({"dwell_s": -1}, 400)):
-        with pytest.raises(RolloutError) as exc:
-            await orch.start({**SPEC, **bad})
-        assert exc.value.status == status, bad
-    await orch.start({**SPEC, "dwell_s": 60})  # no traffic: stays on its first step
+        with pytest.raises(ControlError) as exc:
+            await start(orch, {**SPEC, **bad})
+        assert exc.value.http_status == status, bad
+    await start(orch, {**SPEC, "dwell_s": 60})  # no traffic: stays on its first step
     async with asyncio.timeout(5):
         while orch.get("scale").percent != 10:
             await asyncio.sleep(0.02)
-    with pytest.raises(RolloutError) as exc:
-        await orch.start(SPEC)
-    assert exc.value.status == 409
+    with pytest.raises(ControlError) as exc:
+        await start(orch, SPEC)
+    assert exc.value.http_status == 409
     done = await orch.promote("scale", "bob", "looks fine")
     assert (done.state, done.history[-1]["who"], done.history[-1]["why"]) == ("promoted", "bob", "looks fine")
     assert load_routes(routes).models["scale"].default_version == "2"
-    with pytest.raises(RolloutError):
+    with pytest.raises(ControlError):
         await orch.rollback("scale")
 
     # Back from 2 to 1, then abort: traffic returns to the version it started from.
-    await orch.start({**SPEC, "to_version": 1, "dwell_s": 60})
+    await start(orch, {**SPEC, "to_version": 1, "dwell_s": 60})
     async with asyncio.timeout(5):
         while orch.get("scale").percent != 10:
             await asyncio.sleep(0.02)
@@ -429,4 +435,4 @@ async def test_resume_at_an_unplanned_share_goes_back_to_old(routes: Path) -> No
 def test_public_is_json_ready() -> None:
     import orjson
 
-    assert orjson.loads(orjson.dumps(ro_mod.public(_rollout())))["guards"]["min_requests"] == 5
+    assert orjson.loads(orjson.dumps(public(_rollout())))["guards"]["min_requests"] == 5

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, LockTimeout, RevisionConflict, UnknownModel
 from gateway.routes import writer
 from gateway.routes.schema import load_routes
-from gateway.routes.writer import LockTimeout, RevisionConflict, UnknownModel
 
 ROUTES = """\
 # Routes for the tests: comments must survive writes.
@@ -95,7 +94,7 @@ def test_conflict_carries_the_current_revision_and_writes_nothing(routes: Path) 
     with pytest.raises(RevisionConflict) as info:
         writer.apply(routes, ROUTES, expected_revision=2)
     assert info.value.current == 3 and info.value.expected == 2
-    assert "expected revision 2, the file is at revision 3" in str(info.value)
+    assert "expected revision 2, the routes are at revision 3" in str(info.value)
     assert snapshot(routes) == before
     # Two writers that read the same revision: the second loses.
     assert writer.apply(routes, ROUTES, 3) == 4

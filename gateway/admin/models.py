@@ -1,0 +1,83 @@
+"""The admin API's request and response bodies (pydantic): its validation and its OpenAPI schema in one place.
+The rollout request bodies are the control plane's own spec (gateway/control/rollout_spec.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: the reason, for a person. A revision conflict also carries the current revision."""
+
+    error: str
+    revision: int | None = Field(None, description="the current revision (409 revision conflicts only)")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class RoutesDocument(BaseModel):
+    """GET /routes: the document as stored; its revision is also the ETag."""
+
+    revision: int = Field(description="the stored document's revision")
+    applied_revision: int = Field(description="the revision this process serves")
+    path: str = Field(description="where the document is stored")
+    text: str = Field(description="the document (YAML), comments included")
+
+
+class Written(BaseModel):
+    revision: int = Field(description="the new revision")
+    applied_revision: int = Field(description="the revision this process serves now (the new one)")
+
+
+def _version(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a string or an integer, got {value!r}")
+    text = str(value).strip()
+    return str(int(text)) if text.isascii() and text.isdigit() else text  # as the routes parser reads it: "02" is 2
+
+
+class SetDefault(BaseModel):
+    """POST /models/{model}/default: the instant switch."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: Annotated[str, BeforeValidator(_version)] = Field(description="a version listed under the model")
+    revision: int = Field(ge=0, description="the revision you read (compare-and-swap)")
+
+
+class DefaultSet(Written):
+    model: str
+    default_version: str
+
+
+class RolloutView(BaseModel):
+    """A rollout's state and every transition (who, what, when, why)."""
+
+    model: str
+    from_version: str
+    to_version: str
+    steps: list[float]
+    dwell_s: float
+    guards: dict[str, Any]
+    sticky_header: str | None
+    state: str = Field(description="running | promoted | rolled_back | aborted | failed")
+    step_index: int = Field(description="the last applied step (-1: none)")
+    percent: float = Field(description="the canary share in the routes now")
+    routes_revision: int | None
+    reason: str = Field(description="why it ended")
+    started_at: float
+    updated_at: float
+    history: list[dict[str, Any]]
+    deploy: dict[str, Any] | None
+    warmup: list[dict[str, Any]]
+    retire: bool
+    phase: str = Field(description="deploying | warming_up | canary | retiring | retired | retire_failed | "
+                                   "retire_skipped")
+
+
+class RolloutList(BaseModel):
+    rollouts: list[RolloutView]

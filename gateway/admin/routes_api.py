@@ -1,0 +1,88 @@
+"""Admin endpoints of the routes: read the document, replace it, switch a model's default version.
+
+Every change is validated by the routes parser (400 with its message; nothing written), compare-and-swap on the
+revision (409 with the current revision), written atomically under a lock, and applied by this process before
+the answer; every other worker applies it within GATEWAY_ROUTES_POLL_S.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request, Response
+
+from gateway.admin.auth import require_token
+from gateway.admin.models import DefaultSet, ErrorBody, RoutesDocument, SetDefault, Written
+from gateway.admin.state import State
+from gateway.errors import InvalidChange
+
+router = APIRouter(tags=["routes"], dependencies=[Depends(require_token)])
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": why} for status, why in (
+        (400, "invalid: the routes parser's message, nothing written"),
+        (401, "missing or wrong admin token"),
+        (404, "no such model"),
+        (409, "revision conflict: someone wrote the routes meanwhile (re-read, apply again)"),
+        (413, "body too large"),
+        (503, "another writer held the routes' lock too long"))}
+
+
+@router.get("/routes", response_model=RoutesDocument, responses=REFUSALS,
+            summary="The routes document, its revision (also the ETag) and the revision this process serves")
+async def get_routes(response: Response, state: State) -> RoutesDocument:
+    text, revision = await state.store.read()
+    response.headers["etag"] = f'"{revision}"'
+    return RoutesDocument(revision=revision, applied_revision=state.store.current.revision,
+                          path=str(state.store.path), text=text)
+
+
+_ROUTES_BODY = {"requestBody": {"required": True, "content": {
+    "application/yaml": {"schema": {"type": "string", "description": "the routes document (YAML)"}},
+    "application/json": {"schema": {"type": "object", "description": "the routes document as JSON"}}}}}
+
+
+@router.put("/routes", response_model=Written, openapi_extra=_ROUTES_BODY,
+            responses={**REFUSALS, 428: {"model": ErrorBody, "description": "If-Match is missing"}},
+            summary="Replace the routes (compare-and-swap on If-Match: the revision you read)")
+async def put_routes(request: Request, response: Response, state: State,
+                     if_match: Annotated[str | None, Header()] = None) -> Written:
+    if if_match is None:
+        raise PreconditionRequired("If-Match: <revision> is required (the revision you read with GET /routes)")
+    expected = revision_number(if_match.strip().removeprefix("W/").strip('"'), "If-Match")
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    routes: str | Mapping[str, Any]
+    try:
+        if content_type == "application/json" or content_type.endswith("+json"):
+            routes = orjson.loads(body)
+        else:
+            routes = body.decode("utf-8")
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidChange(f"unreadable body: {exc}") from None
+    revision = await state.store.replace(routes, expected)
+    response.headers["etag"] = f'"{revision}"'
+    return Written(revision=revision, applied_revision=state.store.current.revision)
+
+
+@router.post("/models/{model}/default", response_model=DefaultSet, responses=REFUSALS,
+             summary="The instant switch: every new request for the model goes to this version")
+async def set_default(model: str, spec: SetDefault, response: Response,
+                      state: State) -> DefaultSet:
+    revision = await state.store.set_default(model, spec.version, spec.revision)
+    response.headers["etag"] = f'"{revision}"'
+    return DefaultSet(model=model, default_version=spec.version, revision=revision,
+                      applied_revision=state.store.current.revision)
+
+
+class PreconditionRequired(InvalidChange):
+    http_status = 428
+
+
+def revision_number(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidChange(f"{what} must be a revision number (an integer >= 0), got {value!r}")
+    return value
