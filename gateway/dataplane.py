@@ -1,13 +1,22 @@
-"""The data plane: resolve -> validate -> backend -> answer. The one place that sees a request whole."""
+"""The data plane: resolve -> validate -> backend -> answer. The one place that sees a request whole.
+
+Every front (REST and gRPC) decodes its client's request, then calls this module: ``route`` (an inference) or
+``lookup`` (metadata, status) picks the target; ``infer`` validates, calls the backend, mirrors to the shadow;
+``passthrough`` hands a front the backend as a capability (gateway/backends/base.py) when the body can go to it
+unchanged, and ``forward`` makes that call; ``measure`` records the request once the front has answered. What is
+measured is decided here: a request that was routed as an inference, whatever its front, method or outcome.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from gateway.backends.base import Backend, Backends
 from gateway.codecs.jsonio import dumps
@@ -20,8 +29,21 @@ from gateway.shadow import Shadows
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor, TensorSpec
 
 assignments = logging.getLogger("gateway.assignment")
-# The route of the request being handled, for the fronts' per-request metrics (each request runs in its own task).
-current_route: ContextVar[Route | None] = ContextVar("gateway_route", default=None)
+C = TypeVar("C")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One client request as the data plane saw it: what served it, and whether it is measured as an inference."""
+
+    started: float
+    route: Route | None = None
+    inference: bool = False
+
+
+# The request being handled (each request runs in its own task, so each has its own).
+current: ContextVar[Exchange | None] = ContextVar("gateway_exchange", default=None)
 
 
 class InFlight:
@@ -73,10 +95,45 @@ class DataPlane:
         store.on_swap.append(lambda table: metrics.routes_revision.set(table.revision))
         self.draining = False  # SIGTERM received: not ready, connections closed after their request (lifecycle.py)
 
+    # --- one request's exchange: begun by its front, measured when the front has answered ------------------------
+
+    @staticmethod
+    def begin() -> Exchange:
+        exchange = Exchange(started=time.perf_counter())
+        current.set(exchange)
+        return exchange
+
+    def measure(self, exchange: Exchange, protocol: str, code: str) -> None:
+        """Record an inference request (routed by ``route``) with the front's answer code; nothing else is counted,
+        so model names a client invents never become label values."""
+        route = exchange.route
+        if route is None or not exchange.inference:
+            return
+        t = route.target
+        self.metrics.request(model=t.logical_model, version=t.logical_version, variant=route.variant,
+                             backend=t.backend, protocol=protocol, code=code,
+                             seconds=time.perf_counter() - exchange.started)
+
+    # --- routing ------------------------------------------------------------------------------------------------
+
     def route(self, ref: ModelRef, hints: Hints = NO_HINTS) -> Route:
+        """The target of an inference request (measured as one)."""
+        route = self._resolve(ref, hints)
+        exchange = current.get()
+        if exchange is not None:
+            exchange.inference = True
+        return route
+
+    def lookup(self, ref: ModelRef, hints: Hints = NO_HINTS) -> Route:
+        """The target of a metadata or status request (not measured as an inference)."""
+        return self._resolve(ref, hints)
+
+    def _resolve(self, ref: ModelRef, hints: Hints) -> Route:
         # One read of `current` per request: a routes swap mid-request never mixes tables.
         route = self.store.current.resolve(ref, hints)
-        current_route.set(route)
+        exchange = current.get()
+        if exchange is not None:
+            exchange.route = route
         experiment = route.model.experiment
         if experiment is not None and route.variant:
             self.metrics.assignment(model=route.model.name, experiment=experiment.name, variant=route.variant,
@@ -124,10 +181,21 @@ class DataPlane:
         wrong width can even "work"), so the declared schema, else the backend's own (cached) signature."""
         return route.model.schema or await self.backend(route).schema(route.target, signature)
 
-    async def forward(self, route: Route, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
-        """A body already in the backend's protocol goes through unchanged (no decode on this path)."""
+    def passthrough(self, route: Route, capability: type[C]) -> C | None:
+        """The route's backend as ``capability`` (e.g. PassesTFRest) when it has it and nothing needs the decoded
+        tensors (a shadow does); None: decode and ``infer`` instead."""
+        if route.shadow is not None:
+            return None
+        return self.capability(route, capability)
+
+    def capability(self, route: Route, capability: type[C]) -> C | None:
+        backend = self.backend(route)
+        return backend if isinstance(backend, capability) else None
+
+    async def forward(self, route: Route, call: Callable[[], Awaitable[T]]) -> T:
+        """A pass-through call (a body already in the backend's protocol, never decoded), counted in flight."""
         with self.inflight.calling(route):
-            return await self.backend(route).forward(route.target, path_suffix, body, content_type)
+            return await call()
 
     async def status(self, route: Route) -> ModelStatus:
         status = await self.backend(route).status(route.target)

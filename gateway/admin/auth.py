@@ -1,16 +1,12 @@
 """Admin API authentication: one bearer token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE), compared in
-constant time. Without a token the admin port is never opened."""
+constant time. Without a token the admin port is never opened. (No FastAPI here: every worker loads this to decide
+whether it may serve the admin port; the endpoints' dependency is in gateway/admin/state.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-from gateway.errors import Unauthenticated
 from gateway.settings import Settings
 
 REALM = 'Bearer realm="gateway-admin"'
@@ -50,13 +46,3 @@ class BearerToken:
         ok = hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._digest)
         return ok and scheme.lower() == b"bearer"
 
-
-_SCHEME = HTTPBearer(auto_error=False, description="the admin token (GATEWAY_ADMIN_TOKEN or GATEWAY_ADMIN_TOKEN_FILE)")
-
-
-def require_token(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)]) -> None:
-    """FastAPI dependency of every admin endpoint but /healthz (and the docs): 401 without the right token."""
-    token: BearerToken = request.app.state.admin.token
-    raw = request.headers.get("authorization")
-    if not token.accepts(None if raw is None else raw.encode("latin-1")):
-        raise Unauthenticated("missing or wrong admin token (Authorization: Bearer <token>)", REALM)

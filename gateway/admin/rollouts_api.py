@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends
 
-from gateway.admin.auth import require_token
 from gateway.admin.models import ErrorBody, RolloutList, RolloutView
-from gateway.admin.state import AdminState, State
+from gateway.admin.state import AdminState, State, require_token
 from gateway.control.orchestrator import Orchestrator
 from gateway.control.rollout_spec import EndSpec, RolloutSpec
 from gateway.control.rollout_state import Rollout, public

@@ -13,9 +13,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Request, Response
 
-from gateway.admin.auth import require_token
 from gateway.admin.models import DefaultSet, ErrorBody, RoutesDocument, SetDefault, Written
-from gateway.admin.state import State
+from gateway.admin.state import State, require_token
 from gateway.errors import InvalidChange
 
 router = APIRouter(tags=["routes"], dependencies=[Depends(require_token)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -17,14 +16,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from gateway import __version__
 from gateway.api import tf_compat
 from gateway.api.v2_rest import PLATFORMS
-from gateway.backends.tfserving_grpc import TFServingGrpcBackend
+from gateway.backends.base import DescribesTFSignaturesProto, PassesTFPredict
 from gateway.codecs import tf_proto, v2_grpc
 from gateway.codecs.tf_json import DEFAULT_SIGNATURE
-from gateway.dataplane import DataPlane, check_specs, current_route
+from gateway.dataplane import DataPlane, check_specs
 from gateway.deadline import set_deadline
 from gateway.errors import GatewayError, InvalidArgument
 from gateway.lifecycle import grpc_max_connection_age_s, stop_listening
-from gateway.metrics import Metrics
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos import v2_pb2 as v2
@@ -52,13 +50,12 @@ def served_by(context: Context, route: Route) -> None:
 
 
 def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str,
-           metrics: Metrics | None = None) -> grpc.RpcMethodHandler[Any, Any]:
-    """One place where the client's deadline is taken, gateway errors become gRPC status codes, and each routed
-    inference call is measured (with `metrics`)."""
+           plane: DataPlane) -> grpc.RpcMethodHandler[Any, Any]:
+    """One place where the client's deadline is taken, gateway errors become gRPC status codes, and the call is
+    measured (the data plane decides whether: an inference it routed)."""
 
     async def handler(request: Any, context: Context) -> Any:
-        start = time.perf_counter()
-        current_route.set(None)
+        exchange = DataPlane.begin()
         set_deadline(context.time_remaining())
         code = grpc.StatusCode.OK
         try:
@@ -74,12 +71,7 @@ def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str,
             log.exception("unhandled error in %s", method.path)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal gateway error in {method.path}")
         finally:
-            route = current_route.get()
-            if route is not None and metrics is not None:
-                t = route.target
-                metrics.request(model=t.logical_model, version=t.logical_version, variant=route.variant,
-                                backend=t.backend, protocol=protocol, code=code.name,
-                                seconds=time.perf_counter() - start)
+            plane.measure(exchange, protocol, code.name)
 
     return grpc.unary_unary_rpc_method_handler(
         handler, request_deserializer=method.request.FromString, response_serializer=method.response.SerializeToString)
@@ -113,13 +105,13 @@ class V2Servicer:
         return v2.ServerMetadataResponse(name="model-gateway", version=__version__)
 
     async def model_ready(self, request: v2.ModelReadyRequest, context: Context) -> v2.ModelReadyResponse:
-        route = self.plane.route(_ref(request.name, request.version), _hints(context))
+        route = self.plane.lookup(_ref(request.name, request.version), _hints(context))
         status = await self.plane.status(route)
         served_by(context, route)
         return v2.ModelReadyResponse(ready=status.state == "AVAILABLE")
 
     async def model_metadata(self, request: v2.ModelMetadataRequest, context: Context) -> v2.ModelMetadataResponse:
-        route = self.plane.route(_ref(request.name, request.version), _hints(context))
+        route = self.plane.lookup(_ref(request.name, request.version), _hints(context))
         schema = await self.plane.schema(route)
         versions = [request.version] if request.version else sorted(route.model.versions, key=int)
         served_by(context, route)
@@ -134,8 +126,7 @@ class V2Servicer:
         return v2_grpc.encode_infer_response(response)
 
     def _unary(self, method: svc.Method[Any, Any], impl: Impl) -> grpc.RpcMethodHandler[Any, Any]:
-        measured = self.plane.metrics if method is svc.V2_MODEL_INFER else None
-        return _unary(method, impl, "v2_grpc", measured)
+        return _unary(method, impl, "v2_grpc", self.plane)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         return {
@@ -155,17 +146,16 @@ class TFServingServicer:
         self.plane = plane
 
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
-        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec), _hints(context))
-        backend = self.plane.backend(route)
-        forward = getattr(backend, "forward_predict", None)
-        if forward is not None and route.shadow is None:
+        plane = self.plane
+        route = tf_compat.resolve(plane.route, tf_proto.model_ref(request.model_spec), _hints(context))
+        native = plane.passthrough(route, PassesTFPredict)
+        if native is not None:
             # TF Serving over gRPC on both sides: only model_spec is rewritten, the TensorProtos pass untouched
             # (their headers are still checked against the signature, which TF Serving does not do).
-            schema = await self.plane.input_schema(route, request.model_spec.signature_name or None)
+            schema = await plane.input_schema(route, request.model_spec.signature_name or None)
             if schema is not None:
                 check_specs(route.model.name, tf_proto.input_specs(request), schema)
-            with self.plane.inflight.calling(route):
-                response: tfs.PredictResponse = await forward(route.target, request)
+            response = await plane.forward(route, lambda: native.forward_predict(route.target, request))
         else:
             infer_request = tf_proto.decode_predict_request(request)
             tf_compat.check_signature(infer_request.signature_name, route)
@@ -184,14 +174,14 @@ class TFServingServicer:
         for field in request.metadata_field:
             if field != "signature_def":
                 raise InvalidArgument(f"Metadata field {field} is not supported")
-        route = tf_compat.resolve(self.plane, tf_proto.model_ref(request.model_spec), _hints(context))
+        route = tf_compat.resolve(self.plane.lookup, tf_proto.model_ref(request.model_spec), _hints(context))
         served_by(context, route)
         version = route.target.logical_version
-        backend = self.plane.backend(route)
-        if isinstance(backend, TFServingGrpcBackend):
+        tf = self.plane.capability(route, DescribesTFSignaturesProto)
+        if tf is not None:
             # TF Serving's own answer (every signature), renamed to the logical model and version.
             answer = tfs.GetModelMetadataResponse()
-            answer.CopyFrom(await backend.model_metadata(route.target))
+            answer.CopyFrom(await tf.model_metadata(route.target))
             answer.model_spec.CopyFrom(tfs.ModelSpec(name=route.model.name))
             answer.model_spec.version.value = int(version)
             return answer
@@ -203,8 +193,7 @@ class TFServingServicer:
         return tf_proto.encode_status_response(await tf_compat.statuses(self.plane, ref.name, ref.version))
 
     def _unary(self, method: svc.Method[Any, Any], impl: Impl) -> grpc.RpcMethodHandler[Any, Any]:
-        measured = self.plane.metrics if method is svc.TF_PREDICT else None
-        return _unary(method, impl, "tf_grpc", measured)
+        return _unary(method, impl, "tf_grpc", self.plane)
 
     def prediction_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         return {

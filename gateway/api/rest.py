@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from gateway.api import tf_rest, torchserve_rest, v2_rest
 from gateway.api.asgi import (
@@ -18,7 +17,7 @@ from gateway.api.asgi import (
     send_response,
 )
 from gateway.api.asgi import served_by as _served_by
-from gateway.dataplane import DataPlane, current_route
+from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, NotFound
 
 log = logging.getLogger("gateway")
@@ -53,8 +52,7 @@ class RestApp:
             body, content_type = self.plane.metrics.render()
             await self._send(send, Response(200, body, content_type=content_type.encode()))
             return
-        start = time.perf_counter()
-        current_route.set(None)
+        exchange = self.plane.begin()
         front = front_for(path)
         request = Request(scope, receive, self.plane, self.max_body_bytes)
         try:
@@ -63,18 +61,13 @@ class RestApp:
             return
         except GatewayError as exc:
             response = front.encode_error(exc)
-            if (routed := current_route.get()) is not None:
-                response.headers.extend(_served_by(routed))
+            if exchange.route is not None:
+                response.headers.extend(_served_by(exchange.route))
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = front.encode_error(GatewayError(f"internal gateway error on {scope['method']} {path}"))
         await self._send(send, response)
-        route = current_route.get()
-        if route is not None and request.method == "POST":  # inference calls, routed (model labels stay bounded)
-            t = route.target
-            self.plane.metrics.request(model=t.logical_model, version=t.logical_version, variant=route.variant,
-                                       backend=t.backend, protocol=front.name, code=str(response.status),
-                                       seconds=time.perf_counter() - start)
+        self.plane.measure(exchange, front.name, str(response.status))
 
     async def _send(self, send: Send, response: Response) -> None:
         """Every answer of this app; while draining each asks the client to reconnect (elsewhere) after it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.codecs.tf_json import DEFAULT_SIGNATURE
 from gateway.dataplane import DataPlane
@@ -11,10 +12,11 @@ from gateway.routes.table import Hints, Route
 from gateway.types import ModelRef, ModelStatus
 
 
-def resolve(plane: DataPlane, ref: ModelRef, hints: Hints) -> Route:
-    """Route the request, with TF Serving's wording for servables it cannot find."""
+def resolve(resolver: Callable[[ModelRef, Hints], Route], ref: ModelRef, hints: Hints) -> Route:
+    """Route the request with ``resolver`` (``DataPlane.route`` for an inference, ``lookup`` otherwise), with TF
+    Serving's wording for servables it cannot find."""
     try:
-        return plane.route(ref, hints)
+        return resolver(ref, hints)
     except ModelNotFound:
         spec = f"Specific({ref.name}, {ref.version})" if ref.version else f"Latest({ref.name})"
         raise NotFound(f"Servable not found for request: {spec}") from None

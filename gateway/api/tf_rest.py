@@ -6,12 +6,10 @@ import re
 
 from gateway.api import tf_compat
 from gateway.api.asgi import Front, Request, Response, json_error, served_by
-from gateway.backends.tfserving import TFServingBackend
-from gateway.backends.tfserving_grpc import TFServingGrpcBackend
+from gateway.backends.base import DescribesTFSignatures, PassesTFRest
 from gateway.codecs import tf_json, tf_proto
 from gateway.codecs.jsonio import dumps
 from gateway.errors import GatewayError, InvalidArgument, Unimplemented
-from gateway.routes.table import Route
 from gateway.types import ModelRef
 
 # TF Serving's own path grammar (http_rest_api_handler.cc); versions are integers, names and labels URL-decoded.
@@ -28,18 +26,18 @@ def _ref(match: re.Match[str]) -> ModelRef:
     return ModelRef(name=match["name"], version=None if version is None else str(int(version)), label=match["label"])
 
 
-def _resolve(request: Request, ref: ModelRef) -> Route:
-    return tf_compat.resolve(request.plane, ref, request.hints())
 
 
 async def predict(request: Request, match: re.Match[str]) -> Response:
     ref = _ref(match)
-    route = _resolve(request, ref)
+    plane = request.plane
+    route = tf_compat.resolve(plane.route, ref, request.hints())
     verb = match["verb"].lower()
     body = await request.body()
-    if route.backend.kind == "tfserving" and route.backend.transport == "rest" and route.shadow is None:
+    native = plane.passthrough(route, PassesTFRest)
+    if native is not None:
         # Same protocol on both sides: forward the body untouched, only the URL is rewritten.
-        answer, _ = await request.plane.forward(route, f":{verb}", body, "application/json")
+        answer = await plane.forward(route, lambda: native.forward_tf_rest(route.target, verb, body))
         return Response(200, answer, headers=served_by(route))
     if verb != "predict":
         raise Unimplemented(f"{verb} is only available for models served by TF Serving over REST; model "
@@ -72,12 +70,12 @@ async def _status(request: Request, name: str, version: str | None) -> Response:
 
 
 async def _metadata(request: Request, ref: ModelRef) -> Response:
-    route = _resolve(request, ref)
+    route = tf_compat.resolve(request.plane.lookup, ref, request.hints())
     version = route.target.logical_version
-    backend = request.plane.backend(route)
-    if isinstance(backend, TFServingBackend | TFServingGrpcBackend):
+    tf = request.plane.capability(route, DescribesTFSignatures)
+    if tf is not None:
         # TF Serving's own answer (every signature), renamed to the logical model and version.
-        doc = dict(await backend.metadata(route.target))
+        doc = dict(await tf.metadata(route.target))
         doc["model_spec"] = {"name": route.model.name, "signature_name": "", "version": version}
         return Response(200, dumps(doc), headers=served_by(route))
     schema = await request.plane.schema(route)

@@ -6,6 +6,7 @@ import re
 
 from gateway.api import v2_rest
 from gateway.api.asgi import Front, Request, Response, served_by
+from gateway.backends.base import PassesPredictions
 from gateway.codecs.jsonio import dumps
 from gateway.errors import (
     BackendTimeout,
@@ -31,12 +32,15 @@ async def ping(request: Request, match: re.Match[str]) -> Response:
 
 async def predictions(request: Request, match: re.Match[str]) -> Response:
     ref = ModelRef(name=match["name"], version=match["version"])
-    route = request.plane.route(ref, request.hints())
-    if route.backend.kind == "torchserve" and route.shadow is None:
+    plane = request.plane
+    route = plane.route(ref, request.hints())
+    native = plane.passthrough(route, PassesPredictions)
+    if native is not None:
         body = await request.body()
         # The handler's own format, whatever it is: pass it through untouched.
         content_type = (request.header(b"content-type") or b"application/octet-stream").decode("latin-1")
-        answer, answer_type = await request.plane.forward(route, "", body, content_type)
+        answer, answer_type = await plane.forward(
+            route, lambda: native.forward_predictions(route.target, body, content_type))
         return Response(200, answer, content_type=answer_type.encode() or b"application/json",
                         headers=served_by(route))
     # Other backends (and shadowed requests, which need the tensors): the body is read as the v2 JSON request

@@ -38,7 +38,7 @@ async def server_metadata(request: Request, match: re.Match[str]) -> Response:
 
 
 async def model_metadata(request: Request, match: re.Match[str]) -> Response:
-    route = request.plane.route(_ref(match), request.hints())
+    route = request.plane.lookup(_ref(match), request.hints())
     schema = await request.plane.schema(route)
     versions = [match["version"]] if match["version"] else sorted(route.model.versions, key=int)
     body = v2_json.encode_metadata(route.model.name, versions, PLATFORMS[route.backend.kind], schema)
@@ -46,7 +46,7 @@ async def model_metadata(request: Request, match: re.Match[str]) -> Response:
 
 
 async def model_ready(request: Request, match: re.Match[str]) -> Response:
-    route = request.plane.route(_ref(match), request.hints())
+    route = request.plane.lookup(_ref(match), request.hints())
     status = await request.plane.status(route)
     ok = status.state == "AVAILABLE"
     doc = {"name": route.model.name, "version": route.target.logical_version, "ready": ok}

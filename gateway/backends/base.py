@@ -1,11 +1,20 @@
-"""The interface every backend adapter implements, and the registry that owns their clients."""
+"""The interface every backend adapter implements, the optional capabilities some have, and the registry that
+owns their clients.
+
+Every adapter translates the internal InferRequest (``infer``). Some can also take a client's body in their own
+protocol unchanged, or describe a model in their own terms; they say so by subclassing a capability below, and
+the data plane (``DataPlane.passthrough`` / ``capability``) hands a front the backend as that capability, so no
+front knows an adapter class.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
+from gateway.protos import tf_serving_pb2 as tfs
 from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
@@ -17,10 +26,6 @@ class Backend(Protocol):
         """Translate, send, and translate back; raises GatewayError subclasses only."""
         ...
 
-    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
-        """Send a body already in this backend's own protocol unchanged; returns (body, content type)."""
-        ...
-
     async def status(self, target: Target) -> ModelStatus:
         ...
 
@@ -30,6 +35,46 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         ...
+
+
+# --- capabilities: what some backends do beyond infer() ----------------------------------------------------------
+
+class PassesPredictions(ABC):
+    """Takes TorchServe ``/predictions`` bodies as they are (any content type) to the handler, and answers with the
+    handler's own body."""
+
+    @abstractmethod
+    async def forward_predictions(self, target: Target, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """(answer body, its content type)."""
+
+
+class PassesTFRest(ABC):
+    """Takes TF Serving REST bodies (``:predict``, ``:classify``, ``:regress``) as they are."""
+
+    @abstractmethod
+    async def forward_tf_rest(self, target: Target, verb: str, body: bytes) -> bytes:
+        """TF Serving's JSON answer to ``verb`` (predict, classify, regress)."""
+
+
+class PassesTFPredict(ABC):
+    """Takes a TF Serving gRPC PredictRequest as it is (only model_spec is rewritten)."""
+
+    @abstractmethod
+    async def forward_predict(self, target: Target, request: tfs.PredictRequest) -> tfs.PredictResponse: ...
+
+
+class DescribesTFSignatures(ABC):
+    """Answers TF Serving's own model metadata (every signature), as TF Serving's REST JSON."""
+
+    @abstractmethod
+    async def metadata(self, target: Target) -> dict[str, Any]: ...
+
+
+class DescribesTFSignaturesProto(ABC):
+    """Answers TF Serving's own GetModelMetadata response."""
+
+    @abstractmethod
+    async def model_metadata(self, target: Target) -> tfs.GetModelMetadataResponse: ...
 
 
 class Backends:

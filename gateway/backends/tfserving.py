@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from gateway.backends.base import DescribesTFSignatures, PassesTFRest
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.codecs import tf_json
 from gateway.codecs.jsonio import loads
@@ -33,7 +34,7 @@ class Signatures:
         return found
 
 
-class TFServingBackend:
+class TFServingBackend(PassesTFRest, DescribesTFSignatures):
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.http = HttpClient(config)
@@ -56,11 +57,10 @@ class TFServingBackend:
             raise BackendError(f"TF Serving's answer could not be read: {exc.message}") from None
         return InferResponse(outputs=outputs)
 
-    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
-        result = await self.http.request("POST", self._url(target, path_suffix), body=body,
-                                         headers={"Content-Type": content_type or "application/json"})
+    async def forward_tf_rest(self, target: Target, verb: str, body: bytes) -> bytes:
+        result = await self.http.request("POST", self._url(target, f":{verb}"), body=body, headers=_JSON)
         self._raise_for_status(result, target)
-        return result.body, result.content_type or "application/json"
+        return result.body
 
     async def status(self, target: Target) -> ModelStatus:
         try:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.backends.base import DescribesTFSignatures, DescribesTFSignaturesProto, PassesTFPredict
 from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
 from gateway.backends.tfserving import Signatures
-from gateway.codecs import tf_json, tf_proto
-from gateway.codecs.jsonio import loads
-from gateway.errors import BackendError, GatewayError, Unimplemented
+from gateway.codecs import tf_proto
+from gateway.errors import BackendError, GatewayError
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.routes.schema import BackendConfig
-from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Target
+from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
 
-class TFServingGrpcBackend:
+class TFServingGrpcBackend(PassesTFPredict, DescribesTFSignatures, DescribesTFSignaturesProto):
     def __init__(self, config: BackendConfig) -> None:
         if config.grpc_target is None:
             raise ValueError(f"backend '{config.name}' has no grpc_target")
@@ -49,17 +49,6 @@ class TFServingGrpcBackend:
         payload = request.SerializeToString() + patch.SerializeToString()
         return await self.channel.call(svc.TF_PREDICT, payload, where=self._where(target))
 
-    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
-        """A TF REST predict body, sent as a PredictRequest (typed from the signature) and answered in TF's
-        REST format; classify and regress have no REST-to-gRPC translation here."""
-        if path_suffix.lower() != ":predict":
-            raise Unimplemented(f"'{path_suffix.lstrip(':')}' is not available through backend "
-                                f"'{self.config.name}' (TF Serving over gRPC): only predict is")
-        request, row_format = tf_json.decode_predict(body, ModelRef(target.model),
-                                                     await self.schema(target, _signature(body)))
-        response = await self.infer(target, request)
-        return tf_json.encode_predict_response(response, row_format), "application/json"
-
     async def status(self, target: Target) -> ModelStatus:
         try:
             resp = await self.channel.call(svc.TF_GET_MODEL_STATUS, tf_proto.status_request(target),
@@ -92,12 +81,3 @@ class TFServingGrpcBackend:
     async def close(self) -> None:
         await self.channel.close()
 
-
-def _signature(body: bytes) -> str | None:
-    """The signature a TF REST body names (the body is parsed again by decode_predict, which reports errors)."""
-    try:
-        doc = loads(body, allow_nan=True)
-    except GatewayError:
-        return None
-    value = doc.get("signature_name") if isinstance(doc, dict) else None
-    return value if isinstance(value, str) else None

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.backends.base import PassesPredictions
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import loads
@@ -92,7 +93,7 @@ class KeyRefresher:
             return self.tokens.key(kind) != refused
 
 
-class TorchServeBackend:
+class TorchServeBackend(PassesPredictions):
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.http = HttpClient(config)
@@ -126,7 +127,7 @@ class TorchServeBackend:
             raise BackendError(f"TorchServe's answer is not a v2 inference response: {exc.message}") from None
         return response
 
-    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+    async def forward_predictions(self, target: Target, body: bytes, content_type: str) -> tuple[bytes, str]:
         result = await self._call("inference", "POST", self._predictions_url(target), body,
                                   content_type or "application/octet-stream")
         self._raise_for_status(result, target)

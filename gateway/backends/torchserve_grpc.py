@@ -8,6 +8,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from gateway.backends.base import PassesPredictions
 from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, TargetNotLoaded
 from gateway.backends.http import HttpClient
 from gateway.backends.torchserve import KeyRefresher, TokenFile, described_status
@@ -33,7 +34,7 @@ Resp = TypeVar("Resp", bound=Message)
 _NOT_REGISTERED = frozenset({"ModelNotFoundException", "ModelVersionNotFoundException"})
 
 
-class TorchServeGrpcBackend:
+class TorchServeGrpcBackend(PassesPredictions):
     def __init__(self, config: BackendConfig) -> None:
         if config.grpc_target is None:
             raise ValueError(f"backend '{config.name}' has no grpc_target")
@@ -76,7 +77,7 @@ class TorchServeGrpcBackend:
         except GatewayError as exc:
             raise BackendError(f"TorchServe's answer is not a v2 inference response: {exc.message}") from None
 
-    async def forward(self, target: Target, path_suffix: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+    async def forward_predictions(self, target: Target, body: bytes, content_type: str) -> tuple[bytes, str]:
         """The body goes to the handler unchanged as data[0]["body"]. gRPC carries no content type: the answer
         is called JSON when it looks like JSON."""
         prediction = await self._predict(target, body)

@@ -168,15 +168,6 @@ async def test_tf_forward_predict_rewrites_only_the_model_spec(tf: TFServingGrpc
     np.testing.assert_allclose(tf_proto.tensor_from_proto("y", response.outputs["y"]).data, 0.5 * X3 + 3, rtol=1e-6)
 
 
-async def test_tf_forward_of_a_rest_body(tf: TFServingGrpcBackend) -> None:
-    body, content_type = await tf.forward(target("affine", "1"), ":predict", b'{"instances": [[1, 2, 3]]}',
-                                          "application/json")
-    assert content_type == "application/json"
-    assert json.loads(body) == {"predictions": [[2.5, 3.0, 3.5]]}
-    with pytest.raises(Unimplemented, match="only predict is"):
-        await tf.forward(target("affine", "1"), ":classify", b"{}", "application/json")
-
-
 async def test_tf_unknown_version_is_unavailable(tf: TFServingGrpcBackend) -> None:
     with pytest.raises(BackendUnavailable) as info:
         await tf.infer(target("affine", "9"), request(x(X3)))
@@ -219,7 +210,7 @@ async def test_mlp_agrees_across_backends(tf: TFServingGrpcBackend, ts: TorchSer
 
 async def test_ts_forward_passes_the_body_through(ts: TorchServeGrpcBackend) -> None:
     body = b'{"id": "f1", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}'
-    answer, content_type = await ts.forward(target("scale", "1"), "", body, "application/json")
+    answer, content_type = await ts.forward_predictions(target("scale", "1"), body, "application/json")
     assert content_type == "application/json"
     doc = json.loads(answer)
     assert (doc["id"], doc["outputs"][0]["data"]) == ("f1", [2, 4, 6])

@@ -180,6 +180,22 @@ def test_per_variant_request_metrics(client: httpx.Client) -> None:
     assert metric(client, "gateway_requests_total", model="nope") == 0
 
 
+def test_every_inference_is_measured_whatever_its_method_and_only_inferences(client: httpx.Client) -> None:
+    """The data plane decides what is measured: a PUT /predictions is an inference (TorchServe takes both methods),
+    a metadata or readiness request for the same model is not."""
+    def count(protocol: str) -> float:
+        return metric(client, "gateway_requests_total", model="scale", protocol=protocol)
+
+    before, v2_before = count("torchserve_rest"), count("v2_rest")
+    for method in ("POST", "PUT"):
+        r = client.request(method, "/predictions/scale/1", json=X3)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [2, 4, 6], r.text
+    assert count("torchserve_rest") == before + 2
+    assert client.get("/v2/models/scale").status_code == 200
+    assert client.get("/v2/models/scale/ready").status_code == 200
+    assert count("v2_rest") == v2_before
+
+
 def test_shadow_over_grpc_fronts(gateway: Gateway, client: httpx.Client) -> None:
     before = metric(client, "gateway_shadow_comparisons_total", model="mlp_port")
     triton = tritongrpc.InferenceServerClient(url=gateway.grpc_target)
