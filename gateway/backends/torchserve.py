@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from pathlib import Path
 from typing import Any
 
 from gateway.backends.base import PassesPredictions
 from gateway.backends.http import HttpClient, HttpResult
+from gateway.backends.torchserve_keys import KeyRefresher, TokenFile, bearer, refused_key
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import loads
 from gateway.errors import (
@@ -24,95 +22,18 @@ from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
 
-class TokenFile:
-    """TorchServe's key_file.json (inference, management and API keys). Read once, and again only when
-    TorchServe refuses a key: it rewrites the file when a key is rotated."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._keys: dict[str, str] = {}
-
-    def key(self, kind: str) -> str | None:
-        if self.path is None:
-            return None
-        if kind not in self._keys:
-            self.reload()
-        return self._keys.get(kind)
-
-    def reload(self) -> None:
-        if self.path is None:
-            return
-        for attempt in range(3):
-            try:
-                doc = json.loads(self.path.read_text())
-                self._keys = {kind: str(doc[kind]["key"]) for kind in ("inference", "management", "API")
-                              if kind in doc}
-                return
-            except ValueError:
-                # TorchServe rewrites the file in place: a read can land on a half-written file.
-                time.sleep(0.02 * (attempt + 1))
-            except (OSError, KeyError, TypeError) as exc:
-                raise BackendUnavailable(f"cannot read TorchServe key file {self.path}: {exc}") from None
-        raise BackendUnavailable(f"TorchServe key file {self.path} is not valid JSON")
-
-    def headers(self, kind: str) -> dict[str, str]:
-        key = self.key(kind)
-        return {} if key is None else {"Authorization": f"Bearer {key}"}
-
-
-class KeyRefresher:
-    """Gets a valid key after TorchServe refused one. A rotated key is in key_file.json (TorchServe rewrites
-    it); an expired one is not (the file keeps it after 60 min by default): then rotate with the API key. Key
-    rotation exists only on the REST management API, so that needs management_url. One refresh at a time, so
-    a burst of refusals does not rotate the key over and over."""
-
-    def __init__(self, config: BackendConfig, tokens: TokenFile, http: HttpClient) -> None:
-        self.config = config
-        self.tokens = tokens
-        self.http = http
-        self._lock = asyncio.Lock()
-
-    async def refresh(self, kind: str, refused: str | None) -> bool:
-        """True when the file now holds a key other than `refused` (worth one retry)."""
-        if self.tokens.path is None:
-            return False
-        async with self._lock:
-            if self.tokens.key(kind) != refused:
-                return True  # refreshed by a concurrent request meanwhile
-            self.tokens.reload()
-            if self.tokens.key(kind) != refused:
-                return True
-            api_key = self.tokens.key("API")
-            if api_key is None or self.config.management_url is None:
-                return False
-            result = await self.http.request("POST", f"{self.config.management_url}/token?type={kind}",
-                                             headers={"Authorization": f"Bearer {api_key}"})
-            if result.status != 200:
-                return False
-            self.tokens.reload()
-            return self.tokens.key(kind) != refused
-
-
 class TorchServeBackend(PassesPredictions):
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.http = HttpClient(config)
-        self.tokens = TokenFile(config.token_file)
-        self.keys = KeyRefresher(config, self.tokens, self.http)
+        self.keys = KeyRefresher(config, TokenFile(config.token_file), self.http)
 
     async def _call(self, kind: str, method: str, url: str, body: bytes | None = None,
                     content_type: str | None = None) -> HttpResult:
-        """One call with the right bearer key; when TorchServe refuses the key, get a valid one and retry once."""
-        for attempt in (1, 2):
-            used = self.tokens.key(kind)
-            headers = self.tokens.headers(kind)
-            if content_type:
-                headers["Content-Type"] = content_type
-            result = await self.http.request(method, url, body=body, headers=headers)
-            if attempt == 1 and _invalid_key(result) and await self.keys.refresh(kind, used):
-                continue
-            return result
-        raise AssertionError("unreachable")
+        """One call with the right bearer key (a refused key is refreshed once: gateway/backends/torchserve_keys.py)."""
+        extra = {"Content-Type": content_type} if content_type else {}
+        return await self.keys.call(kind, lambda key: self.http.request(
+            method, url, body=body, headers={**bearer(key), **extra}), refused_key)
 
     def _predictions_url(self, target: Target) -> str:
         return f"{self.config.url}/predictions/{target.model}/{target.version}"
@@ -173,10 +94,6 @@ class TorchServeBackend(PassesPredictions):
 
     async def close(self) -> None:
         await self.http.close()
-
-
-def _invalid_key(result: HttpResult) -> bool:
-    return result.status in (400, 401) and b"InvalidKeyException" in result.body
 
 
 def _error_fields(result: HttpResult) -> tuple[str, str]:

@@ -9,9 +9,10 @@ import grpc
 from google.protobuf.message import Message
 
 from gateway.backends.base import PassesPredictions
-from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, TargetNotLoaded
+from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
 from gateway.backends.http import HttpClient
-from gateway.backends.torchserve import KeyRefresher, TokenFile, described_status
+from gateway.backends.torchserve import described_status
+from gateway.backends.torchserve_keys import KeyRefresher, TokenFile
 from gateway.codecs import v2_json
 from gateway.errors import (
     BackendError,
@@ -42,9 +43,8 @@ class TorchServeGrpcBackend(PassesPredictions):
         self.inference = GrpcChannel(config, config.grpc_target, refine=self._refine)
         self.management = (None if config.grpc_management_target is None
                            else GrpcChannel(config, config.grpc_management_target, refine=self._refine))
-        self.tokens = TokenFile(config.token_file)
         self.http = HttpClient(config)  # only for key rotation (REST management API)
-        self.keys = KeyRefresher(config, self.tokens, self.http)
+        self.keys = KeyRefresher(config, TokenFile(config.token_file), self.http)
 
     @staticmethod
     def _where(target: Target) -> str:
@@ -52,17 +52,9 @@ class TorchServeGrpcBackend(PassesPredictions):
 
     async def _call(self, kind: str, channel: GrpcChannel, method: svc.Method[Req, Resp], request: Req,
                     where: str) -> Resp:
-        """One call with the `kind` bearer key; when TorchServe refuses the key, get a valid one and retry once."""
-        for attempt in (1, 2):
-            used = self.tokens.key(kind)
-            metadata = () if used is None else (("authorization", f"Bearer {used}"),)
-            try:
-                return await channel.call(method, request, where=where, metadata=metadata)
-            except CredentialsRefused:
-                if attempt == 1 and await self.keys.refresh(kind, used):
-                    continue
-                raise
-        raise AssertionError("unreachable")
+        """One call with the `kind` bearer key (a refused key is refreshed once: backends/torchserve_keys.py)."""
+        return await self.keys.call(kind, lambda key: channel.call(
+            method, request, where=where, metadata=() if key is None else (("authorization", f"Bearer {key}"),)))
 
     async def _predict(self, target: Target, body: bytes) -> bytes:
         request = tsi.PredictionsRequest(model_name=target.model, model_version=target.version,

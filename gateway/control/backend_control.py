@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 
 from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
 from gateway.backends.http import HttpClient, HttpResult
-from gateway.backends.torchserve import KeyRefresher, TokenFile
+from gateway.backends.torchserve_keys import KeyRefresher, TokenFile, bearer, refused_key
 from gateway.errors import BackendTimeout, BackendUnavailable, DeployFailed, GatewayError
 from gateway.protos import tf_model_server_config_pb2 as tfc
 from gateway.protos import tf_serving_pb2 as tfs
@@ -76,20 +76,12 @@ class TorchServeControl:
         self.config = config
         self.base = config.management_url.rstrip("/")
         self.http = HttpClient(config)
-        self.tokens = TokenFile(config.token_file)
-        self.keys = KeyRefresher(config, self.tokens, self.http)
+        self.keys = KeyRefresher(config, TokenFile(config.token_file), self.http)
 
     async def _call(self, method: str, path: str, *, timeout_s: float = CALL_TIMEOUT_S) -> HttpResult:
-        """One management call with the management key; on a refused key, refresh it and retry once."""
-        for attempt in (1, 2):
-            used = self.tokens.key("management")
-            result = await self.http.request(method, self.base + path, headers=self.tokens.headers("management"),
-                                             timeout_s=timeout_s)
-            if (attempt == 1 and result.status == 400 and b"InvalidKeyException" in result.body
-                    and await self.keys.refresh("management", used)):
-                continue
-            return result
-        raise AssertionError("unreachable")
+        """One management call with the management key (a refused key is refreshed once)."""
+        return await self.keys.call("management", lambda key: self.http.request(
+            method, self.base + path, headers=bearer(key), timeout_s=timeout_s), refused_key)
 
     def _where(self, model: str, version: str | None = None) -> str:
         target = f"model '{model}'" + (f" version {version}" if version is not None else "")

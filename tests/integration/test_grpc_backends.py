@@ -263,7 +263,7 @@ async def test_ts_rotated_key_is_picked_up(ts: TorchServeGrpcBackend,
     assert await asyncio.to_thread(localstack.rotate_torchserve_key, torchserve, "inference") != old
     for _ in range(3):
         await ts.infer(target("scale", "1"), request(x(X3)))
-    assert ts.tokens.key("inference") == localstack.read_torchserve_key(torchserve.key_file, "inference")
+    assert ts.keys.tokens.key("inference") == localstack.read_torchserve_key(torchserve.key_file, "inference")
 
 
 @pytest.mark.parametrize("kind", ["inference", "management"])
