@@ -14,6 +14,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m gateway.protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)

@@ -18,7 +18,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gateway.backends.base import Backend, Backends
+from gateway.backends.base import Backend
+from gateway.backends.registry import Backends
 from gateway.codecs.jsonio import dumps
 from gateway.deadline import set_deadline
 from gateway.errors import InvalidArgument

@@ -1,25 +1,30 @@
 """The composition root: one gateway process assembled (route store, backend clients, metrics, shadows, data plane,
 REST, gRPC and admin listeners) and run through its lifecycle (startup, SIGTERM drain, shutdown).
 
-uvicorn runs :func:`create_app` in every worker; its lifespan builds a :class:`GatewayProcess` there, after the
-fork, so no socket, pool or task crosses a process boundary.
+:func:`serve` runs uvicorn (``gateway serve``); uvicorn runs :func:`create_app` in every worker, whose lifespan
+builds a :class:`GatewayProcess` there, after the fork, so no socket, pool or task crosses a process boundary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
+import signal
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.admin.listener import AdminSeat
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.rest import RestApp
-from gateway.backends.base import Backends
+from gateway.backends.registry import Backends
 from gateway.dataplane import DataPlane
 from gateway.lifecycle import install_sigterm_drain
 from gateway.metrics import Metrics
+from gateway.routes.schema import load_routes
 from gateway.routes.store import RouteStore
 from gateway.settings import Settings
 from gateway.shadow import Shadows
@@ -140,3 +145,59 @@ class GatewayApp:
 def create_app() -> GatewayApp:
     """uvicorn factory: settings from the environment, everything else built in the lifespan."""
     return GatewayApp(Settings.from_env())
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    # Fail before forking workers when the routes file is invalid, with the validator's message.
+    load_routes(settings.routes_file)
+    os.environ.update(settings.to_env())  # uvicorn's factory (in every worker) rebuilds Settings from these
+    if settings.workers > 1:
+        _multiprocess_metrics_dir()
+    else:  # SIGHUP's default action would kill the only worker at once, requests in flight included
+        signal.signal(signal.SIGHUP, _sighup_single_worker)
+    uvicorn.run(
+        "gateway.server:create_app", factory=True, host=settings.host, port=settings.port,
+        workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
+        log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+        # SIGHUP to this (master) process restarts the workers one by one; a new worker must finish its startup
+        # (routes, backend clients, gRPC listener) within this before the old one is stopped, else the restart
+        # is abandoned and the old workers keep serving. Also how long a hung worker may miss its health pings.
+        timeout_worker_healthcheck=30,
+        log_config=_log_config(settings.log_level),
+        # No X-Forwarded-* rewriting (a per-request middleware): the gateway does not use client addresses.
+        proxy_headers=False, server_header=False,
+    )
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _sighup_single_worker(sig: int, frame: object) -> None:
+    logging.getLogger("gateway").warning(
+        "SIGHUP ignored: a rolling restart needs --workers 2 or more (one process cannot hand its requests over); "
+        "SIGTERM drains and stops it")
+
+
+def _log_config(level: str) -> dict[str, object]:
+    """uvicorn applies this in every worker process, so the gateway's own loggers (assignments, route reloads)
+    reach the output from workers too, not only from a process that called logging.basicConfig."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["gateway"] = {"format": LOG_FORMAT}
+    config["handlers"]["gateway"] = {"formatter": "gateway", "class": "logging.StreamHandler",
+                                     "stream": "ext://sys.stderr"}
+    config["loggers"]["gateway"] = {"handlers": ["gateway"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def _multiprocess_metrics_dir() -> None:
+    """Several workers share one set of Prometheus metrics through files in PROMETHEUS_MULTIPROC_DIR (any worker's
+    /metrics shows all). The directory must exist and be empty before the workers start."""
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)

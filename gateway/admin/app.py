@@ -17,11 +17,12 @@ before they are read whole. Endpoints: gateway/admin/routes_api.py, rollouts_api
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
@@ -42,7 +43,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def create_admin_app(store: RouteStore, token: bytes, rollouts: Orchestrator | None = None) -> FastAPI:
-    app = FastAPI(title="Model Gateway admin API", version=__version__, default_response_class=ORJSONResponse,
+    app = FastAPI(title="Model Gateway admin API", version=__version__,
                   description="Routes and rollouts of the gateway, on their own port and token.",
                   redoc_url=None)
     app.state.admin = AdminState(store=store, token=BearerToken(token), rollouts=rollouts)
@@ -62,11 +63,11 @@ def create_admin_app(store: RouteStore, token: bytes, rollouts: Orchestrator | N
 
 # --- the one exception handler table: every refusal as {"error": ...} with its class's status ------------------
 
-def _answer(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> ORJSONResponse:
-    return ORJSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def _answer(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-async def _gateway_error(request: Request, exc: GatewayError) -> ORJSONResponse:
+async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
     if isinstance(exc, RevisionConflict):
         return _answer(exc.http_status, exc.message, revision=exc.current)
     if isinstance(exc, Unauthenticated):
@@ -74,7 +75,7 @@ async def _gateway_error(request: Request, exc: GatewayError) -> ORJSONResponse:
     return _answer(exc.http_status, exc.message)
 
 
-async def _invalid_request(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = []
     for error in exc.errors():
         where = ".".join(str(x) for x in error.get("loc", ()) if x != "body") or "body"
@@ -82,13 +83,18 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> ORJ
     return _answer(400, "; ".join(problems) or "invalid request")
 
 
-async def _http_error(request: Request, exc: HTTPException) -> ORJSONResponse:
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     if exc.status_code == 404:
         return _answer(404, f"no admin endpoint at {request.method} {request.url.path} (see /docs)")
+    if exc.status_code == 405:  # Starlette names one route's methods; the path may have several routes
+        allowed = sorted(m.upper() for template, ops in request.app.openapi()["paths"].items()
+                         if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), request.url.path) for m in ops)
+        return _answer(405, f"method {request.method} not allowed on {request.url.path} (allowed: "
+                            f"{', '.join(allowed)})", {"allow": ", ".join(allowed)})
     return _answer(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
-async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("admin API: unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _answer(500, "internal error in the admin API (see the gateway log)")
 

@@ -1,5 +1,5 @@
-"""The interface every backend adapter implements, the optional capabilities some have, and the registry that
-owns their clients.
+"""The interface every backend adapter implements, and the optional capabilities some have (the registry that
+owns the adapters' clients is registry.py).
 
 Every adapter translates the internal InferRequest (``infer``). Some can also take a client's body in their own
 protocol unchanged, or describe a model in their own terms; they say so by subclassing a capability below, and
@@ -9,9 +9,7 @@ front knows an adapter class.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from gateway.protos import tf_serving_pb2 as tfs
@@ -75,58 +73,3 @@ class DescribesTFSignaturesProto(ABC):
 
     @abstractmethod
     async def model_metadata(self, target: Target) -> tfs.GetModelMetadataResponse: ...
-
-
-class Backends:
-    """Backend clients keyed by their whole config, so a routes change to a URL or timeout gets a new client
-    (a client is never reused for a config it was not built for). Closed together on shutdown."""
-
-    def __init__(self) -> None:
-        self._clients: dict[BackendConfig, Backend] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def get(self, config: BackendConfig) -> Backend:
-        client = self._clients.get(config)
-        if client is None:
-            client = self._clients[config] = _create(config)
-        return client
-
-    def retire_unused(self, active: Iterable[BackendConfig]) -> None:
-        """After a routes change: clients built for configs the new table no longer uses are closed once the
-        calls they may still carry have had their full timeout to finish."""
-        keep = set(active)
-        for config in [c for c in self._clients if c not in keep]:
-            task = asyncio.create_task(self._close_later(self._clients.pop(config), config.timeout_s + 1))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-
-    @staticmethod
-    async def _close_later(client: Backend, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        await client.close()
-
-    async def close(self) -> None:
-        for task in list(self._closing):
-            task.cancel()
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
-
-
-def _create(config: BackendConfig) -> Backend:
-    # Imported here so the registry does not depend on every adapter module at import time.
-    if config.kind == "tfserving":
-        if config.transport == "grpc":
-            from gateway.backends.tfserving_grpc import TFServingGrpcBackend
-
-            return TFServingGrpcBackend(config)
-        from gateway.backends.tfserving import TFServingBackend
-
-        return TFServingBackend(config)
-    if config.transport == "grpc":
-        from gateway.backends.torchserve_grpc import TorchServeGrpcBackend
-
-        return TorchServeGrpcBackend(config)
-    from gateway.backends.torchserve import TorchServeBackend
-
-    return TorchServeBackend(config)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.backends.base import Backends
+from gateway.backends.registry import Backends
 from gateway.codecs import v2_json
 from gateway.control.backend_lifecycle import (
     BackendLifecycle,

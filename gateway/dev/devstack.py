@@ -49,7 +49,7 @@ def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True, a
         settings = Settings(routes_file=routes, host="127.0.0.1", port=port, grpc_port=grpc_port,
                             admin_port=admin_port, admin_token_file=token_file)
         print(banner(port, grpc_port, ts, tf, routes, tf_kind, settings), flush=True)
-        from gateway.cli import serve
+        from gateway.server import serve
 
         serve(settings)
     return 0

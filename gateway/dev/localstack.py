@@ -816,6 +816,29 @@ def _standin_env(env: dict[str, str]) -> None:
         env["PYTHONPATH"] = str(repo_root) + (os.pathsep + old if old else "")
 
 
+def launch_tfserving(workdir: Path, args: Sequence[str], *,
+                     ports: tuple[int, int] | None = None) -> tuple[ManagedProcess, TFServingEndpoints]:
+    """Start ``tensorflow_model_server`` (if on PATH) or ``python -m tfserving_standin`` with ``args`` after its
+    ports, without waiting for anything (:func:`start_tfserving` waits; the contract tests also start servers
+    meant to fail). ``ports`` are ``(grpc, rest)``, free ones when None; its log is ``workdir/tfserving.log``."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    grpc_port, rest_port = ports if ports is not None else (free_port(), free_port())
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    binary = shutil.which("tensorflow_model_server")
+    if binary is not None:
+        base = [binary]
+    else:
+        base = [sys.executable, "-m", "tfserving_standin"]
+        _standin_env(env)
+    argv = [*base, f"--port={grpc_port}", f"--rest_api_port={rest_port}", *args]
+    proc = spawn_process("tfserving", argv, cwd=workdir, env=env, log_path=workdir / "tfserving.log")
+    config = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--model_config_file=")), None)
+    return proc, TFServingEndpoints(rest_url=f"http://127.0.0.1:{rest_port}", grpc_target=f"127.0.0.1:{grpc_port}",
+                                    real_binary=binary is not None, model_config_file=config)
+
+
 def start_tfserving(
     workdir: Path,
     model_config_template: Path,
@@ -843,31 +866,12 @@ def start_tfserving(
     config_path.write_text(
         render_model_config(model_config_template.read_text(encoding="utf-8"), models_root), encoding="utf-8"
     )
-    grpc_port, rest_port = ports if ports is not None else (free_port(), free_port())
-
-    env = dict(os.environ)
-    binary = shutil.which("tensorflow_model_server")
-    if binary is not None:
-        base = [binary]
-    else:
-        base = [sys.executable, "-m", "tfserving_standin"]
-        _standin_env(env)
-    argv = [
-        *base,
-        f"--port={grpc_port}",
-        f"--rest_api_port={rest_port}",
+    proc, endpoints = launch_tfserving(workdir, [
         f"--model_config_file={config_path}",
         f"--file_system_poll_wait_seconds={poll_seconds}",
         f"--model_config_file_poll_wait_seconds={poll_seconds}",
         *extra_args,
-    ]
-    proc = spawn_process("tfserving", argv, cwd=workdir, env=env, log_path=workdir / "tfserving.log")
-    endpoints = TFServingEndpoints(
-        rest_url=f"http://127.0.0.1:{rest_port}",
-        grpc_target=f"127.0.0.1:{grpc_port}",
-        real_binary=binary is not None,
-        model_config_file=config_path,
-    )
+    ], ports=ports)
     try:
         with httpx.Client(timeout=_HTTP_TIMEOUT) as client:
             _wait_tfserving_ready(proc, client, endpoints, wait_models, deadline, startup_timeout)
@@ -878,6 +882,14 @@ def start_tfserving(
             raise
         raise _fail(proc, f"{type(exc).__name__}: {exc}") from exc
     return proc, endpoints
+
+
+def wait_tfserving_ready(proc: ManagedProcess, endpoints: TFServingEndpoints, wait_models: Sequence[str],
+                         timeout: float) -> None:
+    """Until every model in ``wait_models`` has an AVAILABLE version (any REST answer without models); a
+    LocalStackError with the log tail when the process exits or ``timeout`` passes first."""
+    with httpx.Client(timeout=_HTTP_TIMEOUT) as client:
+        _wait_tfserving_ready(proc, client, endpoints, wait_models, time.monotonic() + timeout, timeout)
 
 
 def _available(resp: httpx.Response) -> bool:

@@ -7,11 +7,13 @@ import signal
 import httpx
 import pytest
 
+from . import tfkit
+
 FAILED = "Failed to start server. Error: "
 
 
 @pytest.fixture(scope="module")
-def solo(saved_models, tmp_path_factory, tfkit):
+def solo(saved_models, tmp_path_factory):
     """--model_name/--model_base_path instead of a config file (default latest policy)."""
     root = tmp_path_factory.mktemp("tfs_solo")
     base = tfkit.copy_versions(saved_models / "affine", root / "models" / "solo", [1, 2])
@@ -31,7 +33,7 @@ def test_readiness_is_logged_like_tf_serving(solo):
     assert f"Exporting HTTP/REST API at:localhost:{solo.rest_port} ..." in log
 
 
-def test_sigterm_stops_the_server(solo, tfkit):
+def test_sigterm_stops_the_server(solo):
     code = solo.stop(timeout=15.0)
     # The stand-in shuts down cleanly (status 0); the real binary may instead die of the signal.
     assert code == 0 or (tfkit.real_binary is not None and code == -signal.SIGTERM)
@@ -39,7 +41,7 @@ def test_sigterm_stops_the_server(solo, tfkit):
         httpx.get(f"{solo.rest}/v1/models/solo", timeout=2.0)
 
 
-def test_startup_fails_without_a_model_source(tmp_path, tfkit):
+def test_startup_fails_without_a_model_source(tmp_path):
     code, output = tfkit.run_to_exit(tmp_path, [])
     assert code == 255
     assert (
@@ -47,7 +49,7 @@ def test_startup_fails_without_a_model_source(tmp_path, tfkit):
     ) in output
 
 
-def test_startup_fails_when_a_label_names_a_version_not_yet_loaded(tmp_path, saved_models, tfkit):
+def test_startup_fails_when_a_label_names_a_version_not_yet_loaded(tmp_path, saved_models):
     base = tfkit.copy_versions(saved_models / "affine", tmp_path / "models" / "affine", [1])
     config = tmp_path / "models.config"
     config.write_text(tfkit.config_text([tfkit.ModelEntry("affine", base, labels={"stable": 1})]))
@@ -59,7 +61,7 @@ def test_startup_fails_when_a_label_names_a_version_not_yet_loaded(tmp_path, sav
     ) in output
 
 
-def test_startup_fails_when_a_model_cannot_load(tmp_path, tfkit):
+def test_startup_fails_when_a_model_cannot_load(tmp_path):
     base = tmp_path / "models" / "broken"
     (base / "1").mkdir(parents=True)
     config = tmp_path / "models.config"

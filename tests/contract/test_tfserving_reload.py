@@ -25,20 +25,22 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from . import tfkit
+
 V1 = [2.5, 3.0, 3.5]
 V2 = [3.5, 4.0, 4.5]
 RELOAD_TIMEOUT = 60.0
 
 
-def reload(scenario, tfkit, entries) -> model_management_pb2.ReloadConfigResponse:
+def reload(scenario, entries) -> model_management_pb2.ReloadConfigResponse:
     stub = model_service_pb2_grpc.ModelServiceStub(scenario.channel)
     request = model_management_pb2.ReloadConfigRequest(config=tfkit.config_proto(entries))
     return stub.HandleReloadConfigRequest(request, timeout=RELOAD_TIMEOUT)
 
 
-def reload_error(scenario, tfkit, entries) -> grpc.RpcError:
+def reload_error(scenario, entries) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
-        reload(scenario, tfkit, entries)
+        reload(scenario, entries)
     return info.value
 
 
@@ -79,34 +81,34 @@ def wait_for(condition, what: str, timeout: float = 20.0):
 # ----------------------------------------------------------------------------- reloads
 
 
-def test_reload_adds_a_model_and_returns_once_it_is_available(dyn, http, tfkit):
+def test_reload_adds_a_model_and_returns_once_it_is_available(dyn, http):
     added = tfkit.ModelEntry("added", dyn.root / "models" / "labeled")
     try:
-        response = reload(dyn, tfkit, [*dyn.entries, added])
+        response = reload(dyn, [*dyn.entries, added])
         assert response.status.error_code == 0
         assert predictions(http, dyn.rest, "added") == V2  # no waiting: the reload waited for it
     finally:
-        reload(dyn, tfkit, dyn.entries)
+        reload(dyn, dyn.entries)
 
 
-def test_reload_unloads_models_left_out(dyn, http, tfkit):
-    reload(dyn, tfkit, [*dyn.entries, tfkit.ModelEntry("temporary", dyn.root / "models" / "labeled")])
+def test_reload_unloads_models_left_out(dyn, http):
+    reload(dyn, [*dyn.entries, tfkit.ModelEntry("temporary", dyn.root / "models" / "labeled")])
     assert predictions(http, dyn.rest, "temporary") == V2
-    reload(dyn, tfkit, dyn.entries)
+    reload(dyn, dyn.entries)
     wait_for(lambda: states(http, dyn.rest, "temporary") == [(2, "END")], "temporary to be unloaded")
     response = predict(http, dyn.rest, "temporary")
     assert response.status_code == 404
     assert response.json() == {"error": "Servable not found for request: Latest(temporary)"}
 
 
-def test_reload_waits_only_for_new_model_names(dyn, http, tfkit):
+def test_reload_waits_only_for_new_model_names(dyn, http):
     junk_existing = dyn.root / "models" / "junk_existing"
     (junk_existing / "9").mkdir(parents=True)  # not a SavedModel
     junk_new = dyn.root / "models" / "junk_new"
     (junk_new / "7").mkdir(parents=True)
     changed = [dataclasses.replace(e, base_path=junk_existing) if e.name == "existing" else e for e in dyn.entries]
     try:
-        error = reload_error(dyn, tfkit, [*changed, tfkit.ModelEntry("brand_new", junk_new)])
+        error = reload_error(dyn, [*changed, tfkit.ModelEntry("brand_new", junk_new)])
         assert error.code() == grpc.StatusCode.UNKNOWN
         assert error.details().startswith(
             "1 model(s) did not become available: {{{name: brand_new version: 7} due to error: NOT_FOUND: "
@@ -117,10 +119,10 @@ def test_reload_waits_only_for_new_model_names(dyn, http, tfkit):
         wait_for(lambda: (9, "END") in states(http, dyn.rest, "existing"), "existing/9 to fail")
         assert predictions(http, dyn.rest, "existing") == V2
     finally:
-        reload(dyn, tfkit, dyn.entries)
+        reload(dyn, dyn.entries)
 
 
-def test_reload_accepts_only_a_model_config_list(dyn, tfkit):
+def test_reload_accepts_only_a_model_config_list(dyn):
     stub = model_service_pb2_grpc.ModelServiceStub(dyn.channel)
     request = model_management_pb2.ReloadConfigRequest(config=model_server_config_pb2.ModelServerConfig())
     with pytest.raises(grpc.RpcError) as info:
@@ -131,16 +133,16 @@ def test_reload_accepts_only_a_model_config_list(dyn, tfkit):
     )
 
 
-def test_reload_rejects_duplicate_model_names(dyn, tfkit):
-    error = reload_error(dyn, tfkit, [*dyn.entries, dyn.entries[0]])
+def test_reload_rejects_duplicate_model_names(dyn):
+    error = reload_error(dyn, [*dyn.entries, dyn.entries[0]])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == f"Illegal to list model {dyn.entries[0].name} multiple times in config list"
 
 
-def test_reload_rejects_relative_base_paths(dyn, tfkit):
+def test_reload_rejects_relative_base_paths(dyn):
     from pathlib import Path
 
-    error = reload_error(dyn, tfkit, [*dyn.entries, tfkit.ModelEntry("relative", Path("models/relative"))])
+    error = reload_error(dyn, [*dyn.entries, tfkit.ModelEntry("relative", Path("models/relative"))])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "Expected model relative to have an absolute path or URI; got base_path()=models/relative"
 
@@ -148,8 +150,8 @@ def test_reload_rejects_relative_base_paths(dyn, tfkit):
 # ----------------------------------------------------------------------------- labels (strict)
 
 
-def test_label_on_an_available_version_is_served_and_named(dyn, http, tfkit):
-    reload(dyn, tfkit, labeled(dyn.entries, "labeled", {"stable": 1}))
+def test_label_on_an_available_version_is_served_and_named(dyn, http):
+    reload(dyn, labeled(dyn.entries, "labeled", {"stable": 1}))
     try:
         assert predictions(http, dyn.rest, "labeled/labels/stable") == V1
         request = predict_pb2.PredictRequest()
@@ -160,13 +162,13 @@ def test_label_on_an_available_version_is_served_and_named(dyn, http, tfkit):
         response = stub.Predict(request, timeout=10.0)
         assert response.model_spec.version.value == 1
     finally:
-        reload(dyn, tfkit, dyn.entries)
+        reload(dyn, dyn.entries)
 
 
-def test_label_on_an_unavailable_version_is_rejected_and_labels_are_kept(dyn, http, tfkit):
-    reload(dyn, tfkit, labeled(dyn.entries, "labeled", {"stable": 1}))
+def test_label_on_an_unavailable_version_is_rejected_and_labels_are_kept(dyn, http):
+    reload(dyn, labeled(dyn.entries, "labeled", {"stable": 1}))
     try:
-        error = reload_error(dyn, tfkit, labeled(dyn.entries, "labeled", {"stable": 1, "next": 3}))
+        error = reload_error(dyn, labeled(dyn.entries, "labeled", {"stable": 1, "next": 3}))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error.details() == (
             "Request to assign label to version 3 of model labeled, which is not currently available for inference"
@@ -176,26 +178,26 @@ def test_label_on_an_unavailable_version_is_rejected_and_labels_are_kept(dyn, ht
         assert response.status_code == 400
         assert response.json() == {"error": "Unrecognized servable version label: next"}
     finally:
-        reload(dyn, tfkit, dyn.entries)
+        reload(dyn, dyn.entries)
 
 
-def test_label_moves_between_available_versions(dyn, http, tfkit):
-    reload(dyn, tfkit, labeled(dyn.entries, "labeled", {"stable": 1}))
+def test_label_moves_between_available_versions(dyn, http):
+    reload(dyn, labeled(dyn.entries, "labeled", {"stable": 1}))
     try:
         assert predictions(http, dyn.rest, "labeled/labels/stable") == V1
-        reload(dyn, tfkit, labeled(dyn.entries, "labeled", {"stable": 2}))
+        reload(dyn, labeled(dyn.entries, "labeled", {"stable": 2}))
         assert predictions(http, dyn.rest, "labeled/labels/stable") == V2
     finally:
-        reload(dyn, tfkit, dyn.entries)
+        reload(dyn, dyn.entries)
 
 
 # ----------------------------------------------------------------------------- labels (relaxed) and config polling
 
 
-def _write_and_reload(scenario, tfkit, entries) -> model_management_pb2.ReloadConfigResponse:
+def _write_and_reload(scenario, entries) -> model_management_pb2.ReloadConfigResponse:
     """The config file is polled too: keep it in step with gRPC reloads."""
     scenario.config_path.write_text(tfkit.config_text(entries))
-    return reload(scenario, tfkit, entries)
+    return reload(scenario, entries)
 
 
 def test_labels_in_the_startup_config_with_the_flag(relaxed, http):
@@ -203,20 +205,20 @@ def test_labels_in_the_startup_config_with_the_flag(relaxed, http):
     assert predictions(http, relaxed.rest, "canary/labels/canary") == V2
 
 
-def test_flag_allows_a_new_label_on_an_unavailable_version(relaxed, http, tfkit):
+def test_flag_allows_a_new_label_on_an_unavailable_version(relaxed, http):
     entries = labeled(relaxed.entries, "canary", {"stable": 1, "canary": 2, "future": 9})
     try:
-        response = _write_and_reload(relaxed, tfkit, entries)
+        response = _write_and_reload(relaxed, entries)
         assert response.status.error_code == 0
         response = predict(http, relaxed.rest, "canary/labels/future")
         assert response.status_code == 404
         assert response.json() == {"error": "Servable not found for request: Specific(canary, 9)"}
     finally:
-        _write_and_reload(relaxed, tfkit, relaxed.entries)
+        _write_and_reload(relaxed, relaxed.entries)
 
 
-def test_flag_does_not_allow_moving_a_label_to_an_unavailable_version(relaxed, http, tfkit):
-    error = reload_error(relaxed, tfkit, labeled(relaxed.entries, "canary", {"stable": 9, "canary": 2}))
+def test_flag_does_not_allow_moving_a_label_to_an_unavailable_version(relaxed, http):
+    error = reload_error(relaxed, labeled(relaxed.entries, "canary", {"stable": 9, "canary": 2}))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == (
         "Request to assign label to version 9 of model canary, which is not currently available for inference"
@@ -224,7 +226,7 @@ def test_flag_does_not_allow_moving_a_label_to_an_unavailable_version(relaxed, h
     assert predictions(http, relaxed.rest, "canary/labels/stable") == V1
 
 
-def test_config_file_is_polled(relaxed, http, tfkit):
+def test_config_file_is_polled(relaxed, http):
     entries = [*relaxed.entries, tfkit.ModelEntry("from_file", relaxed.root / "models" / "canary")]
     relaxed.config_path.write_text(tfkit.config_text(entries))
     try:

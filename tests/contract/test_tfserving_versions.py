@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from . import tfkit
+
 V1 = [2.5, 3.0, 3.5]  # affine version 1 on [1, 2, 3]
 V2 = [3.5, 4.0, 4.5]  # affine version 2
 WAIT_S = 20.0
@@ -129,7 +131,7 @@ class _Hammer:
                 self.failures.append(f"gRPC {exc.code()}: {exc.details()}")
 
 
-def test_new_version_directory_is_served_without_a_gap(dyn, http, saved_models, tfkit):
+def test_new_version_directory_is_served_without_a_gap(dyn, http, saved_models):
     base = dyn.root / "models" / "poll"
     assert status(http, dyn.rest, "poll") == [(1, "AVAILABLE", "OK")]
     with _Hammer(dyn, "poll") as hammer:
@@ -175,7 +177,7 @@ def test_a_version_that_fails_to_load_is_reported_with_its_error(dyn, http):
     assert predict(http, dyn.rest, "fails") == V1
 
 
-def test_a_failing_warmup_fails_the_load(dyn, http, saved_models, tfkit):
+def test_a_failing_warmup_fails_the_load(dyn, http, saved_models):
     base = dyn.root / "models" / "warm"
     staging = dyn.root / "models" / "warm-staging"
     shutil.copytree(saved_models / "affine" / "2", staging)

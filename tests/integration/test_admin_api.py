@@ -19,7 +19,7 @@ import yaml
 from gateway.dev import localstack
 from gateway.routes import writer
 
-from .conftest import Gateway
+from .stack import Gateway
 
 X3 = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
 POLL_S = 0.2  # GATEWAY_ROUTES_POLL_S of the gateway fixture

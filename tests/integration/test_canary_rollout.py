@@ -17,8 +17,8 @@ import httpx
 import yaml
 
 from .adminapi import admin_client, wait_rollout
-from .conftest import Gateway
 from .loaddriver import Load
+from .stack import Gateway
 
 MODEL = "canary_scale"
 EXPECTED = {MODEL: {"1": lambda x: 2 * x, "2": lambda x: 3 * x}}

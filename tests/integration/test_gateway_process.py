@@ -9,7 +9,7 @@ import time
 import httpx
 import yaml
 
-from .conftest import Gateway
+from .stack import Gateway
 
 NO_FRAMEWORKS = """
 import asyncio, importlib, pkgutil, sys

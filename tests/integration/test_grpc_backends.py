@@ -37,7 +37,7 @@ from gateway.protos import tf_serving_pb2 as tfs
 from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, Target, Tensor, TensorSpec
 
-from .conftest import Blackhole
+from .stack import Blackhole
 
 T = TypeVar("T")
 X3 = np.array([[1, 2, 3], [-4, 0.5, 10]], np.float32)

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
 )
 from tritonclient.utils import InferenceServerException
 
-from .conftest import MAX_BODY_BYTES, Gateway
+from .stack import MAX_BODY_BYTES, Gateway
 from .test_translation_matrix import BACKEND, EXPECTED, MODELS
 
 X = np.array([[1.0, 2.0, 3.0], [-4.0, 0.5, 10.0]], dtype=np.float32)

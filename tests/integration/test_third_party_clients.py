@@ -7,7 +7,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from .conftest import Gateway
+from .stack import Gateway
 
 
 @pytest.fixture()

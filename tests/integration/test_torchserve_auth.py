@@ -9,7 +9,7 @@ import httpx
 
 from gateway.dev import localstack
 
-from .conftest import Gateway
+from .stack import Gateway
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
 

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import tritonclient.grpc as tritongrpc
 
-from .conftest import Gateway
+from .stack import Gateway
 
 X4 = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4, 0.5, -1, 2, 0]}]}
 X3 = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}

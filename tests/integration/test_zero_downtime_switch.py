@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import yaml
 
-from .conftest import Gateway
 from .loaddriver import Load
+from .stack import Gateway
 
 MODELS = ("switch_scale", "switch_affine")
 EXPECTED: dict[str, dict[str, Callable[[np.ndarray], np.ndarray]]] = {  # type: ignore[type-arg]

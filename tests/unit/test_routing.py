@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from gateway.backends.base import Backends
+from gateway.backends.registry import Backends
 from gateway.dataplane import InFlight
 from gateway.errors import InvalidArgument, ModelNotFound, VersionNotFound
 from gateway.routes.schema import parse_routes
