@@ -189,11 +189,11 @@ async def start_admin(settings: Settings, make_service: ServiceFactory, *,
         return None
     server = AdminServer(make_service(token), sock, lock_fd)
     try:
-        await server.start()
-        try:
+        try:  # before the first admin request: it must see the rollouts as resumed, never their stale state
             await server.service.resume()
         except Exception:
             log.exception("admin API: resuming rollouts failed")
+        await server.start()
     except asyncio.CancelledError:  # a standby that began draining while taking over: leave nothing behind
         await server.stop()
         raise

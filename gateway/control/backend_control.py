@@ -39,8 +39,13 @@ def _deadline(timeout_s: float) -> float:
     return time.monotonic() + timeout_s
 
 
-def _left(deadline: float) -> float:
-    return max(0.01, deadline - time.monotonic())
+#: The least time one status poll is given, even just before a wait's deadline: a poll cut to a few milliseconds
+#: would fail for its own short timeout and hide what the backend was reporting.
+MIN_POLL_CALL_S = 1.0
+
+
+def _poll_timeout(deadline: float) -> float:
+    return max(MIN_POLL_CALL_S, min(CALL_TIMEOUT_S, deadline - time.monotonic()))
 
 
 async def wait_drained(where: str, counts: Callable[[], Awaitable[Sequence[tuple[int, str]]]], *,
@@ -296,7 +301,11 @@ class TFServingControl:
         deadline = _deadline(timeout_s)
         last = "not listed"
         while True:
-            for s in await self._statuses(model, min(CALL_TIMEOUT_S, _left(deadline))):
+            try:
+                statuses = await self._statuses(model, _poll_timeout(deadline))
+            except BackendTimeout as exc:  # one slow answer: keep polling until the deadline
+                statuses, last = [], f"no status answer ({exc.message})"
+            for s in statuses:
                 if str(s.version) != version:
                     continue
                 last = tfs.ModelVersionStatus.State.Name(s.state)
@@ -317,7 +326,7 @@ class TFServingControl:
         BackendTimeout naming the last state seen otherwise."""
         deadline = _deadline(timeout_s)
         while True:
-            state = (await self.status(model, timeout_s=min(CALL_TIMEOUT_S, _left(deadline)))).get(version)
+            state = (await self.status(model, timeout_s=_poll_timeout(deadline))).get(version)
             if state is None or state == "END":
                 return
             if time.monotonic() >= deadline:

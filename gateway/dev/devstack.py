@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 from gateway.dev import localstack
@@ -55,15 +56,27 @@ def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True, a
     return 0
 
 
+def gateway_command() -> str:
+    """The `gateway` command of this installation as a user can type it (the virtualenv need not be active)."""
+    script = Path(sys.executable).with_name("gateway")
+    if not script.exists():
+        return f"{sys.executable} -m gateway"
+    try:
+        return os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
+    except ValueError:
+        return str(script)
+
+
 def banner(port: int, grpc_port: int, ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEndpoints,
            routes: Path, tf_kind: str, settings: Settings) -> str:
     g = f"http://127.0.0.1:{port}"
+    admin = f"http://{settings.admin_host}:{settings.admin_port}"
+    gw = gateway_command()
     return f"""
 Model Gateway local stack
   gateway      {g}   (routes: {routes}; edit it and the gateway reloads within a second)
                gRPC 127.0.0.1:{grpc_port} (v2 inference.GRPCInferenceService, tensorflow.serving.*, health, reflection)
-  admin API    http://{settings.admin_host}:{settings.admin_port}   (token in {settings.admin_token_file};
-               `GATEWAY_ADMIN_TOKEN_FILE={settings.admin_token_file} gateway routes show`)
+  admin API    {admin}   (token in {settings.admin_token_file}; OpenAPI docs at {admin}/docs)
   metrics      {g}/metrics
   TorchServe   {ts.inference_url} (management {ts.management_url}, metrics {ts.metrics_url})
   TF Serving   {tf.rest_url} (gRPC {tf.grpc_target}; {tf_kind})
@@ -82,8 +95,14 @@ Try:
   curl -si {g}/v1/models/affine
   curl -si -X POST {g}/v2/models/classifier/infer -H 'x-user-id: alice' \
     -d '{{"inputs":[{{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}'   # see x-model-variant
-  export GATEWAY_ADMIN_TOKEN_FILE={settings.admin_token_file}   # then, a canary rollout back to scale v1:
-  gateway rollout start scale 1 --steps 20,50,100 --dwell 10 && gateway rollout status scale
+
+The admin CLI (a canary rollout of scale back to version 1, while requests flow):
+  export GATEWAY_ADMIN_URL={admin} GATEWAY_ADMIN_TOKEN_FILE={settings.admin_token_file}
+  {gw} routes show
+  {gw} rollout start scale 1 --steps 50,100 --dwell 5 --min-requests 5
+  for i in $(seq 200); do curl -s -o /dev/null -X POST {g}/v2/models/scale/infer \
+    -d '{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}}]}}'; done
+  {gw} rollout status scale
 
 Ctrl-C stops everything.
 """

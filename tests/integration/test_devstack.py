@@ -53,7 +53,7 @@ def test_gateway_dev_serves_the_examples_runs_a_rollout_and_stops_on_ctrl_c(tmp_
         with httpx.Client(base_url=url, timeout=10) as client:
             _wait(lambda: _ok(client, "/v2/health/ready"), STARTUP_TIMEOUT_S, "the gateway ready", proc)
             banner = proc.log_path.read_text()
-            assert "Model Gateway local stack" in banner and "gateway rollout start" in banner
+            assert "Model Gateway local stack" in banner
 
             # The banner's examples, on every front and both backends.
             r = client.post("/v2/models/mlp/infer", json=X4)  # TF Serving
@@ -71,30 +71,36 @@ def test_gateway_dev_serves_the_examples_runs_a_rollout_and_stops_on_ctrl_c(tmp_
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert status.status == health_pb2.HealthCheckResponse.SERVING
 
-            # A canary rollout of `scale` back to version 1 through the CLI, requests flowing meanwhile.
-            env = {**os.environ, "GATEWAY_ADMIN_URL": admin_url,
-                   "GATEWAY_ADMIN_TOKEN_FILE": str(workdir / "admin-token"), "PYTHONPATH": str(REPO)}
-            env.pop("GATEWAY_ADMIN_TOKEN", None)
+            # The banner's admin CLI lines, run as printed in a shell without the virtualenv on PATH: a canary
+            # rollout of `scale` back to version 1, requests flowing meanwhile.
+            lines = [line.strip() for line in banner.splitlines()]
+            export = next(line for line in lines if line.startswith("export GATEWAY_ADMIN_URL="))
+            start = next(line for line in lines if " rollout start scale 1 " in line)
+            status = next(line for line in lines if line.endswith(" rollout status scale"))
+            assert export == f"export GATEWAY_ADMIN_URL={admin_url} GATEWAY_ADMIN_TOKEN_FILE={workdir / 'admin-token'}"
+            env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
 
-            def cli(*args: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run([sys.executable, "-m", "gateway", "rollout", *args], capture_output=True,
-                                      text=True, timeout=60, env=env, cwd=REPO)
+            def cli(command: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(["bash", "-c", f"{export} && {command}"], capture_output=True, text=True,
+                                      timeout=60, env=env, cwd=REPO)
 
-            started = cli("start", "scale", "1", "--steps", "50,100", "--dwell", "1", "--min-requests", "5")
+            shown = cli(next(line for line in lines if line.endswith(" routes show")))
+            assert shown.returncode == 0 and "revision" in shown.stderr, shown.stderr
+            started = cli(start)
             assert started.returncode == 0, started.stderr
             versions: set[str] = set()
             state = "running"
             deadline = time.monotonic() + 60
             while state == "running":
-                assert time.monotonic() < deadline, cli("status", "scale").stdout
+                assert time.monotonic() < deadline, cli(status).stdout
                 for _ in range(10):
                     r = client.post("/v2/models/scale/infer", json=X3)
                     assert r.status_code == 200, r.text
                     versions.add(r.headers["x-model-version"])
-                status_run = cli("status", "scale")
+                status_run = cli(status)
                 assert status_run.returncode == 0, status_run.stderr
                 state = json.loads(status_run.stdout)["state"]
-            assert state == "promoted", cli("status", "scale").stdout
+            assert state == "promoted", cli(status).stdout
             assert versions == {"1", "2"}, versions  # both served during the canary
             r = client.post("/v2/models/scale/infer", json=X3)
             assert r.headers["x-model-version"] == "1" and r.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0]

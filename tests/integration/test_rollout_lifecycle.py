@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         routes.write_text(yaml.safe_dump({
             "backends": {"torchserve": {"kind": "torchserve", "url": ts.inference_url,
                                         "management_url": ts.management_url, "token_file": str(ts.key_file),
-                                        "timeout_s": 10}},
+                                        "timeout_s": 20}},
             "models": {MODEL: {"default_version": 1, "versions": {
                 1: {"backend": "torchserve", "model": "scale", "version": "1"},
                 2: {"backend": "torchserve", "model": "scale", "version": "2"}}}}}))
