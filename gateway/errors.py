@@ -25,7 +25,8 @@
         │   └── RevisionConflict          (carries the current revision)
         ├── DeployFailed              502                     a backend refused a control operation
         └── ControlUnavailable        503                     the store or the workers cannot take it now
-            └── LockTimeout
+            ├── LockTimeout
+            └── StoreUnavailable          (etcd unreachable: every replica keeps serving its last routes)
 
 The fronts encode any GatewayError in their client's protocol (gateway/api/), the admin API through one
 exception handler (gateway/admin/app.py); library errors are mapped to these classes at one place per adapter.
@@ -177,6 +178,10 @@ class ControlUnavailable(ControlError):
 
 class LockTimeout(ControlUnavailable):
     """Another writer held the routes' lock for longer than the timeout."""
+
+
+class StoreUnavailable(ControlUnavailable):
+    """The route store (etcd) cannot be reached: nothing was written; the replicas keep serving their last routes."""
 
 
 # TF Serving's REST status per error code (http_rest_api_util.cc), used to map a TF error body back to a class.

@@ -95,6 +95,9 @@ class Metrics:
                                      multiprocess_mode="livemostrecent")
         self.rollout_running = Gauge("gateway_rollout_running", "1 while a rollout of the model runs, else 0.",
                                      ("model",), registry=reg, multiprocess_mode="livemostrecent")
+        self.rollout_leader = Gauge("gateway_rollout_leader", "1 while this process drives the rollouts (with the "
+                                    "etcd store: the elected replica), else 0.", registry=reg,
+                                    multiprocess_mode="livemax")
         self.rollout_transitions = Counter("gateway_rollout_transitions", "Rollout transitions by event: started, "
                                            "step, step_passed, promoted, rolled_back, aborted, failed, resumed, "
                                            "deploying, deployed, warmed_up, drained, unregistered, unloaded, ...",

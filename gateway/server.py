@@ -8,14 +8,14 @@ builds a :class:`GatewayProcess` there, after the fork, so no socket, pool or ta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import os
 import signal
+import socket
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.admin.listener import AdminSeat
 from gateway.api.asgi import Receive, Scope, Send
@@ -25,13 +25,15 @@ from gateway.dataplane import DataPlane
 from gateway.lifecycle import install_sigterm_drain
 from gateway.metrics import Metrics
 from gateway.routes.schema import load_routes
-from gateway.routes.store import RouteStore
+from gateway.routes.store import RouteStore, open_store
 from gateway.settings import Settings
 from gateway.shadow import Shadows
 
 if TYPE_CHECKING:
     from gateway.admin.app import Admin
     from gateway.api.grpc import GrpcFront
+    from gateway.etcd.replicas import Presence
+    from gateway.routes.etcd_store import EtcdRouteStore
 
 log = logging.getLogger("gateway")
 
@@ -45,12 +47,14 @@ class GatewayProcess:
         self.rest: RestApp | None = None
         self.grpc: GrpcFront | None = None
         self.admin: AdminSeat | None = None
-        self._watch: asyncio.Task[None] | None = None
+        self.store: RouteStore | None = None
+        self.presence: Presence | None = None  # this process's lease-bound key (etcd store only)
         self._drain_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
-        store = RouteStore(settings.routes_file)
+        store = self.store = open_store(settings)
+        await store.open()
         backends = Backends()
         for config in store.current.backends.values():
             backends.get(config)
@@ -58,7 +62,9 @@ class GatewayProcess:
         plane = self.plane = DataPlane(store, backends, metrics,
                                        Shadows(metrics, max_pending=settings.shadow_max_pending))
         store.on_swap.append(lambda table: backends.retire_unused(table.backends.values()))
-        self._watch = asyncio.create_task(store.watch(settings.routes_poll_s))
+        await store.start(settings.routes_poll_s)
+        if settings.etcd is not None:
+            await self._present(store)  # type: ignore[arg-type]  # open_store built the etcd store
         self.rest = RestApp(plane, settings.max_body_bytes)
         if settings.grpc_port:
             from gateway.api.grpc import GrpcFront  # grpc servicers load only when the listener is on
@@ -69,21 +75,66 @@ class GatewayProcess:
             self.admin = AdminSeat(settings, self._admin_service)
             await self.admin.start()
         log.info("routes revision %s loaded from %s: %d models on %d backends", store.current.revision,
-                 store.path, len(store.current.models), len(store.current.backends))
+                 store.location, len(store.current.models), len(store.current.backends))
         install_sigterm_drain(settings.drain_s, self.begin_drain)
+
+    async def _present(self, store: EtcdRouteStore) -> None:
+        """Publish this process's applied revision and calls in flight under its lease (gateway/etcd/replicas.py)."""
+        from gateway.etcd.replicas import Presence, target_key
+
+        plane = self.plane
+        assert plane is not None and self.settings.etcd is not None
+
+        def state() -> dict[str, Any]:
+            serving = self.admin is not None and self.admin.server is not None
+            return {"applied_revision": plane.store.current.revision, "applied_at": store.applied_at,
+                    "store_up": store.up, "inflight": {target_key(*k): n for k, n in plane.inflight.counts.items()},
+                    **({"admin_url": self.advertise_url()} if serving else {})}
+
+        self.presence = Presence(store.client, store.prefix, self.settings.etcd.lease_ttl_s, state)
+        store.on_swap.append(lambda table: self.presence.changed() if self.presence is not None else None)
+        await self.presence.start()
+
+    def advertise_url(self) -> str:
+        """Where the other replicas reach this one's admin API (they forward rollout writes to the leader)."""
+        settings = self.settings
+        if settings.admin_advertise_url:
+            return settings.admin_advertise_url.rstrip("/")
+        host = settings.admin_host
+        if host in ("", "0.0.0.0", "::"):
+            try:
+                host = socket.gethostbyname(socket.gethostname())  # the pod's IP on Kubernetes
+            except OSError:
+                host = "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{settings.admin_port}"
 
     def _admin_service(self, token: bytes) -> Admin:
         """Built by the worker that wins the admin port: the admin app and the rollouts it drives, which run in
-        this worker's loop, guarded by every worker's metrics."""
+        this worker's loop (with etcd: once this replica is elected), guarded by every worker's metrics or by
+        Prometheus over every replica."""
         from gateway.admin.app import Admin, AdminApp  # only the admin worker loads the control plane
+        from gateway.control.fleet import Fleet, LocalFleet
+        from gateway.control.guards import GuardSource, LocalGuards, PrometheusGuards
         from gateway.control.orchestrator import Orchestrator
 
-        plane = self.plane
+        plane, settings = self.plane, self.settings
         assert plane is not None
         metrics = plane.metrics
-        orchestrator = Orchestrator(plane.store.path, lambda: metrics.render()[0].decode("utf-8"),
-                                    plane.store.reload, plane=plane, metrics=metrics)
-        return Admin(AdminApp(plane.store, token, rollouts=orchestrator))
+        guards: GuardSource = LocalGuards(lambda: metrics.render()[0].decode("utf-8"))
+        if settings.guards_prometheus_url:
+            guards = PrometheusGuards(settings.guards_prometheus_url, timeout_s=settings.guards_prometheus_timeout_s)
+        fleet: Fleet = LocalFleet(plane)
+        election = None
+        if self.presence is not None:
+            from gateway.etcd.election import Election
+            from gateway.etcd.replicas import EtcdFleet
+
+            etcd_store: Any = plane.store
+            fleet = EtcdFleet(etcd_store.client, etcd_store.prefix)
+            election = Election(etcd_store.client, etcd_store.prefix, self.presence, self.advertise_url())
+        orchestrator = Orchestrator(plane.store, guards, plane=plane, metrics=metrics, fleet=fleet)
+        return Admin(AdminApp(plane.store, token, rollouts=orchestrator, fleet=fleet, election=election),
+                     election=election, metrics=metrics)
 
     def begin_drain(self) -> None:
         """The first SIGTERM (gateway/lifecycle.py): not ready, ``Connection: close`` on every answer, gRPC health
@@ -102,10 +153,10 @@ class GatewayProcess:
             await self.admin.stop()
         if self.grpc is not None:
             await self.grpc.stop()
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        if self.presence is not None:
+            await self.presence.stop()
+        if self.store is not None:
+            await self.store.stop()
         if self.plane is not None:
             await self.plane.shadows.close()
             await self.plane.backends.close()
@@ -151,7 +202,8 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     # Fail before forking workers when the routes file is invalid, with the validator's message.
-    load_routes(settings.routes_file)
+    if settings.etcd is None or settings.routes_file.exists():  # with etcd the file only seeds an empty store
+        load_routes(settings.routes_file)
     os.environ.update(settings.to_env())  # uvicorn's factory (in every worker) rebuilds Settings from these
     if settings.workers > 1:
         _multiprocess_metrics_dir()

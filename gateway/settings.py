@@ -1,4 +1,4 @@
-"""Process settings from environment variables (ports, limits, paths); routes live in the routes file."""
+"""Process settings from environment variables (ports, limits, paths, where the routes live)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,60 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_ETCD_PREFIX = "/model-gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """GATEWAY_ROUTES_STORE=etcd://host:2379[,host2:2379...]/prefix (etcds:// for TLS) and its GATEWAY_ETCD_*
+    options: where the routes, the rollouts and the replicas' presence live when several replicas share them."""
+
+    endpoints: tuple[str, ...]
+    prefix: str = DEFAULT_ETCD_PREFIX
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout_s: float = 2.0  # every etcd call
+    lease_ttl_s: int = 10  # a dead replica's keys go, and a dead leader is replaced, within this
+
+    @property
+    def url(self) -> str:
+        """The store as a person reads it (no credentials)."""
+        return f"{'etcds' if self.tls else 'etcd'}://{','.join(self.endpoints)}{self.prefix}"
+
+    @classmethod
+    def parse(cls, url: str, env: Mapping[str, str]) -> EtcdSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("etcd", "etcds") or not parts.netloc or "@" in parts.netloc:
+            raise SystemExit(f"GATEWAY_ROUTES_STORE={url!r}: expected etcd://host:port[,host:port...]/prefix "
+                             "(etcds:// for TLS; credentials go in GATEWAY_ETCD_USER/GATEWAY_ETCD_PASSWORD_FILE)")
+        endpoints = tuple(e.strip() for e in parts.netloc.split(",") if e.strip())
+        for endpoint in endpoints:
+            host, _, port = endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise SystemExit(f"GATEWAY_ROUTES_STORE: endpoint {endpoint!r} is not host:port")
+        prefix = "/" + parts.path.strip("/") if parts.path.strip("/") else DEFAULT_ETCD_PREFIX
+        ca, cert, key = (_path(env, f"GATEWAY_ETCD_{name}_FILE") for name in ("CA", "CERT", "KEY"))
+        if (cert is None) != (key is None):
+            raise SystemExit("GATEWAY_ETCD_CERT_FILE and GATEWAY_ETCD_KEY_FILE go together (mutual TLS)")
+        password = env.get("GATEWAY_ETCD_PASSWORD") or None
+        password_file = _path(env, "GATEWAY_ETCD_PASSWORD_FILE")
+        if password_file is not None:
+            try:
+                password = password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SystemExit(f"GATEWAY_ETCD_PASSWORD_FILE: cannot read {password_file}: {exc.strerror}") from None
+        ttl = _float(env, "GATEWAY_ETCD_LEASE_TTL_S", 10)
+        if ttl < 2 or ttl != int(ttl):
+            raise SystemExit(f"GATEWAY_ETCD_LEASE_TTL_S={ttl:g}: must be a whole number of seconds >= 2")
+        return cls(endpoints=endpoints, prefix=prefix, tls=parts.scheme == "etcds" or ca is not None, ca_file=ca,
+                   cert_file=cert, key_file=key, user=env.get("GATEWAY_ETCD_USER") or None, password=password,
+                   timeout_s=_float(env, "GATEWAY_ETCD_TIMEOUT_S", 2.0) or 2.0, lease_ttl_s=int(ttl))
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +80,22 @@ class Settings:
     admin_port: int = 8002
     admin_token: str | None = field(default=None, repr=False)
     admin_token_file: Path | None = None
+    # Where the routes live: the routes file (default), or etcd (several replicas; GATEWAY_ROUTES_STORE=etcd://...).
+    # With etcd the routes file, when it exists, seeds an empty store once.
+    routes_store: str = "file"
+    etcd: EtcdSettings | None = None
+    # The admin URL the other replicas forward rollout writes to when this one leads (etcd store only); default
+    # http://<this host's address>:<admin port>.
+    admin_advertise_url: str | None = None
+    # Canary guards from Prometheus (every replica's metrics) instead of this process's own exposition.
+    guards_prometheus_url: str | None = None
+    guards_prometheus_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         d = cls()
+        store = env.get("GATEWAY_ROUTES_STORE", "").strip() or "file"
         return cls(
             routes_file=Path(env.get("GATEWAY_ROUTES_FILE", str(d.routes_file))),
             host=env.get("GATEWAY_HOST", d.host),
@@ -46,6 +111,11 @@ class Settings:
             admin_port=_int(env, "GATEWAY_ADMIN_PORT", d.admin_port),
             admin_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
             admin_token_file=Path(env["GATEWAY_ADMIN_TOKEN_FILE"]) if env.get("GATEWAY_ADMIN_TOKEN_FILE") else None,
+            routes_store=store, etcd=EtcdSettings.parse(store, env) if store != "file" else None,
+            admin_advertise_url=env.get("GATEWAY_ADMIN_ADVERTISE_URL") or None,
+            guards_prometheus_url=env.get("GATEWAY_GUARDS_PROMETHEUS_URL") or None,
+            guards_prometheus_timeout_s=_float(env, "GATEWAY_GUARDS_PROMETHEUS_TIMEOUT_S",
+                                               d.guards_prometheus_timeout_s),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -61,7 +131,14 @@ class Settings:
             "GATEWAY_MAX_BODY_BYTES": str(self.max_body_bytes), "GATEWAY_ROUTES_POLL_S": str(self.routes_poll_s),
             "GATEWAY_SHADOW_MAX_PENDING": str(self.shadow_max_pending),
             "GATEWAY_LOG_LEVEL": self.log_level, "GATEWAY_DRAIN_S": str(self.drain_s), **admin,
+            "GATEWAY_ROUTES_STORE": self.routes_store,
+            **({"GATEWAY_ADMIN_ADVERTISE_URL": self.admin_advertise_url} if self.admin_advertise_url else {}),
+            **({"GATEWAY_GUARDS_PROMETHEUS_URL": self.guards_prometheus_url} if self.guards_prometheus_url else {}),
         }
+
+
+def _path(env: Mapping[str, str], key: str) -> Path | None:
+    return Path(env[key]) if env.get(key) else None
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

@@ -3,11 +3,14 @@
 
     GET  /healthz                   {"status": "ok"} (no token: a liveness probe; says nothing else)
     GET  /routes                    {"revision", "applied_revision", "path", "text"}; ETag: "<revision>"
+    GET  /replicas                  every serving process: applied revision, calls in flight; the rollout leader
     PUT  /routes                    body: routes as YAML or JSON; If-Match: <revision> (required)
     POST /models/{m}/default        {"version": "2", "revision": N}: the instant switch
     POST /rollouts                  start a canary rollout (gateway/control/rollout_spec.py: RolloutSpec)
     GET  /rollouts[/{m}]            every rollout / one rollout's state and history
     POST /rollouts/{m}/promote|rollback|abort   {"who"?, "why"?}: end it by hand
+
+With the etcd store one replica leads the rollouts; the others forward rollout writes to it (rollouts_api.py).
 
 Every refusal is ``{"error": "..."}`` with the status of its class in the error tree (gateway/errors.py), mapped
 by the one handler below; a revision conflict adds the current ``revision``. Bodies over 4 MiB are refused (413)
@@ -16,6 +19,8 @@ before they are read whole. Endpoints: gateway/admin/routes_api.py, rollouts_api
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -35,18 +40,23 @@ from gateway.errors import GatewayError, RevisionConflict, Unauthenticated
 from gateway.routes.store import RouteStore
 
 if TYPE_CHECKING:
+    from gateway.control.fleet import Fleet
     from gateway.control.orchestrator import Orchestrator
+    from gateway.etcd.election import Election
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.admin")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
-def create_admin_app(store: RouteStore, token: bytes, rollouts: Orchestrator | None = None) -> FastAPI:
+def create_admin_app(store: RouteStore, token: bytes, rollouts: Orchestrator | None = None,
+                     fleet: Fleet | None = None, election: Election | None = None) -> FastAPI:
     app = FastAPI(title="Model Gateway admin API", version=__version__,
                   description="Routes and rollouts of the gateway, on their own port and token.",
                   redoc_url=None)
-    app.state.admin = AdminState(store=store, token=BearerToken(token), rollouts=rollouts)
+    app.state.admin = AdminState(store=store, token=BearerToken(token), rollouts=rollouts, fleet=fleet,
+                                 election=election)
     app.include_router(routes_api.router)
     app.include_router(rollouts_api.router)
 
@@ -102,8 +112,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 class AdminApp:
     """The admin ASGI app as served: the body limit and ``Cache-Control: no-store`` around the FastAPI app."""
 
-    def __init__(self, store: RouteStore, token: bytes, rollouts: Orchestrator | None = None) -> None:
-        self.api = create_admin_app(store, token, rollouts)
+    def __init__(self, store: RouteStore, token: bytes, rollouts: Orchestrator | None = None,
+                 fleet: Fleet | None = None, election: Election | None = None) -> None:
+        self.api = create_admin_app(store, token, rollouts, fleet, election)
         self.rollouts = rollouts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,16 +158,55 @@ async def _send_too_large(send: Send) -> None:
 
 
 class Admin:
-    """The admin worker's service (gateway/admin/listener.py): this app and the rollouts it drives."""
+    """The admin worker's service (gateway/admin/listener.py): this app and the rollouts it drives. With an
+    ``election`` (etcd store) the rollouts run only while this replica leads: resumed from the shared state when
+    it is elected, stopped (their state kept for the next leader) when it is not any more."""
 
-    def __init__(self, app: AdminApp) -> None:
+    def __init__(self, app: AdminApp, election: Election | None = None, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.election = election
+        self.metrics = metrics
+        self._leading: asyncio.Task[None] | None = None
 
     async def resume(self) -> None:
-        if self.app.rollouts is not None:
-            for ro in await self.app.rollouts.resume():
-                log.info("rollout of %s resumed at %g%%", ro.model, ro.percent)
+        if self.app.rollouts is None:
+            return
+        if self.election is not None:
+            self._leading = asyncio.create_task(self._lead(self.election, self.app.rollouts), name="rollout-leader")
+            return
+        await self._resume(self.app.rollouts)
+
+    @staticmethod
+    async def _resume(rollouts: Orchestrator) -> None:
+        for ro in await rollouts.resume():
+            log.info("rollout of %s resumed at %g%%", ro.model, ro.percent)
+
+    async def _lead(self, election: Election, rollouts: Orchestrator) -> None:
+        while True:
+            await election.campaign()
+            rollouts.fence(election.fence)
+            self._leader_metric(True)
+            try:
+                await self._resume(rollouts)
+            except Exception:
+                log.exception("resuming the rollouts failed")
+            await election.lost()
+            self._leader_metric(False)
+            await rollouts.close()
+            rollouts.forget()
+            rollouts.fence(None)
+
+    def _leader_metric(self, leading: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.rollout_leader.set(1 if leading else 0)
 
     async def close(self) -> None:
+        if self._leading is not None:
+            self._leading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._leading
         if self.app.rollouts is not None:
             await self.app.rollouts.close()
+        if self.election is not None:
+            await self.election.resign()  # the next leader takes over at once, not after the lease's TTL
+            self._leader_metric(False)

@@ -28,6 +28,16 @@ class RoutesDocument(BaseModel):
     text: str = Field(description="the document (YAML), comments included")
 
 
+class Replicas(BaseModel):
+    """GET /replicas: what every live serving process reports (etcd: its lease-bound key)."""
+
+    store: str = Field(description="where the routes live")
+    revision: int = Field(description="the revision this process serves")
+    leader: dict[str, Any] | None = Field(description="the replica that drives the rollouts (etcd store), or null")
+    replicas: list[dict[str, Any]] = Field(description="id, applied_revision, applied_at, inflight "
+                                                       "{backend/model/version: n}, admin_url (its admin worker)")
+
+
 class Written(BaseModel):
     revision: int = Field(description="the new revision")
     applied_revision: int = Field(description="the revision this process serves now (the new one)")

@@ -13,9 +13,10 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Request, Response
 
-from gateway.admin.models import DefaultSet, ErrorBody, RoutesDocument, SetDefault, Written
+from gateway.admin.models import DefaultSet, ErrorBody, Replicas, RoutesDocument, SetDefault, Written
 from gateway.admin.state import State, require_token
-from gateway.errors import InvalidChange
+from gateway.errors import ControlUnavailable, InvalidChange, StoreUnavailable
+from gateway.etcd.client import EtcdUnavailable
 
 router = APIRouter(tags=["routes"], dependencies=[Depends(require_token)])
 REFUSALS: dict[int | str, dict[str, Any]] = {
@@ -25,7 +26,7 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
         (404, "no such model"),
         (409, "revision conflict: someone wrote the routes meanwhile (re-read, apply again)"),
         (413, "body too large"),
-        (503, "another writer held the routes' lock too long"))}
+        (503, "another writer held the routes' lock too long, or the store (etcd) cannot be reached"))}
 
 
 @router.get("/routes", response_model=RoutesDocument, responses=REFUSALS,
@@ -34,7 +35,22 @@ async def get_routes(response: Response, state: State) -> RoutesDocument:
     text, revision = await state.store.read()
     response.headers["etag"] = f'"{revision}"'
     return RoutesDocument(revision=revision, applied_revision=state.store.current.revision,
-                          path=str(state.store.path), text=text)
+                          path=state.store.location, text=text)
+
+
+@router.get("/replicas", response_model=Replicas, responses=REFUSALS,
+            summary="Every live serving process: the routes revision it applied, its calls in flight per target; "
+                    "and which replica leads the rollouts (etcd store)")
+async def replicas(state: State) -> Replicas:
+    if state.fleet is None:
+        raise ControlUnavailable("no replica view in this process")
+    try:
+        every = await state.fleet.replicas()
+        leader = await state.election.leader() if state.election is not None else None
+    except EtcdUnavailable as exc:
+        raise StoreUnavailable(f"cannot read the replicas from {state.store.location}: {exc}") from exc
+    return Replicas(store=state.store.location, revision=state.store.current.revision, leader=leader,
+                    replicas=every)
 
 
 _ROUTES_BODY = {"requestBody": {"required": True, "content": {

@@ -14,7 +14,9 @@ from gateway.errors import Unauthenticated
 from gateway.routes.store import RouteStore
 
 if TYPE_CHECKING:
+    from gateway.control.fleet import Fleet
     from gateway.control.orchestrator import Orchestrator
+    from gateway.etcd.election import Election
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class AdminState:
     store: RouteStore
     token: BearerToken
     rollouts: Orchestrator | None
+    fleet: Fleet | None = None  # GET /replicas
+    election: Election | None = None  # etcd: who drives the rollouts (the others forward rollout writes there)
 
 
 def admin_state(request: Request) -> AdminState:

@@ -48,6 +48,10 @@ def _poll_timeout(deadline: float) -> float:
     return max(MIN_POLL_CALL_S, min(CALL_TIMEOUT_S, deadline - time.monotonic()))
 
 
+#: The gateway's calls in flight to the version being drained (every worker's, every replica's).
+InFlightCount = Callable[[], Awaitable[int]]
+
+
 async def wait_drained(where: str, counts: Callable[[], Awaitable[Sequence[tuple[int, str]]]], *,
                        timeout_s: float) -> None:
     """Poll ``counts`` (each ``(n, what)``, e.g. ``(0, "in flight in the gateway")``) until every n is 0 in the
@@ -162,12 +166,12 @@ class TorchServeControl:
                 total += int(queue.get("pendingRequests") or 0)
         return total
 
-    async def drain(self, model: str, version: str, inflight: Callable[[], int], *, timeout_s: float = 60) -> None:
+    async def drain(self, model: str, version: str, inflight: InFlightCount, *, timeout_s: float = 60) -> None:
         """Until TorchServe's queue for that version AND the gateway's own in-flight count are both 0 (seen in
         the same poll). Call it after moving traffic away; BackendTimeout when they do not empty in time."""
         async def counts() -> list[tuple[int, str]]:
             return [(await self.pending(model, version), "queued in TorchServe"),
-                    (inflight(), "in flight in the gateway")]
+                    (await inflight(), "in flight in the gateway")]
 
         await wait_drained(self._where(model, version), counts, timeout_s=timeout_s)
 
@@ -334,11 +338,11 @@ class TFServingControl:
                                      f"{state} after {timeout_s:g}s")
             await asyncio.sleep(POLL_INTERVAL_S)
 
-    async def drain(self, model: str, version: str, inflight: Callable[[], int], *, timeout_s: float = 60) -> None:
+    async def drain(self, model: str, version: str, inflight: InFlightCount, *, timeout_s: float = 60) -> None:
         """Until the gateway's own in-flight count for that version is 0. TF Serving has no queue to poll: the
         requests it holds keep their servable until they finish, even once it is unloaded from the config."""
         async def counts() -> list[tuple[int, str]]:
-            return [(inflight(), "in flight in the gateway")]
+            return [(await inflight(), "in flight in the gateway")]
 
         await wait_drained(f"TF Serving '{self.config.name}' model '{model}' version {version}", counts,
                            timeout_s=timeout_s)

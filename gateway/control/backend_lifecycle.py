@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.control import tf_models_config as tmc
-from gateway.control.backend_control import TFServingControl, TorchServeControl
+from gateway.control.backend_control import InFlightCount, TFServingControl, TorchServeControl
 from gateway.control.validation import explain
 from gateway.errors import DeployFailed, InvalidChange
 from gateway.protos import tf_model_server_config_pb2 as tfc
@@ -165,7 +165,7 @@ class BackendLifecycle:
         reason, the backend's own message in it) otherwise."""
         raise NotImplementedError
 
-    async def retire(self, old: VersionConfig, new: VersionConfig, note: Note, *, inflight: Callable[[], int],
+    async def retire(self, old: VersionConfig, new: VersionConfig, note: Note, *, inflight: InFlightCount,
                      still_used: Callable[[], Awaitable[list[str]]], drain_timeout_s: float) -> tuple[str, str]:
         """Drain then unload ``old`` (the routes no longer send it traffic; ``new`` is what they send instead):
         notes "draining", "drained"; returns the last event and its reason. ``still_used`` re-reads the routes
@@ -212,7 +212,7 @@ class TorchServeLifecycle(BackendLifecycle):
         await note("deployed", f"{target.model} version {target.version} READY on backend {target.backend!r}",
                    seconds=round(time.monotonic() - began, 3))
 
-    async def retire(self, old: VersionConfig, new: VersionConfig, note: Note, *, inflight: Callable[[], int],
+    async def retire(self, old: VersionConfig, new: VersionConfig, note: Note, *, inflight: InFlightCount,
                      still_used: Callable[[], Awaitable[list[str]]], drain_timeout_s: float) -> tuple[str, str]:
         if (new.backend, new.model) == (old.backend, old.model):
             # TorchServe never unregisters a model's default version: move its default first.
@@ -299,7 +299,7 @@ class TFServingLifecycle(BackendLifecycle):
             raise DeployFailed(f"deploy of {what} failed: {describe(exc)}; {await self._undo(edit)}") from exc
         await note("deployed", f"{what} AVAILABLE", seconds=round(time.monotonic() - began, 3))
 
-    async def retire(self, old: VersionConfig, new: VersionConfig, note: Note, *, inflight: Callable[[], int],
+    async def retire(self, old: VersionConfig, new: VersionConfig, note: Note, *, inflight: InFlightCount,
                      still_used: Callable[[], Awaitable[list[str]]], drain_timeout_s: float) -> tuple[str, str]:
         version = int(old.version)
         what = f"{old.model} version {old.version} on {old.backend!r}"

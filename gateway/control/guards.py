@@ -1,19 +1,31 @@
 """Canary guards: the canary variant against the stable one over a step's window, from the gateway's metrics.
 
-The window is the delta of cumulative counters and histogram buckets between two snapshots of a Prometheus text
-exposition (this process's, every worker's in multiprocess mode): the canary's server-error share (5xx and gRPC
-server-error codes) and its p99, interpolated in the duration histogram's buckets as Prometheus'
-histogram_quantile does, absolute and relative to the stable p99.
+Two sources of the figures (:class:`GuardSource`):
+
+- :class:`LocalGuards` (the default, one replica): the delta of cumulative counters and histogram buckets between
+  two snapshots of this gateway's Prometheus text exposition (every worker's in multiprocess mode); the p99 is
+  interpolated in the duration histogram's buckets as Prometheus' histogram_quantile does.
+- :class:`PrometheusGuards` (several replicas, GATEWAY_GUARDS_PROMETHEUS_URL): PromQL over every replica Prometheus
+  scrapes, as Argo Rollouts and Flagger do: ``increase()`` over the step's window summed by variant, and
+  ``histogram_quantile(0.99, sum by (variant, le) (increase(..._bucket[w])))``.
+
+Either way the verdict is the canary's server-error share (5xx and gRPC server-error codes) and its p99, absolute
+and relative to the stable p99.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.errors import ControlUnavailable
 
 GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS",
                                 "UNIMPLEMENTED"})
@@ -50,13 +62,14 @@ class Window:
     requests: float = 0.0
     errors: float = 0.0
     buckets: tuple[tuple[float, float], ...] = ()
+    p99_s: float | None = None  # computed by Prometheus (no buckets then)
 
     @property
     def error_rate(self) -> float | None:
         return None if self.requests <= 0 else self.errors / self.requests
 
     def p99(self) -> float | None:
-        return quantile(0.99, self.buckets)
+        return self.p99_s if self.p99_s is not None else quantile(0.99, self.buckets)
 
     def minus(self, start: Window) -> Window:
         before = dict(start.buckets)
@@ -88,6 +101,88 @@ def snapshot(exposition: str, model: str) -> dict[str, Window]:
                 per[le] = per.get(le, 0.0) + sample.value
     return {v: Window(requests.get(v, 0.0), errors.get(v, 0.0), tuple(sorted(buckets.get(v, {}).items())))
             for v in set(requests) | set(buckets)}
+
+
+class GuardSource(Protocol):
+    """Where a step's figures come from: ``begin`` marks the step's start, ``window`` gives each variant's
+    requests, errors and p99 since that mark."""
+
+    async def begin(self, model: str) -> Any: ...
+
+    async def window(self, model: str, mark: Any) -> dict[str, Window]: ...
+
+
+class LocalGuards:
+    """This gateway's own metrics (every worker's on this host): the delta between two snapshots."""
+
+    def __init__(self, exposition: Callable[[], str]) -> None:
+        self.exposition = exposition
+
+    async def begin(self, model: str) -> dict[str, Window]:
+        return snapshot(await asyncio.to_thread(self.exposition), model)
+
+    async def window(self, model: str, mark: dict[str, Window]) -> dict[str, Window]:
+        now = snapshot(await asyncio.to_thread(self.exposition), model)
+        return {v: w.minus(mark.get(v, Window())) for v, w in now.items()}
+
+
+_ERROR_CODES = "5..|" + "|".join(sorted(GRPC_SERVER_ERRORS))
+
+
+class PrometheusGuards:
+    """PromQL over every replica: the step's window is ``[now - step start]`` (whole seconds, at least
+    ``min_window_s``: increase() needs two scrapes in it). Each query has a timeout; an unreachable Prometheus
+    counts as no figures yet (the step waits, and no verdict is made on missing data)."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0, min_window_s: float = 1.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.min_window_s = min_window_s
+        self.last_error = ""
+
+    async def begin(self, model: str) -> float:
+        return time.time()
+
+    @staticmethod
+    def queries(model: str, window_s: int) -> dict[str, str]:
+        selector = f'model="{_label(model)}",variant!=""'
+        w = f"{window_s}s"
+        return {
+            "requests": f"sum by (variant) (increase(gateway_requests_total{{{selector}}}[{w}]))",
+            "errors": f'sum by (variant) (increase(gateway_requests_total{{{selector},code=~"{_ERROR_CODES}"}}[{w}]))',
+            "p99": "histogram_quantile(0.99, sum by (variant, le) "
+                   f"(increase(gateway_request_duration_seconds_bucket{{{selector}}}[{w}])))",
+        }
+
+    async def window(self, model: str, mark: float) -> dict[str, Window]:
+        elapsed = time.time() - mark
+        if elapsed < self.min_window_s:
+            return {}
+        queries = self.queries(model, max(1, math.ceil(elapsed)))
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                answers = await asyncio.gather(*(self._query(client, q) for q in queries.values()))
+        except (httpx.HTTPError, ControlUnavailable, ValueError) as exc:
+            self.last_error = f"Prometheus at {self.url}: {exc}"
+            return {}
+        requests, errors, p99 = answers
+        return {v: Window(requests=n, errors=errors.get(v, 0.0), p99_s=p99.get(v)) for v, n in requests.items()}
+
+    async def _query(self, client: httpx.AsyncClient, query: str) -> dict[str, float]:
+        r = await client.get(f"{self.url}/api/v1/query", params={"query": query})
+        body = r.json()
+        if r.status_code != 200 or body.get("status") != "success":
+            raise ControlUnavailable(f"query refused ({r.status_code}): {body.get('error', r.text[:200])}")
+        out = {}
+        for sample in body["data"]["result"]:
+            value = float(sample["value"][1])
+            if math.isfinite(value):
+                out[sample["metric"].get("variant", "")] = value
+        return out
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ the canary against the stable variant over the step's window (:mod:`gateway.cont
 at once; a step passes when its dwell is over and the canary answered at least ``min_requests`` requests (else
 the step waits for traffic).
 
-State (:mod:`gateway.control.rollout_state`): written after every routes write. The routes are always written
+The routes and the states live in the route store (gateway/routes/store.py: the routes file, or etcd); the
+orchestrator talks only to its interface. State (:mod:`gateway.control.rollout_state`): written after every
+routes write. The routes are always written
 first, each write whole: after a crash the routes are all-old, a step, or promoted, never a mix. On start the
 orchestrator reconciles each running rollout with the routes (the applied step is read back from the routes,
 which win over the state) and resumes its dwell; routes that match none of the rollout's steps (someone edited
@@ -35,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -54,9 +55,10 @@ from gateway.control.backend_lifecycle import (
     describe,
     lifecycle_for,
 )
-from gateway.control.guards import Verdict, Window, evaluate, snapshot
+from gateway.control.fleet import Fleet, LocalFleet
+from gateway.control.guards import GuardSource, LocalGuards, Verdict, Window, evaluate
 from gateway.control.rollout_spec import RolloutSpec, backend_of, check_backend, plan_deploy
-from gateway.control.rollout_state import Rollout, State, StateStore
+from gateway.control.rollout_state import Rollout, RolloutStates, State
 from gateway.control.routes_edit import (
     CANARY,
     STABLE,
@@ -65,13 +67,12 @@ from gateway.control.routes_edit import (
     current_default,
     listed_versions,
     model_of,
-    read_routes,
     step_routes,
     traffic_users,
-    write_routes,
 )
 from gateway.errors import Conflict, ControlError, ControlUnavailable, InvalidChange, NotDefined
-from gateway.routes.schema import RoutesConfig, VersionConfig, load_routes
+from gateway.routes.schema import RoutesConfig, VersionConfig
+from gateway.routes.store import FileRouteStore, RouteStore
 from gateway.routes.table import RouteTable
 from gateway.types import ModelRef
 
@@ -87,30 +88,35 @@ APPLY_TIMEOUT_S = 15.0  # every worker polls the routes every GATEWAY_ROUTES_POL
 
 
 class Orchestrator:
-    """Runs rollouts as tasks on the running event loop (the admin worker's); file I/O in threads."""
+    """Runs rollouts as tasks on the running event loop (the admin worker's, the leader's with etcd).
 
-    def __init__(self, routes_path: Path, metrics_text: Callable[[], str],
+    ``store``: the route store (a path: the routes file). ``guards``: where the canary's figures come from
+    (a callable: this process's metrics exposition). ``fleet``: what a retire waits for (default: this host's
+    workers, from ``plane``)."""
+
+    def __init__(self, store: RouteStore | Path, guards: GuardSource | Callable[[], str],
                  reload: Callable[[], Awaitable[Any]] | None = None,
                  *, check_interval_s: float = 0.2, plane: DataPlane | None = None,
-                 drain_timeout_s: float = 60.0, metrics: Metrics | None = None) -> None:
-        self.routes_path = routes_path
+                 drain_timeout_s: float = 60.0, metrics: Metrics | None = None, fleet: Fleet | None = None) -> None:
+        self.store = FileRouteStore(store) if isinstance(store, Path) else store
+        self.fleet = fleet if fleet is not None or plane is None else LocalFleet(plane)
         self.metrics = metrics  # exports each rollout's state and transitions (gateway_rollout_*)
         self._exported: dict[str, int] = {}  # per model: history entries already counted
         self.plane = plane  # warm-up goes through it, drain reads its in-flight counts; None: own adapters
         self.drain_timeout_s = drain_timeout_s
         self._backends: Backends | None = None
         self._config_files = ConfigFiles()  # models.config edits of TF Serving backends, one at a time per file
-        self.states = StateStore(routes_path)
-        self.metrics_text = metrics_text
-        self.reload = reload  # applies a write in this process at once (the others poll the routes)
+        self.states = RolloutStates(self.store.rollouts)
+        self.guards = LocalGuards(guards) if callable(guards) else guards
+        self.reload = reload  # applies a write in another store object of this process at once
         self.check_interval_s = check_interval_s
         self.rollouts: dict[str, Rollout] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def _save(self, ro: Rollout) -> None:
-        """Persist the rollout (atomic state file) and export what changed since the last save."""
-        await asyncio.to_thread(self.states.save, ro)
+        """Persist the rollout (in the route store) and export what changed since the last save."""
+        await self.states.save(ro)
         self._export(ro)
 
     def _export(self, ro: Rollout) -> None:
@@ -129,7 +135,7 @@ class Orchestrator:
     async def resume(self) -> list[Rollout]:
         """Load saved rollouts; reconcile running ones with the routes file and restart their dwell."""
         resumed = []
-        for ro in await asyncio.to_thread(self.states.load_all):
+        for ro in await self.states.load_all():
             self.rollouts[ro.model] = ro
             self._exported[ro.model] = len(ro.history)  # counted by the process that recorded them
             self._export(ro)
@@ -141,9 +147,8 @@ class Orchestrator:
             if ro.state != "running":
                 continue
             try:
-                raw = await asyncio.to_thread(read_routes, self.routes_path)
-                percent = applied_percent(raw, ro)
-                written_at = (await asyncio.to_thread(os.stat, self.routes_path)).st_mtime
+                percent = applied_percent(await self.store.raw(), ro)
+                written_at = await self.store.written_at() or time.time()
             except (ControlError, OSError):
                 percent, written_at = None, time.time()
             if percent is None:
@@ -185,8 +190,24 @@ class Orchestrator:
             await self._save(ro)
         return resumed
 
+    def fence(self, fence: Any) -> None:
+        """Every state write compares ``fence`` (etcd: the leader key's creation revision) while this process
+        leads; None: unfenced (the file store, or no longer leading)."""
+        if hasattr(self.store.rollouts, "fence"):
+            self.store.rollouts.fence = fence
+
+    def forget(self) -> None:
+        """No longer leading: rollouts are read back from the store from now on (another replica drives them)."""
+        self.rollouts.clear()
+
+    async def every(self) -> list[Rollout]:
+        """Every rollout: the ones this process runs, and the ones the store keeps (another replica leads)."""
+        kept = {ro.model: ro for ro in await self.states.load_all()}
+        return list({**kept, **self.rollouts}.values())
+
     async def close(self) -> None:
-        """Stop the tasks; the routes stay at the last applied step and the state says running (resumed later)."""
+        """Stop the tasks; the routes stay at the last applied step and the state says running (resumed later, by
+        this process or by the next rollout leader)."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -206,8 +227,9 @@ class Orchestrator:
 
     # -- operations
 
-    def get(self, model: str) -> Rollout:
-        ro = self.rollouts.get(model) or self.states.load(model)
+    async def get(self, model: str) -> Rollout:
+        """The rollout this process runs, else the one the store keeps (another replica leads, or it ended)."""
+        ro = self.rollouts.get(model) or await self.states.load(model)
         if ro is None:
             raise NotDefined(f"no rollout for model {model!r}")
         return ro
@@ -225,8 +247,7 @@ class Orchestrator:
             if existing is not None and existing.state == "running":
                 raise Conflict(f"model {model!r} already has a running rollout "
                                         f"({existing.from_version} -> {existing.to_version})")
-            raw = await asyncio.to_thread(read_routes, self.routes_path)
-            mspec = model_of(raw, model)
+            mspec = model_of(await self.store.raw(), model)
             if mspec.get("experiment") is not None:
                 raise Conflict(f"model {model!r} runs an experiment already; a canary needs the model on "
                                         "one version (remove the experiment first)")
@@ -241,7 +262,7 @@ class Orchestrator:
                                         "(add it to the routes first)")
             deploy = None
             if spec.deploy is not None or retire:
-                config = await asyncio.to_thread(load_routes, self.routes_path)
+                config = await self.store.config()
                 deploy = plan_deploy(spec.deploy, backend_of(config, model, to_version),
                                      f"version {to_version} of {model!r}")
                 if retire:
@@ -272,7 +293,7 @@ class Orchestrator:
 
     async def _manual(self, model: str, state: State, who: str, why: str) -> Rollout:
         async with self._lock(model):
-            ro = self.get(model)
+            ro = await self.get(model)
             if ro.state != "running":
                 raise Conflict(f"the rollout of {model!r} is {ro.state} already")
             if state == "promoted" and ro.step_index < 0 and (ro.deploy is not None or ro.warmup):
@@ -343,7 +364,7 @@ class Orchestrator:
     # -- lifecycle: deploy, warm-up, retire
 
     async def _config(self) -> RoutesConfig:
-        return await asyncio.to_thread(load_routes, self.routes_path)
+        return await self.store.config()
 
     async def _prepare(self, ro: Rollout) -> str | None:
         """Deploy and warm up the new version; the reason it failed, or None. Writes no routes."""
@@ -415,7 +436,7 @@ class Orchestrator:
             # send new requests to the old version with none in flight at the moment the drain looks.
             await self._wait_applied(ro.routes_revision)
             lifecycle = self._lifecycle(config, vc)
-            plane = self.plane
+            fleet = self.fleet
 
             async def still_used() -> list[str]:
                 return traffic_users(await self._config(), *backend_target(vc))
@@ -423,8 +444,8 @@ class Orchestrator:
             try:
                 event, why = await lifecycle.retire(
                     vc, new, self._note(ro), still_used=still_used, drain_timeout_s=self.drain_timeout_s,
-                    inflight=(lambda: plane.inflight.total(*backend_target(vc))) if plane is not None
-                    else (lambda: 0))
+                    inflight=(lambda: fleet.inflight(*backend_target(vc))) if fleet is not None
+                    else _none_inflight)
             finally:
                 await lifecycle.close()
             ro.phase = "retired"
@@ -452,17 +473,15 @@ class Orchestrator:
         return note
 
     async def _wait_applied(self, revision: int | None) -> None:
-        """Until every worker serves routes ``revision`` or a later one (gateway_routes_revision, livemin over
-        the workers; this process's table alone without several workers). RolloutError after APPLY_TIMEOUT_S."""
-        plane = self.plane
-        if revision is None or plane is None:
+        """Until every worker (every replica) serves routes ``revision`` or a later one. ControlUnavailable after
+        APPLY_TIMEOUT_S."""
+        fleet = self.fleet
+        if revision is None or fleet is None:
             return
         deadline = time.monotonic() + APPLY_TIMEOUT_S
         while True:
-            applied = await asyncio.to_thread(plane.metrics.applied_revision_all_workers)
-            if applied is None:
-                applied = plane.store.current.revision
-            if applied >= revision:
+            applied = await fleet.applied_revision()
+            if applied is not None and applied >= revision:
                 return
             if time.monotonic() > deadline:
                 raise ControlUnavailable(f"a worker still serves routes revision {applied}, not {revision}, after "
@@ -470,14 +489,13 @@ class Orchestrator:
             await asyncio.sleep(0.05)
 
     async def _dwell(self, ro: Rollout) -> Verdict:
-        start = await self._snapshot(ro.model)
+        start = await self.guards.begin(ro.model)
         began = time.monotonic()
         waiting_noted = False
         while True:
             await asyncio.sleep(self.check_interval_s)
-            now = await self._snapshot(ro.model)
-            stable = now.get(STABLE, Window()).minus(start.get(STABLE, Window()))
-            canary = now.get(CANARY, Window()).minus(start.get(CANARY, Window()))
+            now = await self.guards.window(ro.model, start)
+            stable, canary = now.get(STABLE, Window()), now.get(CANARY, Window())
             verdict = evaluate(ro.guards, stable, canary)
             if verdict.breach is not None:
                 return verdict
@@ -489,12 +507,8 @@ class Orchestrator:
                     ro.record("waiting", "orchestrator", f"dwell over but the canary answered "
                               f"{canary.requests:g} of min_requests {ro.guards.min_requests}; the step goes on")
 
-    async def _snapshot(self, model: str) -> dict[str, Window]:
-        text = await asyncio.to_thread(self.metrics_text)
-        return snapshot(text, model)
-
     async def _write(self, ro: Rollout, percent: float) -> int:
-        revision = await asyncio.to_thread(write_routes, self.routes_path, lambda raw: step_routes(raw, ro, percent))
+        revision = await self.store.edit_models(lambda raw: step_routes(raw, ro, percent))
         if self.reload is not None:
             await self.reload()
         return revision
@@ -518,3 +532,7 @@ class Orchestrator:
         await self._save(ro)
         log.log(logging.WARNING if state != "promoted" else logging.INFO, "rollout %s: %s (%s -> %s): %s",
                 ro.model, state, ro.from_version, ro.to_version, why)
+
+
+async def _none_inflight() -> int:
+    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -13,7 +12,7 @@ from typing import Any, Literal
 import orjson
 
 from gateway.control.guards import Guards
-from gateway.routes import writer
+from gateway.routes.store import Documents, FileDocuments, rollouts_dir
 
 log = logging.getLogger("gateway.rollout")
 
@@ -59,34 +58,55 @@ class Rollout:
         return cls(**data)
 
 
+class RolloutStates:
+    """Rollout states kept by the route store (gateway/routes/store.py ``rollouts``): files next to the routes
+    file, or keys in etcd; one JSON document per model."""
+
+    def __init__(self, documents: Documents) -> None:
+        self.documents = documents
+
+    async def save(self, rollout: Rollout) -> None:
+        await self.documents.put(rollout.model, orjson.dumps(rollout.to_json(), option=orjson.OPT_INDENT_2))
+
+    async def load(self, model: str) -> Rollout | None:
+        data = await self.documents.get(model)
+        return None if data is None else Rollout.from_json(orjson.loads(data))
+
+    async def load_all(self) -> list[Rollout]:
+        out = []
+        for name, data in await self.documents.every():
+            try:
+                out.append(Rollout.from_json(orjson.loads(data)))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("rollout state %s unreadable, ignored: %s", name, exc)
+        return out
+
+
 class StateStore:
-    """``<routes file>.rollouts/<model>.json``, written atomically."""
+    """``<routes file>.rollouts/<model>.json``, written atomically: the file store's rollout states, read and
+    written synchronously (tools and tests; the orchestrator goes through :class:`RolloutStates`)."""
 
     def __init__(self, routes_path: Path) -> None:
-        real = Path(os.path.realpath(routes_path))
-        self.dir = real.with_name(f"{real.name}.rollouts")
+        self.files = FileDocuments(rollouts_dir(routes_path))
+        self.dir = self.files.dir
 
     def path(self, model: str) -> Path:
-        return self.dir / f"{model}.json"
+        return self.files.path(model)
 
     def save(self, rollout: Rollout) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        text = orjson.dumps(rollout.to_json(), option=orjson.OPT_INDENT_2).decode()
-        writer.atomic_write(self.path(rollout.model), text)
+        self.files.put_now(rollout.model, orjson.dumps(rollout.to_json(), option=orjson.OPT_INDENT_2))
 
     def load(self, model: str) -> Rollout | None:
-        try:
-            return Rollout.from_json(orjson.loads(self.path(model).read_bytes()))
-        except FileNotFoundError:
-            return None
+        data = self.files.get_now(model)
+        return None if data is None else Rollout.from_json(orjson.loads(data))
 
     def load_all(self) -> list[Rollout]:
         out = []
-        for p in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
+        for name, data in self.files.every_now():
             try:
-                out.append(Rollout.from_json(orjson.loads(p.read_bytes())))
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                log.error("rollout state %s unreadable, ignored: %s", p, exc)
+                out.append(Rollout.from_json(orjson.loads(data)))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("rollout state %s unreadable, ignored: %s", name, exc)
         return out
 
 

@@ -14,6 +14,8 @@ gateway.tf.error           tensorflow.error                      tf_error_codes_
 gateway.tf.serving         tensorflow.serving                    tf_serving_pb2
 gateway.torchserve.*       org.pytorch.serve.grpc.*              torchserve_{inference,management}_pb2
 gateway.rpc                google.rpc                            rpc_status_pb2
+gateway.etcd               etcdserverpb (etcd v3 API)            etcd_rpc_pb2
+gateway.etcd.mvcc          mvccpb (etcd's stored key-values)     etcd_kv_pb2
 =========================  ====================================  =====================================
 
 Consequences: never use generated service stubs (their method paths would carry the private package):
@@ -37,6 +39,8 @@ from gateway.protos import _build
 _build.ensure_generated()
 
 from gateway.protos import (  # noqa: E402  (generated just above)
+    etcd_kv_pb2,
+    etcd_rpc_pb2,
     rpc_status_pb2,
     tf_error_codes_pb2,
     tf_framework_pb2,
@@ -50,6 +54,8 @@ from gateway.protos import (  # noqa: E402  (generated just above)
 __all__ = [
     "PUBLIC_PACKAGES",
     "TYPE_URL_PREFIX",
+    "etcd_kv_pb2",
+    "etcd_rpc_pb2",
     "pack_any",
     "private_name",
     "public_name",
@@ -71,6 +77,8 @@ PUBLIC_PACKAGES: dict[str, str] = {
     "gateway.tf": "tensorflow",
     "gateway.torchserve": "org.pytorch.serve.grpc",
     "gateway.rpc": "google.rpc",
+    "gateway.etcd": "etcdserverpb",
+    "gateway.etcd.mvcc": "mvccpb",
 }
 TYPE_URL_PREFIX = "type.googleapis.com/"
 

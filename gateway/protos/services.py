@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from gateway.protos import etcd_rpc_pb2 as etcd
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos import torchserve_inference_pb2 as tsi
 from gateway.protos import torchserve_management_pb2 as tsm
@@ -131,3 +132,25 @@ SERVICES: Mapping[str, tuple[Method[Any, Any], ...]] = MappingProxyType(
 METHODS: Mapping[str, Method[Any, Any]] = MappingProxyType(
     {method.path: method for methods in SERVICES.values() for method in methods}
 )
+
+# etcd's v3 API, which the gateway calls (gateway/etcd/client.py) when its routes live in etcd. Watch and
+# LeaseKeepAlive are bidirectional streams: their Method names the message of each direction.
+ETCD_KV_SERVICE = "etcdserverpb.KV"
+ETCD_WATCH_SERVICE = "etcdserverpb.Watch"
+ETCD_LEASE_SERVICE = "etcdserverpb.Lease"
+ETCD_AUTH_SERVICE = "etcdserverpb.Auth"
+ETCD_RANGE = _method(ETCD_KV_SERVICE, "Range", etcd.RangeRequest, etcd.RangeResponse)
+ETCD_PUT = _method(ETCD_KV_SERVICE, "Put", etcd.PutRequest, etcd.PutResponse)
+ETCD_DELETE_RANGE = _method(ETCD_KV_SERVICE, "DeleteRange", etcd.DeleteRangeRequest, etcd.DeleteRangeResponse)
+ETCD_TXN = _method(ETCD_KV_SERVICE, "Txn", etcd.TxnRequest, etcd.TxnResponse)
+ETCD_WATCH = _method(ETCD_WATCH_SERVICE, "Watch", etcd.WatchRequest, etcd.WatchResponse)
+ETCD_LEASE_GRANT = _method(ETCD_LEASE_SERVICE, "LeaseGrant", etcd.LeaseGrantRequest, etcd.LeaseGrantResponse)
+ETCD_LEASE_REVOKE = _method(ETCD_LEASE_SERVICE, "LeaseRevoke", etcd.LeaseRevokeRequest, etcd.LeaseRevokeResponse)
+ETCD_LEASE_KEEPALIVE = _method(ETCD_LEASE_SERVICE, "LeaseKeepAlive", etcd.LeaseKeepAliveRequest,
+                               etcd.LeaseKeepAliveResponse)
+ETCD_AUTHENTICATE = _method(ETCD_AUTH_SERVICE, "Authenticate", etcd.AuthenticateRequest, etcd.AuthenticateResponse)
+#: The etcd methods the gateway calls (a subset of each service), apart from SERVICES (what the gateway serves
+#: or calls on backends), so that the backends' compatibility checks are not asked about etcd.
+ETCD_METHODS: tuple[Method[Any, Any], ...] = (ETCD_RANGE, ETCD_PUT, ETCD_DELETE_RANGE, ETCD_TXN, ETCD_WATCH,
+                                              ETCD_LEASE_GRANT, ETCD_LEASE_REVOKE, ETCD_LEASE_KEEPALIVE,
+                                              ETCD_AUTHENTICATE)

@@ -81,25 +81,32 @@ def read(path: Path) -> tuple[str, int]:
     return text, _revision_of(_load_yaml(text, str(path)), path)
 
 
+def prepare(routes: str | Mapping[str, Any], expected_revision: int, source: str, *,
+            environ: Mapping[str, str] | None = None) -> str:
+    """The text a compare-and-swap from ``expected_revision`` writes: ``routes`` (YAML/JSON text or a mapping)
+    with ``revision = expected_revision + 1``, validated exactly as every worker will load it (ConfigError).
+    Every store writes through this (the file's :func:`apply`, etcd's transaction)."""
+    if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or expected_revision < 0:
+        raise ValueError(f"expected_revision must be an integer >= 0, got {expected_revision!r}")
+    text = _with_revision(routes, expected_revision + 1, source)
+    parse_routes(_load_yaml(text, source, exact=True), source, os.environ if environ is None else environ)
+    return text
+
+
 def apply(path: Path, routes: str | Mapping[str, Any], expected_revision: int, *,
           lock_timeout_s: float = LOCK_TIMEOUT_S, environ: Mapping[str, str] | None = None) -> int:
     """Replace the routes file with ``routes`` (YAML/JSON text or a mapping) if it is valid and the file is still
     at ``expected_revision``; return the new revision (``expected_revision + 1``). Any ``revision`` in
     ``routes`` is replaced. Raises ConfigError (invalid), RevisionConflict or LockTimeout; nothing is written
     then."""
-    if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or expected_revision < 0:
-        raise ValueError(f"expected_revision must be an integer >= 0, got {expected_revision!r}")
     path = _real(path)
-    new_revision = expected_revision + 1
-    text = _with_revision(routes, new_revision, str(path))
-    # Validate exactly what will be written, loaded and parsed as every worker will.
-    parse_routes(_load_yaml(text, str(path), exact=True), str(path), os.environ if environ is None else environ)
+    text = prepare(routes, expected_revision, str(path), environ=environ)
     with locked(path, lock_timeout_s):
         _, current = read(path)
         if current != expected_revision:
             raise RevisionConflict(path, expected_revision, current)
         atomic_write(path, text)
-    return new_revision
+    return expected_revision + 1
 
 
 def set_default_version(path: Path, model: str, version: str | int, expected_revision: int, *,
@@ -110,12 +117,19 @@ def set_default_version(path: Path, model: str, version: str | int, expected_rev
     text, current = read(path)
     if current != expected_revision:  # fail fast; apply checks again under the lock
         raise RevisionConflict(path, expected_revision, current)
-    raw = _load_yaml(text, str(path))
+    return apply(path, with_default_version(text, model, version, str(path)), expected_revision,
+                 lock_timeout_s=lock_timeout_s, environ=environ)
+
+
+def with_default_version(text: str, model: str, version: str | int, source: str) -> str | dict[str, Any]:
+    """``text`` with ``models.<model>.default_version = version``: the one line edited in place when that is
+    provably the same document, else the whole mapping. Raises UnknownModel, ConfigError (an experiment decides)."""
+    raw = _load_yaml(text, source)
     models = raw.get("models") if isinstance(raw, dict) else None
     if not isinstance(models, dict) or not isinstance(models.get(model), dict):
         raise UnknownModel(model)
     if models[model].get("experiment") is not None:
-        raise ConfigError(f"{path}: models.{model}: has an experiment: its variants, not default_version, decide "
+        raise ConfigError(f"{source}: models.{model}: has an experiment: its variants, not default_version, decide "
                           "where requests go, so switching the default would not move traffic; edit the "
                           "experiment instead")
     value: str | int = version
@@ -125,8 +139,13 @@ def set_default_version(path: Path, model: str, version: str | int, expected_rev
     intended["models"][model]["default_version"] = value
     edited = _edit_default_version(text, model, value)
     if edited is None or _safe_load(edited) != intended:
-        return apply(path, intended, expected_revision, lock_timeout_s=lock_timeout_s, environ=environ)
-    return apply(path, edited, expected_revision, lock_timeout_s=lock_timeout_s, environ=environ)
+        return intended  # type: ignore[no-any-return]
+    return edited
+
+
+def revision_of_text(text: str, source: str) -> int:
+    """The revision a routes document's text names (0 when none), as :func:`read` reports it."""
+    return _revision_of(_load_yaml(text, source), Path(source))
 
 
 def splice_models(text: str, intended: Mapping[str, Any]) -> str:

@@ -227,9 +227,9 @@ async def _traffic(routes: Path, bad: frozenset[str] = frozenset()) -> AsyncIter
 async def _until(orch: Orchestrator, model: str, timeout: float = 10.0) -> Rollout:
     async with asyncio.timeout(timeout):
         # Ended, and its task done: the end's state file and exported metrics are written after the state changes.
-        while orch.get(model).state == "running" or model in orch._tasks:
+        while (await orch.get(model)).state == "running" or model in orch._tasks:
             await asyncio.sleep(0.02)
-    return orch.get(model)
+    return await orch.get(model)
 
 
 async def start(orch: Orchestrator, spec: dict[str, object], who: str = "admin-api") -> Rollout:
@@ -286,7 +286,7 @@ async def test_manual_operations_and_refusals(routes: Path) -> None:
         assert exc.value.http_status == status, bad
     await start(orch, {**SPEC, "dwell_s": 60})  # no traffic: stays on its first step
     async with asyncio.timeout(5):
-        while orch.get("scale").percent != 10:
+        while (await orch.get("scale")).percent != 10:
             await asyncio.sleep(0.02)
     with pytest.raises(ControlError) as exc:
         await start(orch, SPEC)
@@ -300,7 +300,7 @@ async def test_manual_operations_and_refusals(routes: Path) -> None:
     # Back from 2 to 1, then abort: traffic returns to the version it started from.
     await start(orch, {**SPEC, "to_version": 1, "dwell_s": 60})
     async with asyncio.timeout(5):
-        while orch.get("scale").percent != 10:
+        while (await orch.get("scale")).percent != 10:
             await asyncio.sleep(0.02)
     aborted = await orch.abort("scale", "carol")
     assert aborted.state == "aborted"
@@ -377,10 +377,10 @@ async def test_resume_of_a_promotion_the_state_missed_retires(routes: Path) -> N
     orch = Orchestrator(routes, lambda: "", check_interval_s=0.05)
     await orch.resume()
     async with asyncio.timeout(5):
-        while orch.get("scale").phase in ("canary", "retiring"):
+        while (await orch.get("scale")).phase in ("canary", "retiring"):
             await asyncio.sleep(0.02)
     await orch.close()
-    done = orch.get("scale")
+    done = (await orch.get("scale"))
     assert done.state == "promoted" and [h["event"] for h in done.history][-2:] == ["promoted", "retire_failed"]
 
 
@@ -415,7 +415,7 @@ async def test_resume_leaves_foreign_routes_alone(routes: Path) -> None:
     before = routes.read_text()
     orch = Orchestrator(routes, lambda: "")
     assert await orch.resume() == []
-    assert orch.get("scale").state == "aborted" and "outside" in orch.get("scale").reason
+    assert (await orch.get("scale")).state == "aborted" and "outside" in (await orch.get("scale")).reason
     assert routes.read_text() == before
 
 
@@ -427,7 +427,7 @@ async def test_resume_at_an_unplanned_share_goes_back_to_old(routes: Path) -> No
     writer.apply(routes, step_routes(yaml.safe_load(ROUTES), ro, 33.0), revision)
     orch = Orchestrator(routes, lambda: "")
     assert await orch.resume() == []
-    assert orch.get("scale").state == "aborted"
+    assert (await orch.get("scale")).state == "aborted"
     model = load_routes(routes).models["scale"]
     assert model.experiment is None and model.default_version == "1"
 

@@ -14,6 +14,7 @@ import pytest
 from gateway.control.backend_lifecycle import TFServingLifecycle, TorchServeLifecycle, lifecycle_class
 from gateway.control.orchestrator import Orchestrator
 from gateway.control.rollout_spec import RolloutSpec, plan_deploy
+from gateway.control.rollout_state import StateStore
 from gateway.errors import ControlError
 from gateway.routes.schema import BackendConfig
 
@@ -152,7 +153,7 @@ async def test_start_refuses_per_kind_and_writes_nothing(routes: Path, spec: dic
             await orch.start(RolloutSpec.parse({"to_version": 2, "steps": [100], **spec}))
         assert info.value.http_status == 400 and message in str(info.value), str(info.value)
         assert routes.read_text() == before
-        assert not orch.states.dir.exists()  # no rollout state either
+        assert not StateStore(routes).dir.exists()  # no rollout state either
     finally:
         await orch.close()
 
@@ -176,7 +177,7 @@ async def test_a_labelled_tf_version_is_not_retired(routes: Path) -> None:
         await orch.start(RolloutSpec.parse({"model": "affine", "to_version": 2, "steps": [100], "dwell_s": 0,
                                             "retire": True}))
         async with asyncio.timeout(10):
-            while (ro := orch.get("affine")).phase not in ("retired", "retire_failed", "retire_skipped"):
+            while (ro := await orch.get("affine")).phase not in ("retired", "retire_failed", "retire_skipped"):
                 await asyncio.sleep(0.02)
     finally:
         await orch.close()
