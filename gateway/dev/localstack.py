@@ -110,6 +110,7 @@ import httpx
 
 __all__ = [
     "TORCHSERVE_INVALID_KEY_TYPE",
+    "EtcdCluster",
     "LocalStackError",
     "ManagedProcess",
     "Stack",
@@ -121,7 +122,9 @@ __all__ = [
     "render_model_config",
     "rotate_torchserve_key",
     "spawn_process",
+    "start_etcd",
     "start_gateway",
+    "start_prometheus",
     "start_tfserving",
     "start_torchserve",
 ]
@@ -986,6 +989,149 @@ def start_gateway(
                     last = f"{resp.status_code} {resp.text[:200]}"
                 time.sleep(_POLL_INTERVAL)
         proc.timings["ready"] = time.monotonic() - t_start
+    except BaseException:
+        _stop_after_failure(proc)
+        raise
+    return proc, url
+
+
+# --------------------------------------------------------------------------------------------
+# etcd and Prometheus (the control plane of several gateway replicas; Debian's etcd-server, prometheus)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+
+@dataclass
+class EtcdCluster:
+    """One or more etcd members on 127.0.0.1, each its own process (``members[i]``, ``procs[i]``)."""
+
+    workdir: Path
+    members: list[EtcdMember]
+    procs: list[ManagedProcess | None]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def store_url(self, prefix: str) -> str:
+        return f"etcd://{','.join(self.endpoints)}/{prefix.strip('/')}"
+
+    def _argv(self, member: EtcdMember, new: bool) -> list[str]:
+        cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        return [shutil.which("etcd") or "etcd", "--name", member.name, "--data-dir", str(member.data_dir),
+                "--listen-client-urls", f"http://127.0.0.1:{member.client_port}",
+                "--advertise-client-urls", f"http://127.0.0.1:{member.client_port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+                "--initial-cluster", cluster, "--initial-cluster-state", "new" if new else "existing",
+                "--initial-cluster-token", f"gateway-{self.workdir.name}",
+                # Short elections on a busy 2-core machine: a member that dies is replaced within a second.
+                "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn"]
+
+    def start_member(self, i: int, *, new: bool = False) -> None:
+        member = self.members[i]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        self.procs[i] = spawn_process(member.name, self._argv(member, new), cwd=self.workdir, env=env,
+                                      log_path=self.workdir / f"{member.name}.log")
+
+    def stop_member(self, i: int, *, kill: bool = False) -> None:
+        proc = self.procs[i]
+        if proc is not None:
+            if kill:
+                _signal_group(proc.pgid, signal.SIGKILL)
+            proc.stop(timeout=5.0)
+            self.procs[i] = None
+
+    def wait_healthy(self, timeout: float = 30.0, members: Sequence[int] | None = None) -> None:
+        """Until each member (all by default) answers /health with a leader (``"health":"true"``)."""
+        deadline = time.monotonic() + timeout
+        for i in range(len(self.members)) if members is None else members:
+            url = f"http://{self.members[i].endpoint}/health"
+            last = "no answer"
+            with httpx.Client(timeout=2.0) as client:
+                while True:
+                    proc = self.procs[i]
+                    if proc is not None and not proc.running():
+                        raise _fail(proc, f"exited with {proc.popen.returncode}")
+                    try:
+                        r = client.get(url)
+                        if r.status_code == 200 and r.json().get("health") == "true":
+                            break
+                        last = r.text[:200]
+                    except (httpx.HTTPError, ValueError) as exc:
+                        last = type(exc).__name__
+                    if time.monotonic() > deadline:
+                        raise LocalStackError(f"etcd {self.members[i].name}: not healthy within {timeout:g} s "
+                                              f"({last})\n{proc.log_tail() if proc else ''}")
+                    time.sleep(_POLL_INTERVAL)
+
+    def stop(self) -> None:
+        for i in reversed(range(len(self.members))):
+            self.stop_member(i)
+
+
+def start_etcd(workdir: Path, members: int = 1, timeout: float = 30.0) -> EtcdCluster:
+    """A new etcd cluster of ``members`` members on free ports (Debian's etcd-server; scripts/bootstrap installs
+    it), each with its data under ``workdir``; waits until every member reports a healthy cluster."""
+    if shutil.which("etcd") is None:
+        raise LocalStackError("etcd is not installed (scripts/bootstrap installs Debian's etcd-server)")
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cluster = EtcdCluster(workdir, [EtcdMember(f"etcd{i}", free_port(), free_port(), workdir / f"etcd{i}.data")
+                                    for i in range(members)], [None] * members)
+    try:
+        for i in range(members):
+            cluster.start_member(i, new=True)
+        cluster.wait_healthy(timeout)
+    except BaseException:
+        with _signals_ignored():
+            cluster.stop()
+        raise
+    return cluster
+
+
+def start_prometheus(workdir: Path, targets: Sequence[str], *, scrape_interval_s: float = 0.5,
+                     timeout: float = 30.0) -> tuple[ManagedProcess, str]:
+    """The real Prometheus (Debian's package) scraping ``targets`` (host:port, /metrics) every
+    ``scrape_interval_s``; returns it and its URL once it is ready."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise LocalStackError("prometheus is not installed (scripts/bootstrap installs Debian's prometheus)")
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    interval = f"{int(scrape_interval_s * 1000)}ms"
+    config = {"global": {"scrape_interval": interval, "evaluation_interval": interval},
+              "scrape_configs": [{"job_name": "gateway", "scrape_interval": interval, "scrape_timeout": interval,
+                                  "static_configs": [{"targets": list(targets)}]}]}
+    (workdir / "prometheus.yml").write_text(json.dumps(config))
+    port = free_port()
+    argv = [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    proc = spawn_process("prometheus", argv, cwd=workdir, env=dict(os.environ), log_path=workdir / "prometheus.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if not proc.running():
+                    raise _fail(proc, f"exited with {proc.popen.returncode}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{url}/-/ready").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise _fail(proc, f"not ready within {timeout:g} s")
+                time.sleep(_POLL_INTERVAL)
     except BaseException:
         _stop_after_failure(proc)
         raise

@@ -4,7 +4,7 @@ leases and authentication; every call has a deadline.
 Why not a client from PyPI: the maintained asyncio one (aetcd) takes one host and no TLS settings, and the others
 are unmaintained or pin old grpcio/protobuf. The handful of calls the gateway needs is small, and grpc.aio with
 the project's own protos (as for TF Serving and TorchServe) keeps one gRPC stack, one set of pins and typed
-messages (tests/contract/test_etcd_protos.py proves the protos byte-compatible with etcd's own).
+messages (tests/contract/test_etcd_store.py runs every call it makes against a real etcd cluster).
 
 Several endpoints: calls go to one member at a time; a member that cannot be reached (UNAVAILABLE) is left for
 the next one, and an idempotent call (a read, a lease keep-alive) is retried there at once. A write whose outcome
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,12 @@ from gateway.protos.services import Method
 log = logging.getLogger("gateway.etcd")
 
 # etcd refuses client pings more often than every 5 s (--grpc-keepalive-min-time); a dead member's connection is
-# noticed by the call deadlines long before a keepalive would.
+# noticed by the call deadlines long before a keepalive would. Reconnect backoff stays short: the first write
+# after etcd comes back must not wait out a backoff grown during the outage.
 _CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
-                    ("grpc.enable_retries", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024))
+                    ("grpc.enable_retries", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                    ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 500))
 _RETRY_ON = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
@@ -123,32 +127,38 @@ class EtcdClient:
         return (("token", self._token),)
 
     async def _unary(self, method: Method[Any, Any], request: Any, *, idempotent: bool) -> Any:
-        """One call, on the first member that answers; UNAVAILABLE moves on to the next member (any call: it was
-        not applied), a passed deadline too for an idempotent call (a write's outcome is unknown: raised)."""
+        """One call, on the first member that answers, within ``timeout_s`` in all. UNAVAILABLE (the member is
+        down, or its cluster is electing a leader: nothing was applied) moves on to the next member, round after
+        round; so does a passed deadline for an idempotent call (a write's outcome is unknown then: raised)."""
+        deadline = time.monotonic() + self.timeout_s
         last: BaseException | None = None
-        for endpoint in self._order():
-            call = self._channel(endpoint).unary_unary(method.path, request_serializer=method.request.SerializeToString,
-                                                       response_deserializer=method.response.FromString)
-            for attempt in range(2):
+        reauthenticated = False
+        while True:
+            for endpoint in self._order():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EtcdUnavailable(f"no etcd member answered {method.name} within {self.timeout_s:g} s "
+                                          f"({', '.join(self.endpoints)}): {_describe(last)}") from last
+                call = self._channel(endpoint).unary_unary(
+                    method.path, request_serializer=method.request.SerializeToString,
+                    response_deserializer=method.response.FromString)
                 try:
-                    return await call(request, timeout=self.timeout_s, metadata=await self._metadata(endpoint))
+                    return await call(request, timeout=left, metadata=await self._metadata(endpoint))
                 except grpc.aio.AioRpcError as exc:
                     last = exc
                     code = exc.code()
-                    if code == grpc.StatusCode.UNAUTHENTICATED and self._user is not None and attempt == 0:
-                        self._token = None  # an expired auth token: authenticate again, once
+                    if code == grpc.StatusCode.UNAUTHENTICATED and self._user is not None and not reauthenticated:
+                        self._token, reauthenticated = None, True  # an expired auth token: authenticate again
                         continue
-                    if code in _RETRY_ON or (idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED):
-                        self._rotate(endpoint)
-                        break
-                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED and not idempotent:
                         self._rotate(endpoint)
                         raise EtcdUnavailable(f"etcd at {endpoint} did not answer {method.name} within "
                                               f"{self.timeout_s:g} s; the outcome is unknown") from exc
-                    raise EtcdUnavailable(f"etcd at {endpoint} refused {method.name}: {code.name} "
-                                          f"{exc.details()}") from exc
-        raise EtcdUnavailable(f"no etcd member answered {method.name} ({', '.join(self.endpoints)}): "
-                              f"{_describe(last)}") from last
+                    if code not in _RETRY_ON and code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise EtcdUnavailable(f"etcd at {endpoint} refused {method.name}: {code.name} "
+                                              f"{exc.details()}") from exc
+                    self._rotate(endpoint)
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     # --- KV ------------------------------------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class Presence:
                         self.lease = 0
                         continue
                     self.confirmed_until = time.monotonic() + ttl - 0.5
+                    self.lease_lost.clear()  # renewed after an outage: etcd kept it (its keys too)
                     next_renewal = time.monotonic() + renew_every
                 await self._publish()
             except EtcdUnavailable as exc:
