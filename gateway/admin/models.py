@@ -33,6 +33,7 @@ class Replicas(BaseModel):
 
     store: str = Field(description="where the routes live")
     revision: int = Field(description="the revision this process serves")
+    written_at: float | None = Field(description="when the routes were last written (epoch seconds)")
     leader: dict[str, Any] | None = Field(description="the replica that drives the rollouts (etcd store), or null")
     replicas: list[dict[str, Any]] = Field(description="id, applied_revision, applied_at, inflight "
                                                        "{backend/model/version: n}, admin_url (its admin worker)")

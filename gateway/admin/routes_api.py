@@ -49,8 +49,8 @@ async def replicas(state: State) -> Replicas:
         leader = await state.election.leader() if state.election is not None else None
     except EtcdUnavailable as exc:
         raise StoreUnavailable(f"cannot read the replicas from {state.store.location}: {exc}") from exc
-    return Replicas(store=state.store.location, revision=state.store.current.revision, leader=leader,
-                    replicas=every)
+    return Replicas(store=state.store.location, revision=state.store.current.revision,
+                    written_at=await state.store.written_at(), leader=leader, replicas=every)
 
 
 _ROUTES_BODY = {"requestBody": {"required": True, "content": {
