@@ -35,7 +35,7 @@ import yaml
 from gateway.dev import localstack
 
 from .adminapi import admin_client
-from .conftest import Blackhole, build_routes
+from .stack import Blackhole, build_routes
 from .loaddriver import Load
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None or shutil.which("prometheus") is None,
