@@ -35,8 +35,8 @@ import yaml
 from gateway.dev import localstack
 
 from .adminapi import admin_client
-from .stack import Blackhole, build_routes
 from .loaddriver import Load
+from .stack import Blackhole, build_routes
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None or shutil.which("prometheus") is None,
                                 reason="needs etcd and prometheus (scripts/bootstrap installs etcd-server, prometheus)")

@@ -13,7 +13,7 @@ import yaml
 
 from gateway.admin.app import MAX_BODY_BYTES, AdminApp
 from gateway.control.orchestrator import Orchestrator
-from gateway.routes.store import RouteStore
+from gateway.routes.store import FileRouteStore
 
 TOKEN = "s3cret-admin-token"
 ROUTES = """\
@@ -39,7 +39,7 @@ def routes(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 async def admin(routes: Path) -> AsyncIterator[httpx.AsyncClient]:
-    store = RouteStore(routes)
+    store = FileRouteStore(routes)
     orchestrator = Orchestrator(routes, lambda: "", store.reload, check_interval_s=0.05)
     app = AdminApp(store, TOKEN.encode(), rollouts=orchestrator)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin",
