@@ -20,7 +20,6 @@ replica keeps serving its table and writes fail with StoreUnavailable (503).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -145,11 +144,7 @@ class EtcdRouteStore(RouteStore):
         self._watch = asyncio.create_task(self._watch_forever(), name="routes-watch")
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        await self._stop_watch()
         await self.client.close()
 
     async def _watch_forever(self) -> None:

@@ -118,6 +118,15 @@ class RouteStore(ABC):
                 continue
         raise Conflict(f"{self.location}: the routes kept changing under the edit ({EDIT_ATTEMPTS} conflicts)")
 
+    _watch: asyncio.Task[None] | None = None
+
+    async def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+
     def _swap(self, table: RouteTable) -> None:
         self.current = table
         for listener in self.on_swap:
@@ -178,11 +187,7 @@ class FileRouteStore(RouteStore):
         self._watch = asyncio.create_task(self.watch(poll_s), name="routes-watch")
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        await self._stop_watch()
 
     async def written_at(self) -> float | None:
         try:
