@@ -197,7 +197,7 @@ async def test_instant_switch_reaches_every_replica_within_a_second_under_load(f
           f"{1000 * max(delays):.0f} ms (from the etcd commit: p50 {1000 * statistics.median(committed):.0f} ms, "
           f"max {1000 * max(committed):.0f} ms); {total(running)} requests, failed {len(failed(running))}")
     for name, load in running.items():
-        late = [x for x in load.results if x.started >= called + 1.0]
+        late = [x for x in load.results if x.started >= written_at + 1.0]
         print(f"  {name}: {load.summary()}; started > 1 s after the write: {len(late)}, "
               f"v2 {sum(x.version == '2' for x in late)}")
         assert late and all(x.version == "2" for x in late), Counter(x.version for x in late)
