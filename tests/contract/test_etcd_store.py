@@ -97,8 +97,8 @@ async def test_invalid_document_keeps_the_last_good_table(stores: list[EtcdRoute
     a, b = stores
     with pytest.raises(ConfigError):
         await a.replace({"revision": 1, "models": {"m": {"versions": {}}}}, 1)  # refused before any write
+    applied = b.applied_mod_revision  # before the put: b may see it before the put's answer reaches us
     await a.client.put(a.key, b"revision: 5\nmodels: [not, a, mapping]\n")  # written behind the gateway's back
-    applied = b.applied_mod_revision
     await until(lambda: b.applied_mod_revision > applied)  # seen, refused
     assert b.current.revision == 1
     good = yaml.safe_dump({**ROUTES, "revision": 6}).encode()
