@@ -231,8 +231,10 @@ class _Parser:
         grpc_management = self.target_address(m.get("grpc_management_target"), f"{path}.grpc_management_target")
         if grpc_management is not None and kind != "torchserve":
             self.fail(f"{path}.grpc_management_target", "only torchserve backends have a management gRPC API")
-        model_config_file = self.model_config_file(m.get("model_config_file"), f"{path}.model_config_file", kind)
-        model_store = self.model_store(m.get("model_store"), f"{path}.model_store", kind)
+        model_config_file = self.backend_path(m.get("model_config_file"), f"{path}.model_config_file", kind,
+                                              "tfserving", "the models.config TF Serving was started with")
+        model_store = self.backend_path(m.get("model_store"), f"{path}.model_store", kind, "torchserve",
+                                        "TorchServe's model store")
         return BackendConfig(
             name=name,
             kind=kind,  # type: ignore[arg-type]
@@ -250,26 +252,16 @@ class _Parser:
             max_connections=self.integer(m.get("max_connections", 256), f"{path}.max_connections", minimum=1),
         )
 
-    def model_config_file(self, value: Any, path: str, kind: str) -> Path | None:
-        """TF Serving's --model_config_file, absolute; an empty value (an unset ``${VAR:-}``) means none."""
+    def backend_path(self, value: Any, path: str, kind: str, owner: str, what: str) -> Path | None:
+        """An absolute path that only ``owner`` backends have (``what`` names it in messages); an empty value (an
+        unset ``${VAR:-}``) means none."""
         if value is None or (isinstance(value, str) and not self.expand(value, path)):
             return None
-        if kind != "tfserving":
-            self.fail(path, "only tfserving backends have a model_config_file (TF Serving's --model_config_file)")
+        if kind != owner:
+            self.fail(path, f"only {owner} backends have {what}")
         text = self.string(value, path)
         if not os.path.isabs(text):
-            self.fail(path, f"{text!r} must be an absolute path (the models.config TF Serving was started with)")
-        return Path(text)
-
-    def model_store(self, value: Any, path: str, kind: str) -> Path | None:
-        """TorchServe's model store directory, absolute; an empty value (an unset ``${VAR:-}``) means none."""
-        if value is None or (isinstance(value, str) and not self.expand(value, path)):
-            return None
-        if kind != "torchserve":
-            self.fail(path, "only torchserve backends have a model store")
-        text = self.string(value, path)
-        if not os.path.isabs(text):
-            self.fail(path, f"{text!r} must be an absolute path (TorchServe's model_store)")
+            self.fail(path, f"{text!r} must be an absolute path ({what})")
         return Path(text)
 
     def model(self, name: str, spec: Any, backends: Mapping[str, BackendConfig]) -> ModelConfig:

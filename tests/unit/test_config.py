@@ -83,6 +83,8 @@ def test_environment_variables_expand() -> None:
     ("backends.tf.model_config_file", "models.config",
      "backends.tf.model_config_file: 'models.config' must be an absolute path"),
     ("backends.tf.model_config_file", ["/m.config"], "backends.tf.model_config_file: must be a string, got list"),
+    ("backends.tf.model_store", "/srv/store", "backends.tf.model_store: only torchserve backends have TorchServe's"),
+    ("backends.ts.model_store", "store", "backends.ts.model_store: 'store' must be an absolute path"),
     ("models.m.versions.1.backend", "nope", "models.m.versions.1.backend: unknown backend 'nope'"),
     ("models.m.versions.1.model", _DELETE, "models.m.versions.1.model: is required"),
     ("models.m.default_version", 7, "models.m.default_version: version 7 is not listed"),
