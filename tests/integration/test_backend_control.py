@@ -67,7 +67,7 @@ async def test_torchserve_deploy_drain_retire(ts: localstack.TorchServeEndpoints
         counts = iter([1, 1, 0])  # the gateway still has one request in flight on v1, then none
         seen: list[int] = []
 
-        def inflight() -> int:
+        async def inflight() -> int:
             seen.append(next(counts, 0))
             return seen[-1]
 
@@ -90,13 +90,17 @@ async def test_torchserve_deploy_drain_retire(ts: localstack.TorchServeEndpoints
         await control.close()
 
 
+async def one_in_flight() -> int:
+    return 1
+
+
 async def test_torchserve_drain_times_out_while_requests_are_in_flight(ts: localstack.TorchServeEndpoints) -> None:
     control = ts_control(ts)
     try:
         versions = await control.versions("scale")
         started = time.monotonic()
         with pytest.raises(BackendTimeout, match=r"did not drain within 0.3s \(0 queued in TorchServe, 1 in flight"):
-            await control.drain("scale", versions[0], lambda: 1, timeout_s=0.3)
+            await control.drain("scale", versions[0], one_in_flight, timeout_s=0.3)
         assert time.monotonic() - started < 3
     finally:
         await control.close()
