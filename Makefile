@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: up test lint bench
 
-$(STAMP): pyproject.toml scripts/bootstrap
+$(STAMP): pyproject.toml scripts/bootstrap tools/grafana-schema/package-lock.json
 	./scripts/bootstrap
 
 up: $(STAMP)

@@ -14,19 +14,19 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from gateway import tracing
 from gateway.backends.base import Backend
 from gateway.backends.registry import Backends
 from gateway.codecs.jsonio import dumps
 from gateway.deadline import set_deadline
-from gateway.errors import InvalidArgument
+from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, GatewayError, InvalidArgument
 from gateway.metrics import Metrics
 from gateway.routes.store import RouteStore
-from gateway.routes.table import NO_HINTS, Hints, Route
+from gateway.routes.table import NO_HINTS, Hints, Route, RouteTable
 from gateway.shadow import Shadows
+from gateway.telemetry import Exchange, Header, Telemetry, current
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor, TensorSpec
 
 assignments = logging.getLogger("gateway.assignment")
@@ -34,26 +34,19 @@ C = TypeVar("C")
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
-class Exchange:
-    """One client request as the data plane saw it: what served it, and whether it is measured as an inference."""
-
-    started: float
-    route: Route | None = None
-    inference: bool = False
-
-
-# The request being handled (each request runs in its own task, so each has its own).
-current: ContextVar[Exchange | None] = ContextVar("gateway_exchange", default=None)
+__all__ = ["DataPlane", "Exchange", "InFlight", "current"]
 
 
 class InFlight:
-    """Backend calls in flight per target (backend, model, version): a version is retired only once its count is
-    back to 0 (drain). ``count`` is this process's; ``total`` every worker's (the metrics' livesum gauge)."""
+    """Every backend call goes through ``calling``: counted in flight per target (backend, model, version; a
+    version is retired only once its count is back to 0), timed (the request's backend time, and the backend call
+    histogram), its failure classified (connect, timeout, status), and traced when tracing is on. ``count`` is this
+    process's calls in flight; ``total`` every worker's (the metrics' livesum gauge)."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, telemetry: Telemetry | None = None) -> None:
         self.counts: Counter[tuple[str, str, str]] = Counter()
         self.metrics = metrics
+        self.telemetry = telemetry
         self._gauges: dict[tuple[str, str, str], Any] = {}
 
     @contextmanager
@@ -65,9 +58,35 @@ class InFlight:
         self.counts[key] += 1
         if gauge is not None:
             gauge.inc()
+        exchange = current.get()
+        traced = (self.telemetry.backend_span(exchange, route)
+                  if self.telemetry is not None and exchange is not None else None)
+        span = traced[0] if traced is not None else None
+        trace_token = tracing.outgoing.set(traced[1]) if traced is not None else None
+        start = time.perf_counter()
         try:
             yield
+        except BaseException as exc:
+            failure = backend_failure(exc)
+            if failure is not None and self.metrics is not None:
+                t = route.target
+                self.metrics.backend_error(backend=t.backend, model=t.logical_model, version=t.logical_version,
+                                           kind=failure[0], code=failure[1])
+            if span is not None:
+                span.set_attribute("gateway.failure", ":".join(failure or (type(exc).__name__,)))
+            raise
         finally:
+            elapsed = time.perf_counter() - start
+            if exchange is not None:
+                exchange.backend_s += elapsed
+            if self.metrics is not None:
+                t = route.target
+                self.metrics.backend_call_child(t.backend, t.logical_model, t.logical_version,
+                                                route.backend.transport).observe(elapsed)
+            if trace_token is not None:
+                tracing.outgoing.reset(trace_token)
+            if span is not None:
+                span.end()
             if gauge is not None:
                 gauge.dec()
             self.counts[key] -= 1
@@ -86,34 +105,41 @@ class InFlight:
 class DataPlane:
     """Transport-neutral: every front, REST and gRPC, calls these methods."""
 
-    def __init__(self, store: RouteStore, backends: Backends, metrics: Metrics, shadows: Shadows) -> None:
+    def __init__(self, store: RouteStore, backends: Backends, metrics: Metrics, shadows: Shadows,
+                 telemetry: Telemetry | None = None) -> None:
         self.store = store
         self.backends = backends
         self.metrics = metrics
         self.shadows = shadows
-        self.inflight = InFlight(metrics)
-        metrics.routes_revision.set(store.current.revision)  # what every worker serves: a retire waits for it
-        store.on_swap.append(lambda table: metrics.routes_revision.set(table.revision))
+        self.telemetry = telemetry or Telemetry(metrics)
+        self.inflight = InFlight(metrics, self.telemetry)
+        self._routes_applied(store.current)  # the revision every worker serves: a retire waits for it
+        store.on_swap.append(self._routes_applied)
+        store.on_refused.append(lambda _: metrics.routes_reloaded(False))
         self.draining = False  # SIGTERM received: not ready, connections closed after their request (lifecycle.py)
 
     # --- one request's exchange: begun by its front, measured when the front has answered ------------------------
 
-    @staticmethod
-    def begin() -> Exchange:
-        exchange = Exchange(started=time.perf_counter())
-        current.set(exchange)
-        return exchange
+    def begin(self, operation: str = "", header: Header | None = None) -> Exchange:
+        """A front took a request: ``operation`` names its trace span, ``header`` reads its headers or metadata
+        (the client's trace context); both used only while tracing is on."""
+        return self.telemetry.begin(operation, header)
 
-    def measure(self, exchange: Exchange, protocol: str, code: str) -> None:
-        """Record an inference request (routed by ``route``) with the front's answer code; nothing else is counted,
-        so model names a client invents never become label values."""
-        route = exchange.route
-        if route is None or not exchange.inference:
-            return
-        t = route.target
-        self.metrics.request(model=t.logical_model, version=t.logical_version, variant=route.variant,
-                             backend=t.backend, protocol=protocol, code=code,
-                             seconds=time.perf_counter() - exchange.started)
+    def measure(self, exchange: Exchange, protocol: str, code: str, *, received: int | None = None,
+                sent: int | None = None, request_id: str | None = None, detail: str = "") -> None:
+        """The front has answered: record an inference request (routed by ``route``) with the answer's code and
+        sizes in the metrics; nothing else is counted, so model names a client invents never become label values.
+        Every request gets its access log line (sampled), its warning when it is a server error, its span's end
+        (gateway/telemetry.py)."""
+        self.telemetry.end(exchange, protocol, code, received=received, sent=sent, request_id=request_id,
+                           detail=detail)
+
+    def _routes_applied(self, table: RouteTable) -> None:
+        self.metrics.routes_reloaded(True, table.revision)
+        self.metrics.experiment_weights({
+            (name, model.experiment.name, v.name): v.weight / 100
+            for name, model in table.models.items() if model.experiment is not None
+            for v in model.experiment.variants})
 
     # --- routing ------------------------------------------------------------------------------------------------
 
@@ -131,7 +157,11 @@ class DataPlane:
 
     def _resolve(self, ref: ModelRef, hints: Hints) -> Route:
         # One read of `current` per request: a routes swap mid-request never mixes tables.
-        route = self.store.current.resolve(ref, hints)
+        if self.telemetry.tracing is None:
+            route = self.store.current.resolve(ref, hints)
+        else:
+            with self.telemetry.routing():
+                route = self.store.current.resolve(ref, hints)
         exchange = current.get()
         if exchange is not None:
             exchange.route = route
@@ -166,10 +196,11 @@ class DataPlane:
         """Send the request to the shadow in the background and compare; never waits, never fails the primary."""
         policy = route.model.shadow
         assert policy is not None
+        parent = current.get() if self.telemetry.tracing is not None else None
 
         async def call() -> InferResponse:
             set_deadline(None)  # the client's deadline is the primary's, not the shadow's
-            with self.inflight.calling(shadow):
+            with self.telemetry.shadow(parent, shadow), self.inflight.calling(shadow):
                 response = await self.backend(shadow).infer(shadow.target, request)
             return InferResponse(outputs=select_outputs(response.outputs, request.output_names))
 
@@ -208,6 +239,20 @@ class DataPlane:
         if route.model.schema is not None:
             return route.model.schema
         return await self.backend(route).schema(route.target) or ModelSchema()
+
+
+def backend_failure(exc: BaseException) -> tuple[str, str] | None:
+    """(kind, code) of a failed backend call, as the adapters tagged it; an error the gateway raised itself before
+    sending (a request it could not encode) or a cancelled call is not the backend's failure: None."""
+    if not isinstance(exc, GatewayError):
+        return None
+    if exc.backend_failure is not None:
+        return exc.backend_failure
+    if isinstance(exc, BackendTimeout):
+        return ("timeout", "")
+    if isinstance(exc, BackendError | BackendUnavailable):
+        return ("status", "")  # an answer it could not use
+    return None
 
 
 def check_inputs(request: InferRequest, schema: ModelSchema) -> None:

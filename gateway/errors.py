@@ -34,16 +34,25 @@ exception handler (gateway/admin/app.py); library errors are mapped to these cla
 
 from __future__ import annotations
 
+from typing import Self
+
 import grpc
 
 
 class GatewayError(Exception):
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
+    #: How a backend call failed, when this error is one: ("connect" | "timeout", "") from the transport, or
+    #: ("status", the backend's HTTP status or gRPC code name) from its answer. The data plane counts them.
+    backend_failure: tuple[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def from_backend(self, kind: str, code: str = "") -> Self:
+        self.backend_failure = (kind, code)
+        return self
 
 
 class InvalidArgument(GatewayError):
@@ -199,4 +208,4 @@ _BY_HTTP_STATUS: dict[int, type[GatewayError]] = {
 
 def error_for_status(status: int, message: str) -> GatewayError:
     """The gateway error for a backend's HTTP status; unknown 5xx become BackendError."""
-    return _BY_HTTP_STATUS.get(status, BackendError)(message)
+    return _BY_HTTP_STATUS.get(status, BackendError)(message).from_backend("status", str(status))

@@ -8,9 +8,15 @@ processes start (prometheus_client reads it when it is first imported). Every wo
 mmap files there, and ``render()`` in any worker merges all of them (a ``MultiProcessCollector``), so one scrape
 of any worker sees the whole gateway. The directory must be emptied when the gateway (not a worker) starts,
 else the previous run's counts are added in. Counters and histograms of a worker that exited stay part of the
-totals. The one gauge, ``gateway_inflight_requests``, is ``livesum``: each worker's file counts only while that
-worker lives (``inflight_all_workers`` skips the files of dead pids; a worker that exits cleanly removes its own
-through ``process_exiting``), so a rollout's drain sees every worker's requests in flight, not only its own.
+totals. Gauges count only while their worker lives: ``gateway_inflight_requests`` is ``livesum``
+(``inflight_all_workers`` skips the files of dead pids; a worker that exits cleanly removes its own through
+``process_exiting``), so a rollout's drain sees every worker's requests in flight, not only its own;
+``gateway_routes_revision`` and the ``process_*`` gauges are ``liveall`` (one series per worker, a ``pid`` label).
+prometheus_client's own process collector reads only the scraped process, so ``sample_process`` copies this
+process's figures into those gauges (the composition root calls it every few seconds in every worker).
+
+Exemplars (trace ids on the latency histograms) need the OpenMetrics exposition and one process: prometheus_client
+keeps none in multiprocess mode, so they appear with ``GATEWAY_WORKERS=1`` only.
 
 Label values are small closed sets (models, versions and variants from the routes file, status codes,
 protocols), so each labelled child is looked up once and cached in a dict keyed by its label tuple: recording
@@ -24,12 +30,18 @@ import contextlib
 import glob
 import math
 import os
-from collections.abc import Sequence
+import platform
+from collections.abc import Mapping, Sequence
 from typing import Final
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.process_collector import ProcessCollector
+
+from gateway import __version__
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -38,12 +50,17 @@ DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                            30.0, math.inf)
 DIFF_BUCKETS: Final = (*(float(f"1e{e}") for e in range(-9, 4)), math.inf)  # 1e-9 .. 1e3, log-spaced
 RATIO_BUCKETS: Final = (0.5, 0.9, 0.99, 0.999, 1.0, math.inf)
+SIZE_BUCKETS: Final = (*(256.0 * 4**i for i in range(10)), math.inf)  # 256 B .. 64 MiB (the default body limit)
 # A non-finite diff (shape mismatch, NaN on one side only) is observed as this: it lands in the +Inf bucket like
 # inf would, but keeps the histogram's _sum finite (an inf would turn _sum, and every rate() over it, into inf/NaN).
 NONFINITE_DIFF: Final = 1e4
 
 REQUEST_LABELS: Final = ("model", "version", "variant", "backend", "protocol", "code")
 SHADOW_LABELS: Final = ("model", "primary_version", "shadow_version")
+BACKEND_LABELS: Final = ("backend", "model", "version", "transport")
+#: Kinds of failed backend calls: no connection (refused, unreachable, reset), no answer in time, an error answer.
+BACKEND_ERROR_KINDS: Final = ("connect", "timeout", "status")
+ALERTED_EVENTS: Final = ("rolled_back", "failed")  # rollout transitions an alert watches
 
 
 class Metrics:
@@ -87,9 +104,17 @@ class Metrics:
                               ("backend", "model", "version"), registry=reg, multiprocess_mode="livesum")
         # Rollouts (gateway/control/orchestrator.py, in the worker that serves the admin API): their state, and every
         # transition of their history by event (who, when and why are in the admin API's history).
-        self.routes_revision = Gauge("gateway_routes_revision", "The routes revision this worker serves (over "
-                                     "several workers: the oldest one still served).", registry=reg,
-                                     multiprocess_mode="livemin")
+        self.routes_revision = Gauge("gateway_routes_revision", "The routes revision this worker serves (one "
+                                     "series per worker: pid).", registry=reg, multiprocess_mode="liveall")
+        self.routes_reload_ok = Gauge("gateway_routes_last_reload_successful", "1 when this worker's last read of "
+                                      "the routes file was valid, 0 while it refuses the file (the previous routes "
+                                      "keep serving).", registry=reg, multiprocess_mode="liveall")
+        self.routes_reloads = Counter("gateway_routes_reloads", "Routes file reloads by result (success, failure).",
+                                      ("result",), registry=reg)
+        self.experiment_weight = Gauge("gateway_experiment_weight_ratio", "The weight the routes give each "
+                                       "experiment variant (0..1; 0 once the variant is gone).",
+                                       ("model", "experiment", "variant"), registry=reg,
+                                       multiprocess_mode="livemostrecent")
         self.rollout_percent = Gauge("gateway_rollout_canary_percent", "Traffic share of the new version in the "
                                      "model's current (or last) rollout, percent.", ("model",), registry=reg,
                                      multiprocess_mode="livemostrecent")
@@ -102,22 +127,124 @@ class Metrics:
                                            "step, step_passed, promoted, rolled_back, aborted, failed, resumed, "
                                            "deploying, deployed, warmed_up, drained, unregistered, unloaded, ...",
                                            ("model", "event"), registry=reg)
+        self.rollout_guards = {
+            name: Gauge(f"gateway_rollout_guard_{name}", f"The running (or last) rollout's {doc} (NaN: not set).",
+                        ("model",), registry=reg, multiprocess_mode="livemostrecent")
+            for name, doc in (("max_error_ratio", "max_error_rate guard: the canary's largest server-error share"),
+                              ("max_p99_seconds", "max_p99_s guard: the canary's largest p99"),
+                              ("max_p99_ratio", "max_p99_ratio guard: the largest canary p99 / stable p99"))}
+        # The backend calls behind the answers (primary and shadow calls), so that gateway overhead = request time -
+        # backend time; model and version are the logical ones, as on gateway_requests.
+        self.backend_duration = Histogram("gateway_backend_request_duration_seconds", "Time of the gateway's "
+                                          "inference calls to a backend (connection wait included).",
+                                          BACKEND_LABELS, registry=reg, buckets=DURATION_BUCKETS)
+        self.backend_errors = Counter("gateway_backend_errors", "Failed backend calls by kind (connect, timeout, "
+                                      "status) and code (the backend's HTTP status or gRPC code; empty for "
+                                      "connect and timeout).", ("backend", "model", "version", "kind", "code"),
+                                      registry=reg)
+        self.request_size = Histogram("gateway_request_size_bytes", "Size of inference request bodies (REST) or "
+                                      "messages (gRPC) as received.", ("model", "protocol"), registry=reg,
+                                      buckets=SIZE_BUCKETS)
+        self.response_size = Histogram("gateway_response_size_bytes", "Size of inference response bodies (REST) "
+                                       "or messages (gRPC) as sent.", ("model", "protocol"), registry=reg,
+                                       buckets=SIZE_BUCKETS)
+        self.channel_state = Gauge("gateway_backend_channel_state", "gRPC backend channels per connectivity state "
+                                   "(IDLE, CONNECTING, READY, TRANSIENT_FAILURE, SHUTDOWN), summed over workers.",
+                                   ("backend", "state"), registry=reg, multiprocess_mode="livesum")
+        build = Gauge("gateway_build_info", "1, with the gateway's version and its runtime's.",
+                      ("version", "python_version", "grpc_version"), registry=reg, multiprocess_mode="livemax")
+        build.labels(__version__, platform.python_version(), grpc.__version__).set(1)
+        # This process's figures (``sample_process``), one series per worker in multiprocess mode.
+        self.process_cpu = Counter("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+                                   registry=reg)
+        self.process_gauges = {
+            name: Gauge(name, doc, registry=reg, multiprocess_mode="liveall")
+            for name, doc in (("process_resident_memory_bytes", "Resident memory size in bytes."),
+                              ("process_virtual_memory_bytes", "Virtual memory size in bytes."),
+                              ("process_open_fds", "Number of open file descriptors."),
+                              ("process_start_time_seconds", "Start time of the process since unix epoch in "
+                               "seconds."))}
+        self._process = ProcessCollector(registry=None)
+        self._cpu_seen = 0.0
+        self._weights_set: set[tuple[str, str, str]] = set()
+        self._channels_set: set[tuple[str, str]] = set()
+        self._backend_children: dict[tuple[str, ...], Histogram] = {}
+        self._size_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._shadow_children: dict[tuple[str, ...], Counter] = {}
         self._comparison_children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram, Counter, Counter]] = {}
         self._assignment_children: dict[tuple[str, ...], Counter] = {}
 
     def request(self, *, model: str, version: str, variant: str, backend: str, protocol: str, code: str,
-                seconds: float) -> None:
+                seconds: float, received: int | None = None, sent: int | None = None, trace_id: str = "") -> None:
         """One answered request. protocol: v2_rest | v2_grpc | tf_rest | tf_grpc | torchserve_rest; code: the
         HTTP status as a string ("200") for REST, the gRPC code name ("OK") for gRPC; variant "" outside an
-        experiment."""
+        experiment; received / sent: the request's and the answer's sizes in bytes, when known; trace_id: the
+        request's trace (an exemplar on the latency histogram, in one-process mode)."""
         key = (model, version, variant, backend, protocol, code)
         children = self._request_children.get(key)
         if children is None:
             children = self._request_children[key] = (self.requests.labels(*key), self.duration.labels(*key[:-1]))
         children[0].inc()
-        children[1].observe(seconds)
+        if trace_id and not self.multiprocess:
+            children[1].observe(seconds, exemplar={"trace_id": trace_id})
+        else:
+            children[1].observe(seconds)
+        if received is not None or sent is not None:
+            sizes = self._size_children.get((model, protocol))
+            if sizes is None:
+                sizes = self._size_children[(model, protocol)] = (self.request_size.labels(model, protocol),
+                                                                  self.response_size.labels(model, protocol))
+            if received is not None:
+                sizes[0].observe(received)
+            if sent is not None:
+                sizes[1].observe(sent)
+
+    def backend_call_child(self, backend: str, model: str, version: str, transport: str) -> Histogram:
+        key = (backend, model, version, transport)
+        child = self._backend_children.get(key)
+        if child is None:
+            child = self._backend_children[key] = self.backend_duration.labels(*key)
+        return child
+
+    def backend_error(self, *, backend: str, model: str, version: str, kind: str, code: str = "") -> None:
+        """kind: connect | timeout | status (code: the backend's HTTP status or gRPC code name)."""
+        self.backend_errors.labels(backend, model, version, kind, code).inc()
+
+    def routes_reloaded(self, ok: bool, revision: int | None = None) -> None:
+        """A read of the routes file: valid (and now served at ``revision``) or refused."""
+        self.routes_reload_ok.set(1 if ok else 0)
+        self.routes_reloads.labels("success" if ok else "failure").inc()
+        if ok and revision is not None:
+            self.routes_revision.set(revision)
+
+    def experiment_weights(self, weights: dict[tuple[str, str, str], float]) -> None:
+        """The routes' experiment weights, {(model, experiment, variant): 0..1}; variants no longer in the routes
+        go to 0 (a multiprocess gauge cannot remove a series)."""
+        for key in self._weights_set - weights.keys():
+            self.experiment_weight.labels(*key).set(0)
+        for key, weight in weights.items():
+            self.experiment_weight.labels(*key).set(weight)
+        self._weights_set = set(weights)
+
+    def channel_states(self, states: Mapping[tuple[str, str], int]) -> None:
+        """This worker's gRPC backend channels per (backend, connectivity state)."""
+        for key in self._channels_set - states.keys():
+            self.channel_state.labels(*key).set(0)
+        for key, count in states.items():
+            self.channel_state.labels(*key).set(count)
+        self._channels_set = set(states)
+
+    def sample_process(self) -> None:
+        """Copy this process's CPU, memory and descriptors (read by prometheus_client from /proc) into the
+        process_* metrics; a no-op where /proc is missing."""
+        for family in self._process.collect():
+            for sample in family.samples:
+                if sample.name == "process_cpu_seconds_total":
+                    self.process_cpu.inc(max(0.0, sample.value - self._cpu_seen))
+                    self._cpu_seen = max(self._cpu_seen, sample.value)
+                elif sample.name in self.process_gauges:
+                    self.process_gauges[sample.name].set(sample.value)
 
     def shadow(self, *, model: str, primary_version: str, shadow_version: str, outcome: str) -> None:
         """outcome: ok | error | timeout | dropped."""
@@ -154,12 +281,20 @@ class Metrics:
             child = self._assignment_children[key] = self.assignments.labels(*key)
         child.inc()
 
-    def rollout(self, *, model: str, percent: float, running: bool, events: Sequence[str] = ()) -> None:
-        """A rollout's state now, and the transitions recorded since the last call."""
+    def rollout(self, *, model: str, percent: float, running: bool, events: Sequence[str] = (),
+                guards: Mapping[str, float | None] | None = None) -> None:
+        """A rollout's state now, the transitions recorded since the last call, and its guards (max_error_ratio,
+        max_p99_seconds, max_p99_ratio; None: not set)."""
         self.rollout_percent.labels(model).set(percent)
         self.rollout_running.labels(model).set(1 if running else 0)
+        for event in ALERTED_EVENTS:  # created at 0, so that increase() sees their first one
+            self.rollout_transitions.labels(model, event)
         for event in events:
             self.rollout_transitions.labels(model, event).inc()
+        if guards is not None:
+            for name, gauge in self.rollout_guards.items():
+                value = guards.get(name)
+                gauge.labels(model).set(math.nan if value is None else value)
 
     def inflight_child(self, backend: str, model: str, version: str) -> Gauge:
         return self.inflight.labels(backend, model, version)
@@ -177,7 +312,7 @@ class Metrics:
     def applied_revision_all_workers(self) -> int | None:
         """The oldest routes revision a live worker serves (every worker has applied at least this one); None
         outside multiprocess mode or before any worker set it."""
-        samples = self._live("livemin", "gateway_routes_revision")
+        samples = self._live("liveall", "gateway_routes_revision")
         return None if not samples else round(min(value for _, value in samples))
 
     def _live(self, mode: str, name: str) -> list[tuple[dict[str, str], float]] | None:
@@ -205,8 +340,12 @@ class Metrics:
         if self.multiprocess:
             mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped in the library
 
-    def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition (every worker's, in multiprocess mode) and its content type."""
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The Prometheus text exposition (every worker's, in multiprocess mode) and its content type; OpenMetrics
+        (with exemplars) when ``accept`` (the scraper's Accept header) asks for it."""
+        if "application/openmetrics-text" in accept:
+            body = openmetrics.generate_latest(self._render_registry)  # type: ignore[no-untyped-call]  # untyped
+            return body, openmetrics.CONTENT_TYPE_LATEST
         return generate_latest(self._render_registry), CONTENT_TYPE_PLAIN_0_0_4
 
 

@@ -8,6 +8,7 @@ builds a :class:`GatewayProcess` there, after the fork, so no socket, pool or ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway import tracing
 from gateway.admin.listener import AdminSeat
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.rest import RestApp
@@ -28,6 +30,7 @@ from gateway.routes.schema import load_routes
 from gateway.routes.store import RouteStore, open_store
 from gateway.settings import Settings
 from gateway.shadow import Shadows
+from gateway.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from gateway.admin.app import Admin
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from gateway.routes.etcd_store import EtcdRouteStore
 
 log = logging.getLogger("gateway")
+TICK_S = 5.0  # process metrics and the error log's summaries
 
 
 class GatewayProcess:
@@ -50,6 +54,7 @@ class GatewayProcess:
         self.store: RouteStore | None = None
         self.presence: Presence | None = None  # this process's lease-bound key (etcd store only)
         self._drain_task: asyncio.Task[None] | None = None
+        self._ticks: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -59,10 +64,12 @@ class GatewayProcess:
         for config in store.current.backends.values():
             backends.get(config)
         metrics = Metrics()
+        telemetry = Telemetry(metrics, access_log_sample=settings.access_log_sample, tracing=tracing.from_env())
         plane = self.plane = DataPlane(store, backends, metrics,
-                                       Shadows(metrics, max_pending=settings.shadow_max_pending))
+                                       Shadows(metrics, max_pending=settings.shadow_max_pending), telemetry)
         store.on_swap.append(lambda table: backends.retire_unused(table.backends.values()))
         await store.start(settings.routes_poll_s)
+        self._ticks = asyncio.create_task(self._tick(plane))
         if settings.etcd is not None:
             await self._present(store)  # type: ignore[arg-type]  # open_store built the etcd store
         self.rest = RestApp(plane, settings.max_body_bytes)
@@ -107,6 +114,16 @@ class GatewayProcess:
             except OSError:
                 host = "127.0.0.1"
         return f"http://{f'[{host}]' if ':' in host else host}:{settings.admin_port}"
+
+    @staticmethod
+    async def _tick(plane: DataPlane) -> None:
+        """Every few seconds in every worker: this process's CPU and memory into the metrics (a scrape reads one
+        worker), the state of the gRPC backend channels, the error log's summary of a storm."""
+        while True:
+            plane.metrics.sample_process()
+            plane.metrics.channel_states(plane.backends.channel_states())
+            plane.telemetry.tick()
+            await asyncio.sleep(TICK_S)
 
     def _admin_service(self, token: bytes) -> Admin:
         """Built by the worker that wins the admin port: the admin app and the rollouts it drives, which run in
@@ -157,9 +174,14 @@ class GatewayProcess:
             await self.presence.stop()
         if self.store is not None:
             await self.store.stop()
+        if self._ticks is not None:
+            self._ticks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticks
         if self.plane is not None:
             await self.plane.shadows.close()
             await self.plane.backends.close()
+            self.plane.telemetry.close()
             self.plane.metrics.process_exiting()
 
 

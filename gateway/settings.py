@@ -72,6 +72,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     routes_poll_s: float = 0.5  # every worker applies a new routes revision within a second
     shadow_max_pending: int = 64  # shadow calls in flight per process; more are dropped (and counted)
+    access_log_sample: float = 0.0  # share of requests written to the JSON access log (gateway.access): 0 off, 1 all
     log_level: str = "info"
     # SIGTERM: seconds not-ready (Connection: close on every answer) before the listener closes (gateway/lifecycle.py)
     drain_s: float = 5.0
@@ -105,6 +106,7 @@ class Settings:
             max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes),
             routes_poll_s=_float(env, "GATEWAY_ROUTES_POLL_S", d.routes_poll_s),
             shadow_max_pending=_int(env, "GATEWAY_SHADOW_MAX_PENDING", d.shadow_max_pending),
+            access_log_sample=_float(env, "GATEWAY_ACCESS_LOG_SAMPLE", d.access_log_sample),
             log_level=env.get("GATEWAY_LOG_LEVEL", d.log_level).lower(),
             drain_s=_float(env, "GATEWAY_DRAIN_S", d.drain_s),
             admin_host=env.get("GATEWAY_ADMIN_HOST", d.admin_host),
@@ -130,6 +132,7 @@ class Settings:
             "GATEWAY_GRPC_PORT": str(self.grpc_port), "GATEWAY_WORKERS": str(self.workers),
             "GATEWAY_MAX_BODY_BYTES": str(self.max_body_bytes), "GATEWAY_ROUTES_POLL_S": str(self.routes_poll_s),
             "GATEWAY_SHADOW_MAX_PENDING": str(self.shadow_max_pending),
+            "GATEWAY_ACCESS_LOG_SAMPLE": str(self.access_log_sample),
             "GATEWAY_LOG_LEVEL": self.log_level, "GATEWAY_DRAIN_S": str(self.drain_s), **admin,
             "GATEWAY_ROUTES_STORE": self.routes_store,
             **({"GATEWAY_ADMIN_ADVERTISE_URL": self.admin_advertise_url} if self.admin_advertise_url else {}),

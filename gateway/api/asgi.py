@@ -40,6 +40,7 @@ class Request:
     receive: Receive
     plane: DataPlane
     max_body_bytes: int
+    received: int | None = None  # the body's size, once read
 
     @property
     def method(self) -> str:
@@ -55,14 +56,14 @@ class Request:
                 return bytes(value)
         return None
 
+    def text_header(self, name: str) -> str | None:
+        value = self.header(name.encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
     def hints(self, parameters: Mapping[str, Any] | None = None, request_id: str | None = None) -> Hints:
         """Routing hints: headers (sticky keys, QA overrides) and, for v2 bodies, the request's parameters."""
-        def header(name: str) -> str | None:
-            value = self.header(name.encode("latin-1"))
-            return None if value is None else value.decode("latin-1")
-
-        rid = request_id or header("x-request-id")
-        return Hints(header=header, parameters=parameters or {}, request_id=rid)
+        rid = request_id or self.text_header("x-request-id")
+        return Hints(header=self.text_header, parameters=parameters or {}, request_id=rid)
 
     async def body(self) -> bytes:
         """The whole body, refused with 413 as soon as it passes the limit (declared or streamed)."""
@@ -82,6 +83,7 @@ class Request:
                 raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body_bytes} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
+                self.received = size
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -55,13 +55,14 @@ def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str,
     measured (the data plane decides whether: an inference it routed)."""
 
     async def handler(request: Any, context: Context) -> Any:
-        exchange = DataPlane.begin()
+        exchange = plane.begin(method.path, lambda name: _metadata(context).get(name))
         set_deadline(context.time_remaining())
-        code = grpc.StatusCode.OK
+        code, detail, response = grpc.StatusCode.OK, "", None
         try:
-            return await impl(request, context)
+            response = await impl(request, context)
+            return response
         except GatewayError as exc:
-            code = exc.grpc_code
+            code, detail = exc.grpc_code, exc.message
             await context.abort(exc.grpc_code, exc.message[:MAX_DETAILS])
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the client went away: its backend call is cancelled with it
@@ -71,15 +72,23 @@ def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str,
             log.exception("unhandled error in %s", method.path)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal gateway error in {method.path}")
         finally:
-            plane.measure(exchange, protocol, code.name)
+            sized = exchange.inference  # sizes of inference messages only (ByteSize walks the message)
+            plane.measure(exchange, protocol, code.name, received=request.ByteSize() if sized else None,
+                          sent=response.ByteSize() if sized and response is not None else None,
+                          request_id=_metadata(context).get("x-request-id") if plane.telemetry.access_log_sample
+                          else None, detail=detail)
 
     return grpc.unary_unary_rpc_method_handler(
         handler, request_deserializer=method.request.FromString, response_serializer=method.response.SerializeToString)
 
 
+def _metadata(context: Context) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
 def _hints(context: Context, parameters: Mapping[str, Any] | None = None, request_id: str = "") -> Hints:
     """Routing hints from request metadata: the same names as the REST headers (sticky keys, overrides)."""
-    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    metadata = _metadata(context)
     return Hints(header=metadata.get, parameters=parameters or {},
                  request_id=request_id or metadata.get("x-request-id"))
 

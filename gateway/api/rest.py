@@ -49,25 +49,29 @@ class RestApp:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if path == "/metrics":
-            body, content_type = self.plane.metrics.render()
+            accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), "")
+            body, content_type = self.plane.metrics.render(accept)
             await self._send(send, Response(200, body, content_type=content_type.encode()))
             return
-        exchange = self.plane.begin()
         front = front_for(path)
         request = Request(scope, receive, self.plane, self.max_body_bytes)
+        exchange = self.plane.begin(f"{request.method} {front.name}", request.text_header)
+        detail = ""
         try:
             response = await self.dispatch(front, request)
         except ClientDisconnected:
+            self.plane.measure(exchange, front.name, "499", detail="the client went away")  # nginx's code for it
             return
         except GatewayError as exc:
-            response = front.encode_error(exc)
+            response, detail = front.encode_error(exc), exc.message
             if exchange.route is not None:
                 response.headers.extend(_served_by(exchange.route))
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = front.encode_error(GatewayError(f"internal gateway error on {scope['method']} {path}"))
         await self._send(send, response)
-        self.plane.measure(exchange, front.name, str(response.status))
+        self.plane.measure(exchange, front.name, str(response.status), received=request.received,
+                           sent=len(response.body), request_id=request.text_header("x-request-id"), detail=detail)
 
     async def _send(self, send: Send, response: Response) -> None:
         """Every answer of this app; while draining each asks the client to reconnect (elsewhere) after it."""

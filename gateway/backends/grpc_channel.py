@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from gateway import tracing
 from gateway.deadline import timeout_for
 from gateway.errors import (
     BackendError,
@@ -116,11 +117,20 @@ class GrpcChannel:
         target in error messages. Raises GatewayError subclasses only."""
         limit = timeout_for(timeout_s if timeout_s is not None else self.config.timeout_s)
         call = self._callable(method, isinstance(request, bytes))
+        traced = tracing.outgoing.get()  # the W3C trace context, when the request is traced
         try:
-            response: Resp = await call(request, timeout=limit, metadata=tuple(metadata) or None)
+            response: Resp = await call(request, timeout=limit, metadata=(*metadata, *traced) or None)
         except grpc.aio.AioRpcError as exc:
-            raise self.error(exc.code(), exc.details() or "", where, limit) from None
+            code, details = exc.code(), exc.details() or ""
+            raise self.error(code, details, where, limit).from_backend(*failure_kind(code, details)) from None
         return response
+
+    def state(self) -> str | None:
+        """The channel's connectivity state (IDLE, CONNECTING, READY, TRANSIENT_FAILURE, SHUTDOWN); None before
+        its first call."""
+        if self._channel is None:
+            return None
+        return str(self._channel.get_state(try_to_connect=False).name)
 
     def error(self, code: grpc.StatusCode, details: str, where: str, limit: float) -> GatewayError:
         refined = self.refine(code, details, where) if self.refine is not None else None
@@ -130,6 +140,20 @@ class GrpcChannel:
         channel, self._channel, self._callables = self._channel, None, {}
         if channel is not None and self._loop is asyncio.get_running_loop():
             await channel.close()
+
+
+def failure_kind(code: grpc.StatusCode, details: str) -> tuple[str, str]:
+    """A failed call as the metrics count it: the channel's own deadline and connection failures, or the code
+    the backend answered with (grpc-core reports both on the client as UNAVAILABLE; its details tell them apart)."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ("timeout", "")
+    if code == grpc.StatusCode.UNAVAILABLE and any(s in details.lower() for s in _CONNECT_FAILURES):
+        return ("connect", "")
+    return ("status", code.name)
+
+
+_CONNECT_FAILURES = ("failed to connect", "connection refused", "dns resolution failed", "socket closed",
+                     "connection reset", "unreachable", "connection attempt timed out")
 
 
 def map_status(code: grpc.StatusCode, details: str, *, backend: str, where: str = "",

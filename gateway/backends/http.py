@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway import tracing
 from gateway.deadline import timeout_for
 from gateway.errors import BackendError, BackendTimeout, BackendUnavailable
 from gateway.routes.schema import BackendConfig
@@ -43,6 +44,9 @@ class HttpClient:
         status calls are idempotent). Connection failures -> 503, timeouts -> 504, other client errors -> 502."""
         session = self._open()
         name = self.config.name
+        traced = tracing.outgoing.get()  # the W3C trace context, when the request is traced
+        if traced:
+            headers = {**(headers or {}), **dict(traced)}
         for attempt in (1, 2):
             # Recomputed per attempt: a retry gets what is left of the client's deadline, not a fresh budget.
             limit = timeout_for(timeout_s or self.config.timeout_s)
@@ -54,14 +58,16 @@ class HttpClient:
             except aiohttp.ConnectionTimeoutError:
                 # Checked before TimeoutError (it is one): no connection within connect_timeout_s means down.
                 raise BackendUnavailable(f"backend '{name}' is unreachable: no connection within "
-                                         f"{self.config.connect_timeout_s:g}s") from None
+                                         f"{self.config.connect_timeout_s:g}s").from_backend("connect") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
-                    raise BackendUnavailable(f"backend '{name}' is unreachable: {_reason(exc)}") from None
+                    unreachable = BackendUnavailable(f"backend '{name}' is unreachable: {_reason(exc)}")
+                    raise unreachable.from_backend("connect") from None
             except TimeoutError:
-                raise BackendTimeout(f"backend '{name}' did not answer within {limit:g}s") from None
+                late = BackendTimeout(f"backend '{name}' did not answer within {limit:g}s")
+                raise late.from_backend("timeout") from None
             except aiohttp.ClientError as exc:
-                raise BackendError(f"backend '{name}' failed: {_reason(exc)}") from None
+                raise BackendError(f"backend '{name}' failed: {_reason(exc)}").from_backend("connect") from None
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ no longer uses them, closed together on shutdown."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
 
 from gateway.backends.base import Backend
@@ -37,6 +38,19 @@ class Backends:
     async def _close_later(client: Backend, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
         await client.close()
+
+    def channel_states(self) -> Counter[tuple[str, str]]:
+        """The gRPC channels of the backend clients per (backend, connectivity state), for the metrics. Adapters
+        hold their channels as attributes (one for inference, one for management); channels never opened are not
+        counted."""
+        from gateway.backends.grpc_channel import GrpcChannel
+
+        states: Counter[tuple[str, str]] = Counter()
+        for config, client in self._clients.items():
+            for part in vars(client).values():
+                if isinstance(part, GrpcChannel) and (state := part.state()) is not None:
+                    states[(config.name, state)] += 1
+        return states
 
     async def close(self) -> None:
         for task in list(self._closing):

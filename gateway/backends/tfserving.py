@@ -107,7 +107,7 @@ class TFServingBackend(PassesTFRest, DescribesTFSignatures):
         if isinstance(error, NotFound):
             # The route table points at a version TF Serving has not loaded: the gateway's problem, retryable.
             raise BackendUnavailable(f"backend '{self.config.name}' has no model '{target.model}' version "
-                                     f"{target.version} available: {message}")
+                                     f"{target.version} available: {message}").from_backend("status", "404")
         raise error
 
     async def close(self) -> None:

@@ -74,23 +74,25 @@ class TorchServeBackend(PassesPredictions):
         return None
 
     def _raise_for_status(self, result: HttpResult, target: Target) -> None:
-        if result.status == 200:
-            return
+        if result.status != 200:
+            raise self._status_error(result, target).from_backend("status", str(result.status))
+
+    def _status_error(self, result: HttpResult, target: Target) -> GatewayError:
         kind, message = _error_fields(result)
         where = f"backend '{self.config.name}' model '{target.model}' version {target.version}"
         if result.status == 404:
-            raise BackendUnavailable(f"{where} is not registered: {message}")
+            return BackendUnavailable(f"{where} is not registered: {message}")
         if result.status == 400 and kind == "InvalidKeyException":
-            raise BackendUnavailable(f"{where}: TorchServe refused the gateway's token: {message}")
+            return BackendUnavailable(f"{where}: TorchServe refused the gateway's token: {message}")
         if result.status == 400:
-            raise InvalidArgument(message)
+            return InvalidArgument(message)
         if result.status == 413:
-            raise PayloadTooLarge(f"{where}: {message}")
+            return PayloadTooLarge(f"{where}: {message}")
         if result.status == 503 and kind == "ServiceUnavailableException":
-            raise BackendUnavailable(f"{where}: {message}")
+            return BackendUnavailable(f"{where}: {message}")
         if result.status >= 500:
-            raise BackendError(f"{where} failed: {message}")
-        raise error_for_status(result.status, f"{where}: {message}")
+            return BackendError(f"{where} failed: {message}")
+        return error_for_status(result.status, f"{where}: {message}")
 
     async def close(self) -> None:
         await self.http.close()

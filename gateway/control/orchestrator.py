@@ -124,7 +124,9 @@ class Orchestrator:
             return
         seen = self._exported.get(ro.model, len(ro.history))
         self.metrics.rollout(model=ro.model, percent=ro.percent, running=ro.state == "running",
-                             events=[h["event"] for h in ro.history[seen:]])
+                             events=[h["event"] for h in ro.history[seen:]],
+                             guards={"max_error_ratio": ro.guards.max_error_rate,
+                                     "max_p99_seconds": ro.guards.max_p99_s, "max_p99_ratio": ro.guards.max_p99_ratio})
         self._exported[ro.model] = len(ro.history)
 
     def _lock(self, model: str) -> asyncio.Lock:

@@ -79,7 +79,7 @@ Model Gateway local stack
   admin API    {admin}   (token in {settings.admin_token_file}; OpenAPI docs at {admin}/docs)
   metrics      {g}/metrics
   TorchServe   {ts.inference_url} (management {ts.management_url}, metrics {ts.metrics_url})
-  TF Serving   {tf.rest_url} (gRPC {tf.grpc_target}; {tf_kind})
+  TF Serving   {tf.rest_url} (gRPC {tf.grpc_target}; metrics {tf.metrics_url}; {tf_kind})
 
 Try:
   curl -s {g}/v2/health/ready

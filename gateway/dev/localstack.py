@@ -796,6 +796,12 @@ class TFServingEndpoints:
     grpc_target: str
     real_binary: bool
     model_config_file: Path | None = None  # the --model_config_file it was started with
+    metrics_url: str = ""  # its Prometheus metrics (the --monitoring_config_file's path on the REST port)
+
+
+#: TF Serving's Prometheus exporter, on its REST port (--monitoring_config_file; g3doc/serving_config.md).
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+MONITORING_CONFIG = f'prometheus_config {{ enable: true, path: "{PROMETHEUS_PATH}" }}\n'
 
 
 _BASE_PATH_RE = re.compile(r'(base_path\s*:\s*)"/models/([^"]+)"')
@@ -838,8 +844,10 @@ def launch_tfserving(workdir: Path, args: Sequence[str], *,
     argv = [*base, f"--port={grpc_port}", f"--rest_api_port={rest_port}", *args]
     proc = spawn_process("tfserving", argv, cwd=workdir, env=env, log_path=workdir / "tfserving.log")
     config = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--model_config_file=")), None)
+    monitored = any(a.startswith("--monitoring_config_file=") for a in args)
     return proc, TFServingEndpoints(rest_url=f"http://127.0.0.1:{rest_port}", grpc_target=f"127.0.0.1:{grpc_port}",
-                                    real_binary=binary is not None, model_config_file=config)
+                                    real_binary=binary is not None, model_config_file=config,
+                                    metrics_url=f"http://127.0.0.1:{rest_port}{PROMETHEUS_PATH}" if monitored else "")
 
 
 def start_tfserving(
@@ -869,10 +877,13 @@ def start_tfserving(
     config_path.write_text(
         render_model_config(model_config_template.read_text(encoding="utf-8"), models_root), encoding="utf-8"
     )
+    monitoring_path = workdir / "monitoring.config"
+    monitoring_path.write_text(MONITORING_CONFIG, encoding="utf-8")
     proc, endpoints = launch_tfserving(workdir, [
         f"--model_config_file={config_path}",
         f"--file_system_poll_wait_seconds={poll_seconds}",
         f"--model_config_file_poll_wait_seconds={poll_seconds}",
+        f"--monitoring_config_file={monitoring_path}",
         *extra_args,
     ], ports=ports)
     try:

@@ -71,6 +71,7 @@ class EtcdRouteStore(RouteStore):
         self.meta_key = self.prefix + b"/routes-meta"
         self.seed_file = seed_file
         self.on_swap = []
+        self.on_refused = []
         self.up = False  # the watch is established (etcd reachable)
         self.applied_mod_revision = 0  # etcd's mod revision of the document this replica serves
         self.applied_at = 0.0
@@ -185,6 +186,7 @@ class EtcdRouteStore(RouteStore):
                 self.applied_mod_revision = found.mod_revision  # refused once, not again on every re-read
                 log.error("routes document at etcd revision %d refused, previous table (revision %s) keeps "
                           "serving: %s", found.mod_revision, self.current.revision, exc)
+                self._refused(exc)
                 return False
             self.applied_mod_revision, self.applied_at = found.mod_revision, time.time()
             self._swap(table)

@@ -49,6 +49,7 @@ class RouteStore(ABC):
 
     current: RouteTable
     on_swap: list[Callable[[RouteTable], None]]
+    on_refused: list[Callable[[Exception], None]]  # told of every document it refused
 
     @property
     @abstractmethod
@@ -127,6 +128,10 @@ class RouteStore(ABC):
                 await self._watch
             self._watch = None
 
+    def _refused(self, exc: Exception) -> None:
+        for told in self.on_refused:
+            told(exc)
+
     def _swap(self, table: RouteTable) -> None:
         self.current = table
         for listener in self.on_swap:
@@ -145,6 +150,7 @@ class FileRouteStore(RouteStore):
         self._seen = self._stat()
         self.current = RouteTable.from_config(load_routes(path))  # at start: an invalid file stops the process
         self.on_swap = []
+        self.on_refused = []
         self._rollouts = FileDocuments(rollouts_dir(path))
         self._watch: asyncio.Task[None] | None = None
 
@@ -171,6 +177,7 @@ class FileRouteStore(RouteStore):
         except Exception as exc:
             log.error("routes file refused, previous table (revision %s) keeps serving: %s",
                       self.current.revision, exc)
+            self._refused(exc)
             return False
         self._swap(table)
         log.info("routes revision %s applied from %s", table.revision, self.path)

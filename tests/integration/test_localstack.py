@@ -367,6 +367,7 @@ ap = argparse.ArgumentParser()
 for flag in ("port", "rest_api_port", "file_system_poll_wait_seconds", "model_config_file_poll_wait_seconds"):
     ap.add_argument("--" + flag, type=int, required=True)
 ap.add_argument("--model_config_file", required=True)
+ap.add_argument("--monitoring_config_file", required=True)
 args = ap.parse_args()
 text = open(args.model_config_file).read()
 models = dict(re.findall(r'name:\s*"([^"]+)"\s*base_path:\s*"([^"]+)"', text))
@@ -444,6 +445,8 @@ def test_start_tfserving_rewrites_config_and_waits(tmp_path: Path, fake_tfs_on_p
         status = httpx.get(f"{ep.rest_url}/v1/models/half_plus", timeout=TIMEOUT).json()
         assert status["model_version_status"][0]["version"] == "3"
         assert "--file_system_poll_wait_seconds=1" in proc.log_path.read_text()
+        assert "prometheus_config { enable: true" in (tmp_path / "tfs" / "monitoring.config").read_text()
+        assert ep.metrics_url == f"{ep.rest_url}/monitoring/prometheus/metrics"
     finally:
         proc.stop()
     assert not proc.group_alive()
