@@ -25,8 +25,9 @@ class Fleet(Protocol):
 
 
 class LocalFleet:
-    """The workers of this gateway on this host: gateway_routes_revision (the least over live workers) and gateway_inflight_requests
-    (livesum) merged over the live workers' metric files; this process alone with one worker."""
+    """The workers of this gateway on this host: gateway_routes_revision (least over live workers) and
+    gateway_inflight_requests (livesum) merged over the live workers' metric files; this process alone with one
+    worker."""
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
