@@ -8,6 +8,7 @@ $(STAMP): pyproject.toml scripts/bootstrap tools/grafana-schema/package-lock.jso
 	./scripts/bootstrap
 
 up: $(STAMP)
+	$(VENV)/bin/python -m gateway.protos >/dev/null
 	$(VENV)/bin/gateway dev
 
 test: $(STAMP)

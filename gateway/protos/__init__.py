@@ -23,33 +23,40 @@ Consequences: never use generated service stubs (their method paths would carry 
 would write and expect private type URLs: use :func:`pack_any` / :func:`unpack_any`. gRPC server reflection
 needs the public names: ``gateway.protos.reflection.public_pool()``.
 
-The *_pb2 modules are generated (git-ignored): ``python -m gateway.protos`` regenerates them, and importing
-this package does it when one is missing or older than its .proto.
+The *_pb2 modules are generated (git-ignored) by a build step, ``python -m gateway.protos`` (``make``,
+scripts/bootstrap and the Dockerfile run it). Importing never writes into the package: an installed image is
+read-only, and a missing module is a clear ImportError naming that command.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TypeVar
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from gateway.protos import _build
-
-_build.ensure_generated()
-
-from gateway.protos import (  # noqa: E402  (generated just above)
-    etcd_kv_pb2,
-    etcd_rpc_pb2,
-    rpc_status_pb2,
-    tf_error_codes_pb2,
-    tf_framework_pb2,
-    tf_model_server_config_pb2,
-    tf_serving_pb2,
-    torchserve_inference_pb2,
-    torchserve_management_pb2,
-    v2_pb2,
+#: The generated modules (``python -m gateway.protos``), the first one missing, if any.
+_GENERATED = (
+    "etcd_kv_pb2", "etcd_rpc_pb2", "rpc_status_pb2", "tf_error_codes_pb2", "tf_framework_pb2",
+    "tf_model_server_config_pb2", "tf_serving_pb2", "torchserve_inference_pb2", "torchserve_management_pb2", "v2_pb2",
 )
+_MISSING = next((f"{__name__}.{m}" for m in _GENERATED if importlib.util.find_spec(f"{__name__}.{m}") is None), None)
+if _MISSING is None:
+    from gateway.protos import (
+        etcd_kv_pb2,
+        etcd_rpc_pb2,
+        rpc_status_pb2,
+        tf_error_codes_pb2,
+        tf_framework_pb2,
+        tf_model_server_config_pb2,
+        tf_serving_pb2,
+        torchserve_inference_pb2,
+        torchserve_management_pb2,
+        v2_pb2,
+    )
+# Otherwise the package itself stays importable, so that ``python -m gateway.protos`` can generate the modules,
+# and asking for any of them (``from gateway.protos import v2_pb2``) raises the ImportError of __getattr__.
 
 __all__ = [
     "PUBLIC_PACKAGES",
@@ -83,6 +90,15 @@ PUBLIC_PACKAGES: dict[str, str] = {
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
 _M = TypeVar("_M", bound=Message)
+
+
+def __getattr__(name: str) -> object:
+    if _MISSING is not None and name.endswith("_pb2"):
+        raise ImportError(
+            f"gateway.protos: the generated module {_MISSING} is missing; generate the modules with "
+            "`python -m gateway.protos` (a build step: make, scripts/bootstrap and the Dockerfile run it)"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _swap(full_name: str, table: dict[str, str]) -> str:

@@ -1,21 +1,19 @@
 """Compile gateway/protos/*.proto with grpcio-tools into *_pb2.py and *_pb2.pyi next to them.
 
-Cheap when up to date (one directory scan); the compiler runs in a subprocess (``python -m grpc_tools.protoc``,
-which adds the well-known types' include path) so that importing gateway.protos never installs grpc_tools'
-import hooks. Outputs are written to a temporary directory and moved into place one by one with os.replace,
-so a concurrent importer sees either the old or the new file, never a half-written one.
+A build step (``python -m gateway.protos``), never run on import: grpcio-tools is a build dependency only (the
+``build`` extra), absent from the container image. The compiler runs in a subprocess (``python -m
+grpc_tools.protoc``, which adds the well-known types' include path). Outputs are written to a temporary
+directory and moved into place one by one with os.replace, so a concurrent importer sees either the old or the
+new file, never a half-written one.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 PROTO_DIR = Path(__file__).resolve().parent
 #: The directory that holds the ``gateway`` package: protoc's -I and --*_out, so imports are gateway.protos.x_pb2.
@@ -76,19 +74,3 @@ def generate(root: Path = SOURCE_ROOT) -> list[Path]:
                     os.utime(final, ns=(source_mtime, source_mtime))
                 written.append(final)
     return written
-
-
-def ensure_generated(root: Path = SOURCE_ROOT) -> None:
-    """Regenerate when any output is missing or older than its .proto; used by ``import gateway.protos``."""
-    todo = stale(root)  # empty also when no .proto ships (an installed wheel): use what was built
-    if not todo:
-        return
-    complete = all((root / PACKAGE_DIR / (stem + suffix)).exists() for stem in todo for suffix in OUTPUT_SUFFIXES)
-    try:
-        generate(root)
-    except (OSError, RuntimeError) as exc:
-        if not complete:
-            raise ImportError(
-                f"gateway.protos: cannot generate {', '.join(todo)} (run `python -m gateway.protos`): {exc}"
-            ) from exc
-        log.warning("gateway.protos: %s look stale but could not be regenerated: %s", ", ".join(todo), exc)

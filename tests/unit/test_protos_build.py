@@ -1,4 +1,4 @@
-"""gateway.protos: generation (CLI and on import), the public method table, public names and the reflection pool.
+"""gateway.protos: generation (a build step; import is read-only), the method table, public names, reflection.
 
 Generation tests work on copies in tmp directories, each imported in a subprocess (the default descriptor
 pool of this process already holds the checkout's files).
@@ -94,6 +94,7 @@ def test_checkout_is_generated_and_current() -> None:
     assert _build.stale() == []
     names = _build.proto_names()
     assert names == sorted(path.stem for path in PROTO_DIR.glob("*.proto"))
+    assert list(protos._GENERATED) == [name + "_pb2" for name in names]  # what import checks for
     assert set(_outputs(PROTO_DIR)) == {name + suffix for name in names for suffix in _build.OUTPUT_SUFFIXES}
 
 
@@ -127,50 +128,58 @@ IMPORT_PROBE = textwrap.dedent(
     assert gateway.protos.__file__.startswith(sys.argv[1]), gateway.protos.__file__
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"tensorflow", "torch", "tritonclient", "ts"})
     assert not heavy, heavy
+    assert "grpc_tools" not in sys.modules  # a build dependency only
     assert services.TF_PREDICT.request.DESCRIPTOR.full_name == "gateway.tf.serving.PredictRequest"
     print("ok")
     """
 )
 
 
-def test_import_generates_missing_and_stale_modules_only(tmp_path: Path) -> None:
+def _snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    return {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in sorted(directory.iterdir())}
+
+
+def _import_copy(root: Path, code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-c", code, str(root)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT_S, check=False)
+
+
+def test_import_never_writes_into_the_package_even_when_modules_look_stale(tmp_path: Path) -> None:
     target = _copy_sources(tmp_path, with_python=True)
-    assert _outputs(target) == {}
-
-    def import_copy() -> None:
-        done = _run(["-c", IMPORT_PROBE, str(tmp_path)], cwd=tmp_path, pythonpath=tmp_path)
-        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
-
-    import_copy()  # first import: generates everything
-    first = _outputs(target)
-    assert len(first) == 2 * len(_build.proto_names(tmp_path))
-
-    import_copy()  # up to date: nothing rewritten
-    assert _outputs(target) == first
-
-    source = target / "v2.proto"
-    # Edited, with a clock an hour ahead of everything so far (the copied .proto keeps the checkout's mtime,
-    # which can be hours older than the outputs just generated from it).
+    assert _run(["-m", "gateway.protos", "--root", str(tmp_path)], cwd=REPO).returncode == 0
     newest = max([time.time_ns(), *(path.stat().st_mtime_ns for path in target.iterdir())])
     future = newest + 3600 * 10**9
-    os.utime(source, ns=(future, future))
+    os.utime(target / "v2.proto", ns=(future, future))  # an edited .proto: the old import regenerated here
     assert _build.stale(tmp_path) == ["v2"]
-    import_copy()
-    regenerated = _outputs(target)
-    assert regenerated["v2_pb2.py"] >= future and regenerated["v2_pb2.pyi"] >= future
-    assert _build.stale(tmp_path) == []  # and it does not look stale forever
+    before = _snapshot(target)
 
-    (target / "tf_serving_pb2.pyi").unlink()
-    import_copy()
-    assert "tf_serving_pb2.pyi" in _outputs(target)
+    done = _import_copy(tmp_path, IMPORT_PROBE)
+
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert _snapshot(target) == before  # nothing generated, nothing touched
 
 
-def test_import_fails_clearly_when_generation_is_impossible(tmp_path: Path) -> None:
+def test_import_with_a_missing_module_names_the_build_step_and_writes_nothing(tmp_path: Path) -> None:
     target = _copy_sources(tmp_path, with_python=True)
-    (target / "v2.proto").write_text('syntax = "proto3";\nmessage Broken { nope x = 1; }\n')
-    done = _run(["-c", "import gateway.protos"], cwd=tmp_path, pythonpath=tmp_path)
+    assert _run(["-m", "gateway.protos", "--root", str(tmp_path)], cwd=REPO).returncode == 0
+    (target / "tf_serving_pb2.py").unlink()
+    before = _snapshot(target)
+
+    done = _import_copy(tmp_path, "from gateway.protos import services")
+
     assert done.returncode != 0
-    assert "ImportError: gateway.protos: cannot generate" in done.stderr and "python -m gateway.protos" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "ImportError: gateway.protos: the generated module gateway.protos.tf_serving_pb2 is missing; generate the "
+        "modules with `python -m gateway.protos` (a build step: make, scripts/bootstrap and the Dockerfile run it)"
+    ), done.stderr
+    assert _snapshot(target) == before
+    # The package itself still imports, so that the build step can run from it.
+    assert _import_copy(tmp_path, "import gateway.protos").returncode == 0
+    assert _run(["-m", "gateway.protos", "--root", str(tmp_path)], cwd=tmp_path, pythonpath=tmp_path).returncode == 0
+    assert (target / "tf_serving_pb2.py").exists()
+    assert _import_copy(tmp_path, IMPORT_PROBE).stdout.strip() == "ok"
 
 
 # ----------------------------------------------------------------------------- method table
