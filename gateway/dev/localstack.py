@@ -109,7 +109,10 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 __all__ = [
+    "TFSERVING_MONITORING_CONFIG",
+    "TORCHSERVE_CONFIG",
     "TORCHSERVE_INVALID_KEY_TYPE",
+    "TORCHSERVE_LOCAL_KEYS",
     "EtcdCluster",
     "LocalStackError",
     "ManagedProcess",
@@ -118,6 +121,7 @@ __all__ = [
     "TorchServeEndpoints",
     "free_port",
     "is_invalid_key_response",
+    "read_properties",
     "read_torchserve_key",
     "render_model_config",
     "rotate_torchserve_key",
@@ -127,12 +131,25 @@ __all__ = [
     "start_prometheus",
     "start_tfserving",
     "start_torchserve",
+    "torchserve_config",
 ]
 
 KeyKind = Literal["inference", "management", "API"]
 
 #: ``type`` field of TorchServe's JSON error for a missing/wrong/expired bearer key (status 400).
 TORCHSERVE_INVALID_KEY_TYPE = "InvalidKeyException"
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+#: TorchServe's settings wherever it runs: docker-compose.yml and the Helm chart mount this file, and
+#: :func:`start_torchserve` starts the local TorchServe from it, replacing only ``TORCHSERVE_LOCAL_KEYS``.
+TORCHSERVE_CONFIG = _REPO_ROOT / "deploy" / "torchserve" / "config.properties"
+#: What must differ on one machine: where TorchServe listens (free ports on 127.0.0.1) and its model store.
+TORCHSERVE_LOCAL_KEYS = (
+    "inference_address", "management_address", "metrics_address", "grpc_inference_address",
+    "grpc_management_address", "grpc_inference_port", "grpc_management_port", "model_store",
+)
+#: TF Serving's --monitoring_config_file (its Prometheus path), the same file compose and the chart mount.
+TFSERVING_MONITORING_CONFIG = _REPO_ROOT / "deploy" / "tfserving" / "monitoring.config"
 
 _POLL_INTERVAL = 0.1
 _HTTP_TIMEOUT = 5.0
@@ -538,6 +555,27 @@ def _short_tmpdir(workdir: Path, cleanup: list[Path]) -> Path:
     return short
 
 
+def read_properties(text: str) -> dict[str, str]:
+    """``key=value`` lines of a Java .properties file (comments and blank lines skipped; no continuations)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise LocalStackError(f"not a key=value line: {line!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def torchserve_config(template: Path, local: Mapping[str, str]) -> dict[str, str]:
+    """The settings of ``template`` with the ``TORCHSERVE_LOCAL_KEYS`` replaced by ``local`` (all of them)."""
+    if sorted(local) != sorted(TORCHSERVE_LOCAL_KEYS):
+        raise LocalStackError(f"local TorchServe settings must be exactly {TORCHSERVE_LOCAL_KEYS}, got {sorted(local)}")
+    return {**read_properties(template.read_text(encoding="utf-8")), **local}
+
+
 def start_torchserve(
     workdir: Path,
     model_store: Path,
@@ -552,6 +590,7 @@ def start_torchserve(
     token_expiration_min: float | None = None,
     extra_config: Mapping[str, str] | None = None,
     torchserve_bin: str | None = None,
+    config_template: Path = TORCHSERVE_CONFIG,
 ) -> tuple[ManagedProcess, TorchServeEndpoints]:
     """Start TorchServe, wait for ``/ping``, register ``models`` and set ``defaults``.
 
@@ -562,7 +601,8 @@ def start_torchserve(
     picked (and the start is retried on a port collision).  gRPC ports are always free ports.
     ``startup_timeout`` covers start, readiness, all registrations and set-defaults.
     ``token_expiration_min`` sets the inference/management key lifetime (TorchServe default 60).
-    ``extra_config`` entries are added to / override config.properties.
+    The settings are ``config_template``'s (the deployments' file) with the addresses, ports and model store
+    replaced (``TORCHSERVE_LOCAL_KEYS``); ``extra_config`` entries (a test's own) are added to / override them.
 
     On any failure (including KeyboardInterrupt) the process group is stopped and a
     :class:`LocalStackError` carrying the log tail is raised.  Timings land in ``proc.timings``.
@@ -583,6 +623,7 @@ def start_torchserve(
                 token_expiration_min=token_expiration_min,
                 extra_config=extra_config or {},
                 torchserve_bin=torchserve_bin,
+                config_template=config_template,
             )
         except _PortCollision:
             if attempt == attempts - 1:
@@ -608,6 +649,7 @@ def _start_torchserve_once(
     token_expiration_min: float | None,
     extra_config: Mapping[str, str],
     torchserve_bin: str | None,
+    config_template: Path,
 ) -> tuple[ManagedProcess, TorchServeEndpoints]:
     t_start = time.monotonic()
     deadline = t_start + startup_timeout
@@ -627,7 +669,7 @@ def _start_torchserve_once(
     logs_dir = workdir / "logs"
     logs_dir.mkdir(exist_ok=True)
 
-    config: dict[str, str] = {
+    config = torchserve_config(config_template, {
         "inference_address": f"http://127.0.0.1:{inf_port}",
         "management_address": f"http://127.0.0.1:{mgmt_port}",
         "metrics_address": f"http://127.0.0.1:{metrics_port}",
@@ -636,12 +678,7 @@ def _start_torchserve_once(
         "grpc_inference_port": str(grpc_inf_port),
         "grpc_management_port": str(grpc_mgmt_port),
         "model_store": str(model_store),
-        "default_workers_per_model": "1",
-        "metrics_mode": "prometheus",
-        # The system-metrics collector forks a Python process every minute; the gateway only
-        # needs the per-model prometheus counters, which stay on.
-        "disable_system_metrics": "true",
-    }
+    })
     if token_expiration_min is not None:
         config["token_expiration_min"] = str(token_expiration_min)
     config.update(extra_config)
@@ -800,8 +837,7 @@ class TFServingEndpoints:
 
 
 #: TF Serving's Prometheus exporter, on its REST port (--monitoring_config_file; g3doc/serving_config.md).
-PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
-MONITORING_CONFIG = f'prometheus_config {{ enable: true, path: "{PROMETHEUS_PATH}" }}\n'
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # as deploy/tfserving/monitoring.config says
 
 
 _BASE_PATH_RE = re.compile(r'(base_path\s*:\s*)"/models/([^"]+)"')
@@ -819,10 +855,9 @@ def render_model_config(template_text: str, models_root: Path) -> str:
 
 def _standin_env(env: dict[str, str]) -> None:
     """Make ``python -m tfserving_standin`` importable from any cwd (repo checkout, not installed)."""
-    repo_root = Path(__file__).resolve().parents[2]
-    if (repo_root / "tfserving_standin").is_dir():
+    if (_REPO_ROOT / "tfserving_standin").is_dir():
         old = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(repo_root) + (os.pathsep + old if old else "")
+        env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + old if old else "")
 
 
 def launch_tfserving(workdir: Path, args: Sequence[str], *,
@@ -860,12 +895,15 @@ def start_tfserving(
     startup_timeout: float = 120,
     wait_models: Sequence[str] = (),
     extra_args: Sequence[str] = (),
+    monitoring_config: Path | None = TFSERVING_MONITORING_CONFIG,
 ) -> tuple[ManagedProcess, TFServingEndpoints]:
     """Start ``tensorflow_model_server`` (if on PATH) or ``python -m tfserving_standin``.
 
     ``ports`` are ``(grpc, rest)`` (the order of ``--port`` and ``--rest_api_port``); free ports
     when None.  The template's ``base_path: "/models/<name>"`` entries are rewritten under
     ``models_root`` into ``workdir/models.config``; both poll intervals are ``poll_seconds``.
+    ``monitoring_config`` (the deployments' file by default; None: no metrics) is passed as
+    ``--monitoring_config_file``.
     Waits until the REST port answers and every model in ``wait_models`` has an AVAILABLE version.
     On failure the process is stopped and a :class:`LocalStackError` with the log tail is raised.
     """
@@ -877,13 +915,11 @@ def start_tfserving(
     config_path.write_text(
         render_model_config(model_config_template.read_text(encoding="utf-8"), models_root), encoding="utf-8"
     )
-    monitoring_path = workdir / "monitoring.config"
-    monitoring_path.write_text(MONITORING_CONFIG, encoding="utf-8")
     proc, endpoints = launch_tfserving(workdir, [
         f"--model_config_file={config_path}",
         f"--file_system_poll_wait_seconds={poll_seconds}",
         f"--model_config_file_poll_wait_seconds={poll_seconds}",
-        f"--monitoring_config_file={monitoring_path}",
+        *([f"--monitoring_config_file={monitoring_config.resolve()}"] if monitoring_config is not None else []),
         *extra_args,
     ], ports=ports)
     try:
@@ -976,9 +1012,8 @@ def start_gateway(
     child_env["GATEWAY_GRPC_PORT"] = str(free_port())
     child_env.update(env or {})
     child_env["GATEWAY_PORT"] = str(port)
-    repo_root = str(Path(__file__).resolve().parents[2])
     old = child_env.get("PYTHONPATH")
-    child_env["PYTHONPATH"] = repo_root + (os.pathsep + old if old else "")
+    child_env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + old if old else "")
     argv = [sys.executable, "-m", "gateway", "serve", "--routes", str(routes_file.resolve()), "--port", str(port)]
     proc = spawn_process("gateway", argv, cwd=workdir, env=child_env, log_path=workdir / "gateway.log")
     url = f"http://127.0.0.1:{port}"
