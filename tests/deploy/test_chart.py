@@ -1,0 +1,405 @@
+"""The Helm chart (deploy/k8s): linted strictly and rendered with every values file by Helm's own Go SDK
+(helm-python-sdk, no helm binary), every manifest validated by kubernetes-validate --strict against Kubernetes
+1.32, the prometheus-operator objects against their CRD models, a checkov scan with an explicit skip list, and
+assertions on what the rendered objects must say."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
+from helm_python import _native
+
+from tests.deploy.tools import REPO, tool
+
+CHART = REPO / "deploy" / "k8s"
+KUBE_VERSION = "1.32.0"
+NAMESPACE = "serving"
+RELEASE = "mg"
+FULLNAME = "mg-model-gateway"
+VALUES_FILES = {"default": None, "cpu": "values-cpu.yaml", "gpu": "values-gpu.yaml",
+                "monitoring": "values-monitoring.yaml"}
+PROMETHEUS_OPERATOR_APIS = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
+                            "monitoring.coreos.com/v1/PrometheusRule"]
+CRD_MODELS = {"ServiceMonitor": prometheus_operator.ServiceMonitor,
+              "PrometheusRule": prometheus_operator.PrometheusRule}
+#: checkov checks that do not apply, one reason each. Everything else must pass.
+CHECKOV_SKIPS = {
+    "CKV_K8S_43": "images are pinned by tag (values: image.tag); a digest is per registry mirror, and a tag of the "
+                  "form 1.2.3@sha256:... is accepted by the chart for those who pin digests",
+    "CKV_K8S_15": "pinned tags with IfNotPresent: pods start without the registry; pullPolicy is a value",
+}
+
+Docs = list[dict[str, Any]]
+
+
+def values_of(name: str) -> dict[str, Any] | None:
+    file = VALUES_FILES[name]
+    return None if file is None else yaml.safe_load((CHART / file).read_text())
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None, *, crds: bool = False) -> Docs:
+    """The manifests of a release (NOTES.txt left out), as the cluster would receive them.
+
+    Capabilities (kube version, the prometheus-operator's API groups) need the SDK's native render options."""
+    opts: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "kube_version": f"v{KUBE_VERSION}"}
+    if crds:
+        opts["api_versions"] = PROMETHEUS_OPERATOR_APIS
+    out = json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
+    docs: Docs = []
+    for path, text in sorted(out.items()):
+        if not path.endswith("NOTES.txt"):
+            docs += [doc for doc in yaml.safe_load_all(text) if doc]
+    return docs
+
+
+def find(docs: Docs, kind: str, component: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == f"{FULLNAME}-{component}"]
+    return doc
+
+
+def container(deployment: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if name is None or c["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:  # keep the native handle alive while rendering
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def rendered(chart: helm.Chart) -> dict[str, Docs]:
+    return {name: render(chart, values_of(name), crds=name == "monitoring") for name in VALUES_FILES}
+
+
+# ----------------------------------------------------------------------------- validators
+
+
+@pytest.mark.parametrize("name", list(VALUES_FILES))
+def test_helm_lint_strict(name: str) -> None:
+    report = helm.lint(CHART, values_of(name), strict=True, kube_version=f"v{KUBE_VERSION}", namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_values_schema_refuses_unknown_keys_and_wrong_types(chart: helm.Chart) -> None:
+    chart.validate_schema(values_of("gpu"))
+    for bad, where in (({"gateway": {"replicaz": 3}}, "replicaz"), ({"tfserving": {"gpu": "one"}}, "/tfserving/gpu"),
+                       ({"modelStorage": {"source": "s3"}}, "/modelStorage/source"),
+                       ({"gateway": {"admin": {"allowedNamespaces": ["Bad_NS"]}}}, "allowedNamespaces")):
+        with pytest.raises(helm.HelmValuesError, match=where):
+            chart.validate_schema(bad)
+
+
+def _value_paths(values: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    if isinstance(values, dict):
+        for key, value in values.items():
+            yield from _value_paths(value, (*prefix, key))
+
+
+def test_schema_covers_every_value_and_refuses_the_rest(chart: helm.Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+
+    def node(path: tuple[str, ...]) -> dict[str, Any]:
+        current: dict[str, Any] = schema
+        for key in path:
+            while "$ref" in current:
+                current = schema["$defs"][current["$ref"].rsplit("/", 1)[1]]
+            if "properties" not in current:  # a free-form map (labels, annotations, nodeSelector, routes)
+                assert current.get("type") in ("object", ["object", "null"]), path
+                return {}
+            assert key in current["properties"], f"{'.'.join(path)} is not in values.schema.json"
+            assert current.get("additionalProperties") is False, path[: path.index(key)]
+            current = current["properties"][key]
+        return current
+
+    with_defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for path in _value_paths(with_defaults):
+        node(path)
+        described = node(path[:-1]) if path else schema
+        assert described is not None
+    for name in VALUES_FILES:
+        for path in _value_paths(values_of(name) or {}):
+            node(path)
+
+
+def test_every_manifest_is_valid_kubernetes_1_32_strict(rendered: dict[str, Docs]) -> None:
+    checked = 0
+    for docs in rendered.values():
+        for doc in docs:
+            if doc["kind"] in CRD_MODELS:
+                continue  # no schema in kubernetes-validate: checked against the CRD models below
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            checked += 1
+    assert checked >= 4 * 15
+
+
+def test_strict_validation_catches_a_misplaced_field(rendered: dict[str, Docs]) -> None:
+    deployment = json.loads(json.dumps(find(rendered["gpu"], "Deployment", "gateway")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}  # a typo
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
+def _crd_check(doc: dict[str, Any]) -> None:
+    model = CRD_MODELS[doc["kind"]].model_validate(doc)
+    # pydantic drops what the CRD does not know: a round trip that loses a key means the key is wrong.
+    assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == doc
+
+
+def test_prometheus_operator_objects_match_their_crds_and_need_them(chart: helm.Chart,
+                                                                    rendered: dict[str, Docs]) -> None:
+    monitor = find(rendered["monitoring"], "ServiceMonitor", "metrics")
+    _crd_check(monitor)
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    endpoints = {e["port"]: e["path"] for e in monitor["spec"]["endpoints"]}
+    assert endpoints == {"http": "/metrics", "metrics": "/metrics", "rest": "/monitoring/prometheus/metrics"}
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/component"
+    without_crds = render(chart, values_of("monitoring"))
+    assert not [d for d in without_crds if d["kind"] in CRD_MODELS]
+    with pytest.raises(AssertionError):
+        _crd_check({**monitor, "spec": {**monitor["spec"], "endpoint": monitor["spec"]["endpoints"]}})
+
+
+def test_checkov_passes_with_an_explicit_skip_list(rendered: dict[str, Docs], tmp_path: Path) -> None:
+    for name, docs in rendered.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
+    done = subprocess.run(
+        [tool("checkov"), "-d", str(tmp_path), "--framework", "kubernetes", "--skip-download", "--compact",
+         "--quiet", "--output", "json", "--skip-check", ",".join(CHECKOV_SKIPS)],
+        capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    report = json.loads(done.stdout)
+    report = report[0] if isinstance(report, list) else report
+    failed = [(c["check_id"], c["check_name"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == [], failed
+    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 100, report["summary"]
+
+
+# ----------------------------------------------------------------------------- what the objects say
+
+
+def test_gpu_limits_nodes_and_runtime_class_on_both_model_servers(rendered: dict[str, Docs]) -> None:
+    for component in ("tfserving", "torchserve"):
+        gpu = find(rendered["gpu"], "Deployment", component)["spec"]["template"]["spec"]
+        assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
+        assert gpu["runtimeClassName"] == "nvidia"
+        assert gpu["containers"][0]["image"].endswith("-gpu")
+        default = find(rendered["default"], "Deployment", component)["spec"]["template"]["spec"]
+        assert default["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        cpu = find(rendered["cpu"], "Deployment", component)["spec"]["template"]["spec"]
+        assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+        assert "tolerations" not in cpu and "runtimeClassName" not in cpu
+        assert not cpu["containers"][0]["image"].endswith("-gpu")
+
+
+def test_image_tags_match_docker_compose() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    gpu = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())["services"]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for component in ("tfserving", "torchserve"):
+        repository = defaults[component]["image"]["repository"]
+        assert compose[component]["image"] == f"{repository}:{values_of('cpu')[component]['image']['tag']}"  # type: ignore[index]
+        assert gpu[component]["image"] == f"{repository}:{values_of('gpu')[component]['image']['tag']}"  # type: ignore[index]
+
+
+def test_model_server_probes_mean_models_loaded(rendered: dict[str, Docs]) -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    tf = container(find(rendered["gpu"], "Deployment", "tfserving"))
+    expected = ["bash", "/etc/tfserving/ready.sh", "8501", *defaults["tfserving"]["models"]]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert tf[probe]["exec"]["command"] == expected
+    assert tf["startupProbe"]["failureThreshold"] * tf["startupProbe"]["periodSeconds"] == 600
+    ts = container(find(rendered["gpu"], "Deployment", "torchserve"))
+    for probe in ("startupProbe", "readinessProbe"):
+        assert ts[probe]["exec"]["command"] == ["python", "/etc/torchserve/ready.py", "mlp", "scale"]
+    gateway = container(find(rendered["gpu"], "Deployment", "gateway"), "gateway")
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert "startupProbe" in gateway
+
+
+def test_grace_period_exceeds_drain_plus_the_longest_backend_call(chart: helm.Chart,
+                                                                  rendered: dict[str, Docs]) -> None:
+    routes = yaml.safe_load((REPO / "deploy/compose/routes.yaml").read_text())
+    longest = max(float(b.get("timeout_s", 30)) for b in routes["backends"].values())
+    spec = find(rendered["default"], "Deployment", "gateway")["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in container({"spec": {"template": {"spec": spec}}}, "gateway")["env"]}
+    assert spec["terminationGracePeriodSeconds"] > float(env["GATEWAY_DRAIN_S"]) + longest
+    slow = {"gateway": {"drainSeconds": 30}}
+    slow_spec = find(render(chart, slow), "Deployment", "gateway")["spec"]["template"]["spec"]
+    assert slow_spec["terminationGracePeriodSeconds"] == 30 + int(longest) + 5
+    with pytest.raises(helm.HelmError, match="must exceed drainSeconds"):
+        render(chart, {"gateway": {"terminationGracePeriodSeconds": 10}})
+
+
+def test_pdb_hpa_and_anti_affinity_keep_replicas_apart_and_up(chart: helm.Chart, rendered: dict[str, Docs]) -> None:
+    docs = rendered["default"]
+    selector = find(docs, "Deployment", "gateway")["spec"]["selector"]["matchLabels"]
+    pdb = find(docs, "PodDisruptionBudget", "gateway")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    hpa = find(docs, "HorizontalPodAutoscaler", "gateway")
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["scaleTargetRef"]["name"] == f"{FULLNAME}-gateway"
+    affinity = find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                       "labelSelector": {"matchLabels": selector}}
+    required = find(render(chart, {"gateway": {"antiAffinity": "required"}}), "Deployment", "gateway")
+    (hard,) = required["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert hard["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_admin_port_is_not_exposed(rendered: dict[str, Docs]) -> None:
+    for name, docs in rendered.items():
+        public = find(docs, "Service", "gateway")
+        assert {p["name"]: p.get("appProtocol") for p in public["spec"]["ports"]} == {
+            "http": "http", "grpc": "kubernetes.io/h2c"}, name
+        admin = find(docs, "Service", "admin")
+        assert admin["spec"]["type"] == "ClusterIP" and [p["name"] for p in admin["spec"]["ports"]] == ["admin"]
+        assert not [d for d in docs if d["kind"] == "Ingress"]
+        policy = find(docs, "NetworkPolicy", "gateway")
+        admin_rules = [r for r in policy["spec"]["ingress"] if {"port": "admin", "protocol": "TCP"} in r["ports"]]
+        assert len(admin_rules) == 1 and admin_rules[0]["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}}], name
+        assert all(r.get("from") for r in admin_rules)
+        token = find(docs, "Secret", "admin")
+        assert set(token["data"]) == {"token"}
+        gateway = container(find(docs, "Deployment", "gateway"), "gateway")
+        env = {e["name"]: e["value"] for e in gateway["env"]}
+        assert env["GATEWAY_ADMIN_TOKEN_FILE"] == "/etc/gateway/admin/token"
+
+
+def test_routes_configmap_equals_the_values_and_defaults_to_the_compose_file(chart: helm.Chart,
+                                                                           rendered: dict[str, Docs]) -> None:
+    shipped = find(rendered["default"], "ConfigMap", "routes")["data"]["routes.yaml"]
+    assert shipped == (REPO / "deploy/compose/routes.yaml").read_text()
+    routes = {"revision": 7, "backends": {"ts": {"kind": "torchserve", "url": "${TORCHSERVE_URL}", "timeout_s": 42}},
+              "models": {"m": {"versions": {1: {"backend": "ts", "model": "m", "version": "1"}}}}}
+    docs = render(chart, {"gateway": {"routes": routes}})
+    assert yaml.safe_load(find(docs, "ConfigMap", "routes")["data"]["routes.yaml"]) == json.loads(json.dumps(routes))
+    assert find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 52
+
+
+def test_model_servers_mount_the_files_the_local_stack_runs_with(rendered: dict[str, Docs]) -> None:
+    docs = rendered["gpu"]
+    tf = find(docs, "ConfigMap", "tfserving")["data"]
+    assert tf["models.config"] == (REPO / "model_repo/tfserving/models.config").read_text()
+    assert tf["monitoring.config"] == (REPO / "deploy/tfserving/monitoring.config").read_text()
+    assert tf["ready.sh"] == (REPO / "deploy/tfserving/ready.sh").read_text()
+    ts = find(docs, "ConfigMap", "torchserve")["data"]
+    assert ts["config.properties"] == (REPO / "deploy/torchserve/config.properties").read_text()
+    assert ts["ready.py"] == (REPO / "deploy/torchserve/ready.py").read_text()
+    ts_args = container(find(docs, "Deployment", "torchserve"))["args"]
+    assert ts_args[ts_args.index("--ts-config") + 1] == "/etc/torchserve/config.properties"
+    tf_args = container(find(docs, "Deployment", "tfserving"))["args"]
+    assert "--model_config_file=/etc/tfserving/models.config" in tf_args
+    assert "--monitoring_config_file=/etc/tfserving/monitoring.config" in tf_args
+
+
+def test_model_servers_are_headless_and_reached_by_the_gateway_per_pod(rendered: dict[str, Docs]) -> None:
+    docs = rendered["default"]
+    for component in ("tfserving", "torchserve"):
+        assert find(docs, "Service", component)["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e["value"] for e in container(find(docs, "Deployment", "gateway"), "gateway")["env"]}
+    assert env["TFSERVING_GRPC_TARGET"] == f"dns:///{FULLNAME}-tfserving:8500"
+    assert env["TORCHSERVE_URL"] == f"http://{FULLNAME}-torchserve:8080"
+    assert "TORCHSERVE_KEY_FILE" not in env  # no token auth across pods unless a shared volume is given
+
+
+def test_torchserve_token_auth_needs_a_shared_claim(chart: helm.Chart, rendered: dict[str, Docs]) -> None:
+    assert "--disable-token-auth" in container(find(rendered["default"], "Deployment", "torchserve"))["args"]
+    with pytest.raises(helm.HelmError, match="claimName"):
+        render(chart, {"torchserve": {"tokenAuth": {"enabled": True, "claimName": ""}}})
+    with pytest.raises(helm.HelmError, match="replicas: 1"):
+        render(chart, {"torchserve": {"replicas": 2, "tokenAuth": {"enabled": True, "claimName": "keys"}}})
+    docs = render(chart, {"torchserve": {"tokenAuth": {"enabled": True, "claimName": "keys"}}})
+    ts = find(docs, "Deployment", "torchserve")["spec"]["template"]["spec"]
+    assert "--disable-token-auth" not in ts["containers"][0]["args"]
+    work = next(v for v in ts["volumes"] if v["name"] == "work")
+    assert work["persistentVolumeClaim"]["claimName"] == "keys"
+    assert ts["containers"][0]["workingDir"] == "/srv/torchserve"
+    gateway = find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in gateway["containers"][0]["env"]}
+    assert env["TORCHSERVE_KEY_FILE"] == "/srv/torchserve/key_file.json"
+    keys = next(v for v in gateway["volumes"] if v["name"] == "torchserve-keys")
+    assert keys["persistentVolumeClaim"] == {"claimName": "keys", "readOnly": True}
+
+
+def test_models_come_from_the_models_image_or_a_pvc(chart: helm.Chart, rendered: dict[str, Docs]) -> None:
+    spec = find(rendered["default"], "Deployment", "tfserving")["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["image"] == "model-gateway-models:0.1.0" and "/models/tfserving/." in init["command"][-1]
+    with pytest.raises(helm.HelmError, match="claimName is required"):
+        render(chart, {"modelStorage": {"source": "pvc"}})
+    docs = render(chart, {"modelStorage": {"source": "pvc", "pvc": {"claimName": "models"}}})
+    for component, path in (("tfserving", "/models"), ("torchserve", "/srv/model-store")):
+        spec = find(docs, "Deployment", component)["spec"]["template"]["spec"]
+        assert "initContainers" not in spec
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "models")
+        assert mount == {"name": "models", "mountPath": path, "readOnly": True, "subPath": component}
+
+
+def test_every_object_carries_the_recommended_labels(rendered: dict[str, Docs]) -> None:
+    for docs in rendered.values():
+        for doc in docs:
+            labels = doc["metadata"]["labels"]
+            assert labels["app.kubernetes.io/name"] == "model-gateway"
+            assert labels["app.kubernetes.io/instance"] == RELEASE
+            assert labels["app.kubernetes.io/managed-by"] == "Helm"
+            assert labels["helm.sh/chart"] == "model-gateway-0.1.0"
+            assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+def test_helm_test_hook_sends_inference_through_the_gateway(rendered: dict[str, Docs]) -> None:
+    job = find(rendered["default"], "Job", "test")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    test = container({"spec": job["spec"]})
+    env = {e["name"]: e["value"] for e in test["env"]}
+    assert env["GATEWAY_URL"] == f"http://{FULLNAME}-gateway:8000"
+    assert [r["model"] for r in json.loads(env["REQUESTS"])] == ["affine", "scale"]
+    assert "/v2/models/" in test["args"][0]
+
+
+# ----------------------------------------------------------------------------- files that land later
+
+
+@pytest.fixture
+def chart_copy(tmp_path: Path) -> Path:
+    """The chart with its files/ links resolved (as `helm package` does), to add dashboards and rules to."""
+    copy = tmp_path / "model-gateway"
+    shutil.copytree(CHART, copy, symlinks=False)
+    return copy
+
+
+def test_dashboards_and_rules_that_land_under_deploy_are_shipped(chart_copy: Path) -> None:
+    dashboard = {"title": "Gateway overview", "uid": "gateway-overview", "panels": []}
+    (chart_copy / "files/dashboards/gateway-overview.json").write_text(json.dumps(dashboard))
+    rules = {"groups": [{"name": "gateway", "rules": [{"alert": "GatewayDown", "expr": "up{job=\"gateway\"} == 0",
+                                                      "for": "1m", "labels": {"severity": "critical"}}]}]}
+    (chart_copy / "files/rules/gateway.yml").write_text(yaml.safe_dump(rules))
+    (chart_copy / "files/rules/notes.yaml").write_text("rule_files: [gateway.yml]\n")  # not a rules file
+    with helm.Chart.load(chart_copy) as copy:
+        docs = render(copy, values_of("monitoring"), crds=True)
+    dashboards = [d for d in docs if d["kind"] == "ConfigMap" and "gateway-overview.json" in d.get("data", {})]
+    assert len(dashboards) == 1 and dashboards[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboards[0]["data"]["gateway-overview.json"]) == dashboard
+    rule = find(docs, "PrometheusRule", "rules")
+    _crd_check(rule)
+    assert rule["spec"] == rules
+    for doc in dashboards:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
