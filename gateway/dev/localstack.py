@@ -860,28 +860,43 @@ def _standin_env(env: dict[str, str]) -> None:
         env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + old if old else "")
 
 
+def _tfserving_command(env: dict[str, str]) -> tuple[list[str], bool]:
+    """The server to run and whether it is the real one: the official image when TFSERVING_DOCKER_IMAGE names one
+    (tests/deploy/test_docker_engine.py sets it where a Docker engine runs), else ``tensorflow_model_server`` on
+    PATH, else the stand-in."""
+    image = env.get("TFSERVING_DOCKER_IMAGE")
+    if image:
+        # Host network (ports are picked here) and the directories its flags name mounted at the same paths; tini
+        # hands SIGTERM to the server.
+        mounts = [arg for path in dict.fromkeys((tempfile.gettempdir(), str(_REPO_ROOT)))
+                  for arg in ("-v", f"{path}:{path}")]
+        return ["docker", "run", "--rm", "--init", "--network=host", *mounts,
+                "--entrypoint", "tensorflow_model_server", image], True
+    binary = shutil.which("tensorflow_model_server")
+    if binary is not None:
+        return [binary], True
+    _standin_env(env)
+    return [sys.executable, "-m", "tfserving_standin"], False
+
+
 def launch_tfserving(workdir: Path, args: Sequence[str], *,
                      ports: tuple[int, int] | None = None) -> tuple[ManagedProcess, TFServingEndpoints]:
-    """Start ``tensorflow_model_server`` (if on PATH) or ``python -m tfserving_standin`` with ``args`` after its
-    ports, without waiting for anything (:func:`start_tfserving` waits; the contract tests also start servers
-    meant to fail). ``ports`` are ``(grpc, rest)``, free ones when None; its log is ``workdir/tfserving.log``."""
+    """Start TF Serving (:func:`_tfserving_command`: the official image, the binary or the stand-in) with ``args``
+    after its ports, without waiting for anything (:func:`start_tfserving` waits; the contract tests also start
+    servers meant to fail). ``ports`` are ``(grpc, rest)``, free ones when None; its log is
+    ``workdir/tfserving.log``."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port, rest_port = ports if ports is not None else (free_port(), free_port())
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    binary = shutil.which("tensorflow_model_server")
-    if binary is not None:
-        base = [binary]
-    else:
-        base = [sys.executable, "-m", "tfserving_standin"]
-        _standin_env(env)
+    base, real = _tfserving_command(env)
     argv = [*base, f"--port={grpc_port}", f"--rest_api_port={rest_port}", *args]
     proc = spawn_process("tfserving", argv, cwd=workdir, env=env, log_path=workdir / "tfserving.log")
     config = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--model_config_file=")), None)
     monitored = any(a.startswith("--monitoring_config_file=") for a in args)
     return proc, TFServingEndpoints(rest_url=f"http://127.0.0.1:{rest_port}", grpc_target=f"127.0.0.1:{grpc_port}",
-                                    real_binary=binary is not None, model_config_file=config,
+                                    real_binary=real, model_config_file=config,
                                     metrics_url=f"http://127.0.0.1:{rest_port}{PROMETHEUS_PATH}" if monitored else "")
 
 

@@ -1,6 +1,7 @@
 """Helpers of the TF Serving contract tests: tiny SavedModels built here, models.config text, and servers started
-through the project's one launcher (gateway/dev/localstack.py): the real ``tensorflow_model_server`` when it is on
-PATH, else ``python -m tfserving_standin`` with the same argv."""
+through the project's one launcher (gateway/dev/localstack.py): the official image when TFSERVING_DOCKER_IMAGE names
+one (where a Docker engine runs), the real ``tensorflow_model_server`` when it is on PATH, else ``python -m
+tfserving_standin`` with the same argv."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import grpc
 
 from gateway.dev import localstack
 
-REAL_BINARY = shutil.which("tensorflow_model_server")
+REAL_BINARY = shutil.which("tensorflow_model_server") or os.environ.get("TFSERVING_DOCKER_IMAGE") or None
 STARTUP_TIMEOUT_S = 90.0
 HTTP_TIMEOUT_S = 10.0
 GRPC_TIMEOUT_S = 10.0
