@@ -23,7 +23,7 @@ RUN python -m venv --without-pip /opt/venv \
     && pip --python /opt/venv/bin/python install --no-cache-dir . \
     && find /opt/venv -type d -name tests -prune -exec rm -rf {} + \
     && find /opt/venv -name '*.cpython-*.so' -exec strip --strip-unneeded {} + \
-    && /opt/venv/bin/python -c "import gateway.cli, gateway.api.rest, gateway.api.grpc, gateway.protos.services" \
+    && /opt/venv/bin/python -c "import gateway.cli, gateway.server, gateway.api.rest, gateway.api.grpc, gateway.admin.app, gateway.protos.services" \
     && /opt/venv/bin/python -c "import importlib.util as u; bad = [m for m in ('grpc_tools', 'tensorflow', 'torch') if u.find_spec(m)]; assert not bad, bad"
 
 FROM busybox:1.37 AS models

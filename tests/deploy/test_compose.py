@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.devstack import TF_MODELS, TORCHSERVE_MODELS
+from gateway.dev.devstack import TF_MODELS, TORCHSERVE_MODELS
 from gateway.settings import Settings
 from tests.deploy.tools import REPO, tool
 

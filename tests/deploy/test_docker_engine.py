@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from gateway import localstack
+from gateway.dev import localstack
 from tests.deploy.tools import REPO, tool
 
 IMAGE_SIZE_LIMIT = 250 * 1000 * 1000  # the README's target, bytes as `docker images` counts them
