@@ -135,9 +135,10 @@ def test_compose_routes_serve_every_model_on_both_backends(compose_gateway: str)
 
 def test_torchserve_takes_bodies_up_to_the_gateways_limit(compose_gateway: str) -> None:
     """TorchServe's own default (6.5 MB) would refuse this pass-through body; the shared config raises it."""
-    rows = 600_000  # ~9 MB of JSON in, ~7 MB out (TorchServe writes no spaces)
-    body = {"inputs": [{"name": "x", "shape": [rows, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0] * rows}]}
-    content = json.dumps(body).encode()
+    # Long numbers: few enough of them for a busy machine to answer within the routes' 10 s.
+    rows = 230_000  # ~6.9 MB of JSON in, ~13 MB out
+    data = [1.2345678, 2.3456789, 3.4567891] * rows
+    content = json.dumps({"inputs": [{"name": "x", "shape": [rows, 3], "datatype": "FP32", "data": data}]}).encode()
     assert len(content) > TORCHSERVE_DEFAULT_LIMIT
     r = httpx.post(f"{compose_gateway}/predictions/scale/1", content=content,
                    headers={"content-type": "application/json"}, timeout=120)
