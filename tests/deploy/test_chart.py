@@ -389,19 +389,24 @@ def chart_copy(tmp_path: Path) -> Path:
 
 
 def test_dashboards_and_rules_that_land_under_deploy_are_shipped(chart_copy: Path) -> None:
-    dashboard = {"title": "Gateway overview", "uid": "gateway-overview", "panels": []}
-    (chart_copy / "files/dashboards/gateway-overview.json").write_text(json.dumps(dashboard))
-    rules = {"groups": [{"name": "gateway", "rules": [{"alert": "GatewayDown", "expr": "up{job=\"gateway\"} == 0",
-                                                      "for": "1m", "labels": {"severity": "critical"}}]}]}
-    (chart_copy / "files/rules/gateway.yml").write_text(yaml.safe_dump(rules))
+    """Whatever lands in deploy/grafana/dashboards and deploy/prometheus/rules is shipped, a new file included."""
+    dashboard = {"title": "Landed later", "uid": "landed-later", "panels": []}
+    (chart_copy / "files/dashboards/landed-later.json").write_text(json.dumps(dashboard))
+    rules = {"groups": [{"name": "landed-later", "rules": [{"alert": "GatewayDown", "expr": "up{job=\"gateway\"} == 0",
+                                                           "for": "1m", "labels": {"severity": "critical"}}]}]}
+    (chart_copy / "files/rules/landed-later.yml").write_text(yaml.safe_dump(rules))
     (chart_copy / "files/rules/notes.yaml").write_text("rule_files: [gateway.yml]\n")  # not a rules file
     with helm.Chart.load(chart_copy) as copy:
         docs = render(copy, values_of("monitoring"), crds=True)
-    dashboards = [d for d in docs if d["kind"] == "ConfigMap" and "gateway-overview.json" in d.get("data", {})]
-    assert len(dashboards) == 1 and dashboards[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dashboards[0]["data"]["gateway-overview.json"]) == dashboard
+    shipped = {name: doc for doc in docs if doc["kind"] == "ConfigMap" for name in doc.get("data", {})
+               if name.endswith(".json")}
+    assert set(shipped) == {p.name for p in (chart_copy / "files/dashboards").glob("*.json")}
+    assert json.loads(shipped["landed-later.json"]["data"]["landed-later.json"]) == dashboard
+    assert all(doc["metadata"]["labels"]["grafana_dashboard"] == "1" for doc in shipped.values())
     rule = find(docs, "PrometheusRule", "rules")
     _crd_check(rule)
-    assert rule["spec"] == rules
-    for doc in dashboards:
+    expected = [group for path in sorted((chart_copy / "files/rules").glob("*.y*ml"))
+                for group in (yaml.safe_load(path.read_text()) or {}).get("groups", [])]
+    assert rule["spec"]["groups"] == expected and rules["groups"][0] in expected
+    for doc in shipped.values():
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
