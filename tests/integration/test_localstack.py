@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from gateway.dev.localstack import (
+    TFSERVING_MONITORING_CONFIG,
     LocalStackError,
     ManagedProcess,
     TorchServeEndpoints,
@@ -446,7 +447,8 @@ def test_start_tfserving_rewrites_config_and_waits(tmp_path: Path, fake_tfs_on_p
         status = httpx.get(f"{ep.rest_url}/v1/models/half_plus", timeout=TIMEOUT).json()
         assert status["model_version_status"][0]["version"] == "3"
         assert "--file_system_poll_wait_seconds=1" in proc.log_path.read_text()
-        assert "prometheus_config { enable: true" in (tmp_path / "tfs" / "monitoring.config").read_text()
+        # The deployments' monitoring config itself, no copy of it.
+        assert f"--monitoring_config_file={TFSERVING_MONITORING_CONFIG}" in proc.log_path.read_text()
         assert ep.metrics_url == f"{ep.rest_url}/monitoring/prometheus/metrics"
     finally:
         proc.stop()
