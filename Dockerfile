@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN /opt/protoc/bin/python -m gateway.protos
 # No pip or setuptools in the runtime virtualenv; modules are byte-compiled here, since the running user cannot.
-# Then no test suites and no symbols in extension modules (the virtualenv: 136 MB -> 95 MB, measured); the vendored
+# Then no test suites and no symbols in extension modules (the virtualenv: 155 MB -> 115 MB, measured); the vendored
 # libraries under *.libs/ keep theirs: auditwheel's patched ELF files no longer load once stripped.
 RUN python -m venv --without-pip /opt/venv \
     && pip --python /opt/venv/bin/python install --no-cache-dir . \
