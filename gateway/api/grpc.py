@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -21,7 +22,7 @@ from gateway.codecs import tf_proto, v2_grpc
 from gateway.codecs.tf_json import DEFAULT_SIGNATURE
 from gateway.dataplane import DataPlane, check_specs
 from gateway.deadline import set_deadline
-from gateway.errors import GatewayError, InvalidArgument
+from gateway.errors import GatewayError, InvalidArgument, MalformedRequest
 from gateway.lifecycle import grpc_max_connection_age_s, stop_listening
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
@@ -49,10 +50,12 @@ def served_by(context: Context, route: Route) -> None:
     context.set_trailing_metadata(tuple(metadata))
 
 
-def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str,
-           plane: DataPlane) -> grpc.RpcMethodHandler[Any, Any]:
+def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str, plane: DataPlane,
+           raw: bool = False) -> grpc.RpcMethodHandler[Any, Any]:
     """One place where the client's deadline is taken, gateway errors become gRPC status codes, and the call is
-    measured (the data plane decides whether: an inference it routed)."""
+    measured (the data plane decides whether: an inference it routed). ``raw``: ``impl`` takes the request's
+    bytes and answers bytes (it parses and serializes only what it needs)."""
+    size = len if raw else _byte_size
 
     async def handler(request: Any, context: Context) -> Any:
         exchange = plane.begin(method.path, lambda name: _metadata(context).get(name))
@@ -73,13 +76,19 @@ def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str,
             await context.abort(grpc.StatusCode.INTERNAL, f"internal gateway error in {method.path}")
         finally:
             sized = exchange.inference  # sizes of inference messages only (ByteSize walks the message)
-            plane.measure(exchange, protocol, code.name, received=request.ByteSize() if sized else None,
-                          sent=response.ByteSize() if sized and response is not None else None,
+            plane.measure(exchange, protocol, code.name, received=size(request) if sized else None,
+                          sent=size(response) if sized and response is not None else None,
                           request_id=_metadata(context).get("x-request-id") if plane.telemetry.access_log_sample
                           else None, detail=detail)
 
+    if raw:
+        return grpc.unary_unary_rpc_method_handler(handler)
     return grpc.unary_unary_rpc_method_handler(
         handler, request_deserializer=method.request.FromString, response_serializer=method.response.SerializeToString)
+
+
+def _byte_size(message: Any) -> int:
+    return int(message.ByteSize())
 
 
 def _metadata(context: Context) -> dict[str, str]:
@@ -154,27 +163,33 @@ class TFServingServicer:
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
+    async def predict(self, raw: bytes, context: Context) -> bytes:
+        """Predict on the request's bytes: TF Serving over gRPC on both sides forwards them as they are (only
+        model_spec is rewritten, by appending to the bytes both ways: no tensor is copied into a message or
+        serialized again); any other backend gets the decoded request."""
+        try:
+            request = tfs.PredictRequest.FromString(raw)
+        except DecodeError as exc:
+            raise MalformedRequest(f"PredictRequest could not be parsed: {exc}") from None
         plane = self.plane
         route = tf_compat.resolve(plane.route, tf_proto.model_ref(request.model_spec), _hints(context))
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        answered_as = tfs.PredictResponse(model_spec=tf_proto.model_spec(
+            route.model.name, route.target.logical_version, signature))
+        served_by(context, route)
         native = plane.passthrough(route, PassesTFPredict)
         if native is not None:
-            # TF Serving over gRPC on both sides: only model_spec is rewritten, the TensorProtos pass untouched
-            # (their headers are still checked against the signature, which TF Serving does not do).
+            # The TensorProto headers are still checked against the signature, which TF Serving does not do.
             schema = await plane.input_schema(route, request.model_spec.signature_name or None)
             if schema is not None:
                 check_specs(route.model.name, tf_proto.input_specs(request), schema)
-            response = await plane.forward(route, lambda: native.forward_predict(route.target, request))
-        else:
-            infer_request = tf_proto.decode_predict_request(request)
-            tf_compat.check_signature(infer_request.signature_name, route)
-            response = tf_proto.encode_predict_response(await self.plane.infer(infer_request, route),
-                                                        route.model.name, route.target.logical_version)
-        response.model_spec.name = route.model.name
-        response.model_spec.version.value = int(route.target.logical_version)
-        response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        served_by(context, route)
-        return response
+            answer = await plane.forward(route, lambda: native.forward_predict(route.target, raw))
+            return answer + bytes(answered_as.SerializeToString())  # the logical model_spec wins on the wire
+        infer_request = tf_proto.decode_predict_request(request)
+        tf_compat.check_signature(infer_request.signature_name, route)
+        response = tf_proto.encode_predict_response(await self.plane.infer(infer_request, route),
+                                                    route.model.name, route.target.logical_version, signature)
+        return bytes(response.SerializeToString())
 
     async def get_model_metadata(self, request: tfs.GetModelMetadataRequest,
                                  context: Context) -> tfs.GetModelMetadataResponse:
@@ -206,7 +221,7 @@ class TFServingServicer:
 
     def prediction_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         return {
-            svc.TF_PREDICT.name: self._unary(svc.TF_PREDICT, self.predict),
+            svc.TF_PREDICT.name: _unary(svc.TF_PREDICT, self.predict, "tf_grpc", self.plane, raw=True),
             svc.TF_GET_MODEL_METADATA.name: self._unary(svc.TF_GET_MODEL_METADATA, self.get_model_metadata),
         }
 

@@ -55,10 +55,12 @@ class PassesTFRest(ABC):
 
 
 class PassesTFPredict(ABC):
-    """Takes a TF Serving gRPC PredictRequest as it is (only model_spec is rewritten)."""
+    """Takes a client's serialized TF Serving PredictRequest as it is (only model_spec is rewritten, by appending
+    to the bytes) and answers with TF Serving's serialized PredictResponse, neither parsed nor copied into
+    messages."""
 
     @abstractmethod
-    async def forward_predict(self, target: Target, request: tfs.PredictRequest) -> tfs.PredictResponse: ...
+    async def forward_predict(self, target: Target, request: bytes) -> bytes: ...
 
 
 class DescribesTFSignatures(ABC):

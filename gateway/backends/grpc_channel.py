@@ -89,7 +89,7 @@ class GrpcChannel:
         self.refine = refine
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._callables: dict[tuple[str, bool], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._callables: dict[tuple[str, bool, bool], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
 
     def _open(self) -> grpc.aio.Channel:
         loop = asyncio.get_running_loop()
@@ -99,15 +99,16 @@ class GrpcChannel:
             self._loop, self._callables = loop, {}
         return self._channel
 
-    def _callable(self, method: Method[Any, Any], raw: bool) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+    def _callable(self, method: Method[Any, Any], raw: bool,
+                  raw_response: bool = False) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         channel = self._open()
-        key = (method.path, raw)
+        key = (method.path, raw, raw_response)
         found = self._callables.get(key)
         if found is None:
             # Public paths from gateway.protos.services: generated stubs would carry the private proto packages.
             found = self._callables[key] = channel.unary_unary(
                 method.path, request_serializer=None if raw else method.request.SerializeToString,
-                response_deserializer=method.response.FromString)
+                response_deserializer=None if raw_response else method.response.FromString)
         return found
 
     async def call(self, method: Method[Req, Resp], request: Req | bytes, *, where: str = "",
@@ -115,15 +116,25 @@ class GrpcChannel:
         """One unary call. `request` may be the already serialized message. The timeout is the backend's
         timeout_s (or `timeout_s`), shortened to what is left of the client's deadline. `where` names the
         target in error messages. Raises GatewayError subclasses only."""
+        response: Resp = await self._invoke(method, request, False, where, timeout_s, metadata)
+        return response
+
+    async def call_raw(self, method: Method[Any, Any], request: bytes, *, where: str = "",
+                       timeout_s: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> bytes:
+        """:meth:`call` with the serialized request and the answer's bytes as they came (never parsed here)."""
+        response: bytes = await self._invoke(method, request, True, where, timeout_s, metadata)
+        return response
+
+    async def _invoke(self, method: Method[Any, Any], request: Any, raw_response: bool, where: str,
+                      timeout_s: float | None, metadata: Sequence[tuple[str, str]]) -> Any:
         limit = timeout_for(timeout_s if timeout_s is not None else self.config.timeout_s)
-        call = self._callable(method, isinstance(request, bytes))
+        call = self._callable(method, isinstance(request, bytes), raw_response)
         traced = tracing.outgoing.get()  # the W3C trace context, when the request is traced
         try:
-            response: Resp = await call(request, timeout=limit, metadata=(*metadata, *traced) or None)
+            return await call(request, timeout=limit, metadata=(*metadata, *traced) or None)
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             raise self.error(code, details, where, limit).from_backend(*failure_kind(code, details)) from None
-        return response
 
     def state(self) -> str | None:
         """The channel's connectivity state (IDLE, CONNECTING, READY, TRANSIENT_FAILURE, SHUTDOWN); None before

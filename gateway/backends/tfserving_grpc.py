@@ -38,16 +38,16 @@ class TFServingGrpcBackend(PassesTFPredict, DescribesTFSignatures, DescribesTFSi
             raise BackendError(f"TF Serving's answer could not be read: {exc.message}") from None
         return InferResponse(outputs=outputs)
 
-    async def forward_predict(self, target: Target, request: tfs.PredictRequest) -> tfs.PredictResponse:
-        """A client's PredictRequest sent on with only model_spec's name and version rewritten: the TensorProtos
-        are neither decoded nor copied. The rewrite is appended on the wire: a parser merges a repeated
-        message field and keeps the last scalar and oneof member, so the backend reads the target's name and
-        version and the client's signature_name (the client's message itself is left unchanged)."""
+    async def forward_predict(self, target: Target, request: bytes) -> bytes:
+        """A client's serialized PredictRequest sent on with only model_spec's name and version rewritten: the
+        TensorProtos are neither decoded nor copied. The rewrite is appended on the wire: a parser merges a
+        repeated message field and keeps the last scalar and oneof member, so the backend reads the target's name
+        and version and the client's signature_name. The answer's bytes come back as TF Serving wrote them."""
         patch = tfs.PredictRequest()
         patch.model_spec.name = target.model
         patch.model_spec.version.value = int(target.version)
-        payload = request.SerializeToString() + patch.SerializeToString()
-        return await self.channel.call(svc.TF_PREDICT, payload, where=self._where(target))
+        return await self.channel.call_raw(svc.TF_PREDICT, request + patch.SerializeToString(),
+                                           where=self._where(target))
 
     async def status(self, target: Target) -> ModelStatus:
         try:

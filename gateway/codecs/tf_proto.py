@@ -174,7 +174,7 @@ def decode_predict_request(req: tfs.PredictRequest) -> InferRequest:
 def encode_predict_response(response: InferResponse, model_name: str, version: str,
                             signature_name: str = DEFAULT_SIGNATURE) -> tfs.PredictResponse:
     """The answer to a client; model_spec names the (logical) version actually served, as TF Serving does."""
-    out = tfs.PredictResponse(model_spec=_spec(model_name, version, signature_name))
+    out = tfs.PredictResponse(model_spec=model_spec(model_name, version, signature_name))
     for tensor in response.outputs:
         out.outputs[tensor.name].CopyFrom(tensor_to_proto(tensor))
     return out
@@ -182,7 +182,7 @@ def encode_predict_response(response: InferResponse, model_name: str, version: s
 
 def encode_predict_request(request: InferRequest, target: Target) -> tfs.PredictRequest:
     """The PredictRequest a TF Serving backend receives for `target` (its model name and version there)."""
-    out = tfs.PredictRequest(model_spec=_spec(target.model, target.version, request.signature_name or ""),
+    out = tfs.PredictRequest(model_spec=model_spec(target.model, target.version, request.signature_name or ""),
                              output_filter=list(request.output_names))
     for tensor in request.inputs:
         out.inputs[tensor.name].CopyFrom(tensor_to_proto(tensor))
@@ -194,7 +194,8 @@ def decode_predict_response(resp: tfs.PredictResponse) -> tuple[Tensor, ...]:
     return tuple(tensor_from_proto(name, resp.outputs[name], "output") for name in sorted(resp.outputs))
 
 
-def _spec(name: str, version: str, signature_name: str = "") -> tfs.ModelSpec:
+def model_spec(name: str, version: str, signature_name: str = "") -> tfs.ModelSpec:
+    """The ModelSpec an answer names: the (logical) model and version actually served."""
     spec = tfs.ModelSpec(name=name, signature_name=signature_name)
     spec.version.value = _version_number(version)
     return spec
@@ -211,7 +212,7 @@ def _version_number(version: str) -> int:
 
 
 def metadata_request(target: Target) -> tfs.GetModelMetadataRequest:
-    return tfs.GetModelMetadataRequest(model_spec=_spec(target.model, target.version),
+    return tfs.GetModelMetadataRequest(model_spec=model_spec(target.model, target.version),
                                        metadata_field=["signature_def"])
 
 
@@ -254,7 +255,7 @@ def encode_metadata_response(name: str, version: str, schema: ModelSchema) -> tf
             info.tensor_shape.dim.extend(tf.TensorShapeProto.Dim(size=d) for d in s.shape)
     sigs = tfs.SignatureDefMap()
     sigs.signature_def[DEFAULT_SIGNATURE].CopyFrom(sig)
-    out = tfs.GetModelMetadataResponse(model_spec=_spec(name, version))
+    out = tfs.GetModelMetadataResponse(model_spec=model_spec(name, version))
     out.metadata["signature_def"].CopyFrom(pack_any(sigs))
     return out
 
@@ -275,7 +276,7 @@ def metadata_to_json(metadata: tfs.GetModelMetadataResponse) -> dict[str, Any]:
 
 
 def status_request(target: Target) -> tfs.GetModelStatusRequest:
-    return tfs.GetModelStatusRequest(model_spec=_spec(target.model, target.version))
+    return tfs.GetModelStatusRequest(model_spec=model_spec(target.model, target.version))
 
 
 def statuses_from_proto(resp: tfs.GetModelStatusResponse) -> tuple[ModelStatus, ...]:
