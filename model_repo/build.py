@@ -2,16 +2,24 @@
 
     python model_repo/build.py            # (re)write the committed artifacts
     python model_repo/build.py --check    # build into a temp dir and compare with the committed files
-    python model_repo/build.py --out DIR  # write the tree somewhere else
+    python model_repo/build.py --out DIR  # write the tree somewhere else (example images: DIR/examples/digits)
+    python model_repo/build.py --only digits   # or --only toys: one part only
 
 Writes
   tfserving/{mlp/1,mlp/2,affine/1,affine/2,multi/1}/   TF SavedModels, signature ``serving_default``
+  tfserving/digits/{1,2}/                              the digits classifier trained in TensorFlow
   tfserving/models.config                              TF Serving model_config_list (text proto)
   torchserve/{mlp-1,mlp-2,scale-1,scale-2}.mar         TorchScript + handlers/v2_handler.py + signature.json
+  torchserve/{digits-1,digits-2}.mar                   the digits classifier trained in PyTorch (TorchScript)
+  torchserve/digits_onnx-1.mar                         digits v2 exported to ONNX (run by ONNX Runtime)
+  digits/heldout.json, digits/accuracy.json            the held-out images; every digits model's accuracy on them
+  ../examples/digits/{0..9}.png                        one held-out image per digit, as a 32x32 PNG
 
-Weights are fixed numbers or come from numpy.random.default_rng(<fixed seed>); the same mlp weights per
+Toy weights are fixed numbers or come from numpy.random.default_rng(<fixed seed>); the same mlp weights per
 version go into the SavedModel and the TorchScript model, and the build fails unless both agree to 1e-5.
-Archives are normalized (fixed zip timestamps and MANIFEST createdOn) so a rebuild is byte-identical.
+The digits models are trained here (train_digits.py: seeded, one thread, ~15 s); the build fails unless every
+well-trained one reaches MIN_ACCURACY and the ONNX export matches its PyTorch source. Archives are normalized
+(fixed zip timestamps and MANIFEST createdOn) so a rebuild on the same machine is byte-identical.
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import numpy as np
 import tensorflow as tf
 import torch
+import train_digits
 from tensorflow.core.protobuf import fingerprint_pb2
 
 HERE = Path(__file__).resolve().parent
 HANDLER = HERE / "handlers" / "v2_handler.py"
+EXAMPLE_IMAGES = HERE.parent / "examples" / "digits"  # with --out DIR: DIR/examples/digits
 
 # mlp: one seed per version; v2's argmax must differ from v1's for MLP_SAMPLE (checked below).
 MLP_SEEDS = {1: 1, 2: 2}
@@ -76,6 +86,12 @@ model_config_list {
     name: "multi"
     base_path: "/models/multi"
     model_platform: "tensorflow"
+  }
+  config {
+    name: "digits"
+    base_path: "/models/digits"
+    model_platform: "tensorflow"
+    model_version_policy { all {} }
   }
 }
 """
@@ -198,9 +214,18 @@ def tensor_spec(name: str, datatype: str, shape: list[int]) -> dict[str, object]
     return {"name": name, "datatype": datatype, "shape": shape}
 
 
+DIGITS_SIGNATURE = {
+    "inputs": [tensor_spec("x", "FP32", [-1, 64])],
+    "outputs": [tensor_spec("probabilities", "FP32", [-1, 10])],
+    # PNG/JPEG bodies on /predictions: 8x8 grayscale, 0..255 scaled to the data set's 0..16 (handlers/v2_handler.py)
+    "image": {"input": "x", "size": [8, 8], "max_value": 16, "output": "probabilities",
+              "labels": [str(d) for d in range(10)]},
+}
 TORCH_SIGNATURES = {
     "mlp": {"inputs": [tensor_spec("x", "FP32", [-1, 4])], "outputs": [tensor_spec("probabilities", "FP32", [-1, 3])]},
     "scale": {"inputs": [tensor_spec("x", "FP32", [-1, 3])], "outputs": [tensor_spec("y", "FP32", [-1, 3])]},
+    "digits": DIGITS_SIGNATURE,
+    "digits_onnx": DIGITS_SIGNATURE,
 }
 
 
@@ -229,11 +254,17 @@ ARCHIVER_MAIN = (
 
 
 def build_mar(name: str, version: int, module: torch.nn.Module, store: Path, work: Path) -> Path:
+    """An archive of the TorchScript of ``module``."""
     src = work / f"{name}-{version}"
     src.mkdir(parents=True)
-    scripted = torch.jit.script(module.eval())
     model_file = src / f"{name}.pt"
-    scripted.save(str(model_file))
+    torch.jit.script(module.eval()).save(str(model_file))
+    return archive(name, version, model_file, store)
+
+
+def archive(name: str, version: int, model_file: Path, store: Path) -> Path:
+    """``store/<name>-<version>.mar``: ``model_file`` (TorchScript or ONNX), the shared handler and the signature."""
+    src = model_file.parent
     sig_file = src / "signature.json"
     sig_file.write_text(json.dumps(TORCH_SIGNATURES[name], indent=2) + "\n")
     export = src / "export"
@@ -265,6 +296,135 @@ def load_torchscript_from_mar(path: Path) -> torch.jit.ScriptModule:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Digits: one classifier trained in TensorFlow and in PyTorch, the PyTorch one exported to ONNX
+# ----------------------------------------------------------------------------------------------------
+
+# (model on its backend, version, framework, what it is): the rows of digits/accuracy.json, in this order.
+DIGITS_MODELS = (
+    ("tfserving/digits", 1, "TensorFlow", f"{train_digits.EPOCHS[1]} epochs"),
+    ("tfserving/digits", 2, "TensorFlow", f"{train_digits.EPOCHS[2]} epochs"),
+    ("torchserve/digits", 1, "PyTorch", f"{train_digits.EPOCHS[1]} epochs"),
+    ("torchserve/digits", 2, "PyTorch", f"{train_digits.EPOCHS[2]} epochs"),
+    ("torchserve/digits_onnx", 1, "ONNX Runtime", "export of PyTorch v2"),
+)
+MIN_ACCURACY = 0.93  # every version-2 model and the ONNX export, on the held-out images
+ONNX_ATOL = 1e-5  # ONNX Runtime vs TorchScript, per probability
+PNG_UPSCALE = 4  # example images are 32x32 (viewable); the handler's box filter takes them back to 8x8 exactly
+
+
+def build_digits(out: Path) -> None:
+    tf_root, ts_root, data_root = out / "tfserving", out / "torchserve", out / "digits"
+    shutil.rmtree(tf_root / "digits", ignore_errors=True)
+    for old in [*ts_root.glob("digits-*.mar"), *ts_root.glob("digits_onnx-*.mar")]:
+        old.unlink()
+    for d in (tf_root, ts_root, data_root):
+        d.mkdir(parents=True, exist_ok=True)
+    split = train_digits.load_split()
+    for version, module in train_digits.train_tf(split).items():
+        save_tf(module, tf_root / "digits" / str(version))
+    torch_models = train_digits.train_torch(split)
+    with tempfile.TemporaryDirectory(prefix="model_repo_build_") as tmp:
+        for version, model in torch_models.items():
+            build_mar("digits", version, model, ts_root, Path(tmp))
+        onnx_file = Path(tmp) / "onnx" / "digits.onnx"
+        onnx_file.parent.mkdir()
+        onnx_file.write_bytes(train_digits.onnx_bytes(torch_models[2]))
+        archive("digits_onnx", 1, onnx_file, ts_root)
+    write_heldout(data_root / "heldout.json", split)
+    predictions = check_digits(out, split)
+    write_examples(out, split, predictions)
+
+
+def digits_predict(out: Path, where: str, version: int, x: np.ndarray) -> np.ndarray:
+    """Probabilities from the written artifact, loaded the way its server loads it."""
+    backend, name = where.split("/")
+    if backend == "tfserving":
+        return tf_serve(out / where / str(version), x=x)["probabilities"]
+    mar = out / backend / f"{name}-{version}.mar"
+    with zipfile.ZipFile(mar) as z:
+        serialized = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
+        data = z.read(serialized)
+    if serialized.endswith(".onnx"):
+        import onnxruntime
+
+        return onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")(torch.from_numpy(x)).numpy()
+
+
+def check_digits(out: Path, split: train_digits.Split) -> dict[str, np.ndarray]:
+    """Score every digits artifact on the held-out images, check them, write digits/accuracy.json."""
+    x, y = split.heldout_x, split.heldout_y
+    probs = {f"{where}/{v}": digits_predict(out, where, v, x) for where, v, _, _ in DIGITS_MODELS}
+    rows = []
+    print(f"digits: held-out accuracy on {len(y)} images (same split for every model)")
+    for where, version, framework, what in DIGITS_MODELS:
+        p = probs[f"{where}/{version}"]
+        if p.shape != (len(y), 10) or not np.allclose(p.sum(axis=1), 1.0, atol=1e-5):
+            fail(f"{where} v{version}: not probabilities over 10 classes, shape {p.shape}")
+        correct = int(np.sum(p.argmax(axis=1) == y))
+        rows.append({"model": where, "version": version, "framework": framework, "trained": what,
+                     "correct": correct, "accuracy": round(correct / len(y), 4)})
+        print(f"  {where:24} v{version}  {framework:13} {what:22} {correct}/{len(y)} = {correct / len(y):.4f}")
+    for row in rows:
+        if (row["version"] == 2 or "onnx" in str(row["model"])) and float(row["accuracy"]) < MIN_ACCURACY:
+            fail(f"{row['model']} v{row['version']}: accuracy {row['accuracy']} < {MIN_ACCURACY}")
+    torch2, onnx = probs["torchserve/digits/2"], probs["torchserve/digits_onnx/1"]
+    diff = float(np.max(np.abs(torch2 - onnx)))
+    if diff > ONNX_ATOL or not np.array_equal(torch2.argmax(axis=1), onnx.argmax(axis=1)):
+        fail(f"the ONNX export differs from its PyTorch source by {diff:.2e} (at most {ONNX_ATOL})")
+    pairs = {"tfserving/digits/2 vs torchserve/digits/2": ("tfserving/digits/2", "torchserve/digits/2"),
+             "torchserve/digits/2 vs torchserve/digits_onnx/1": ("torchserve/digits/2", "torchserve/digits_onnx/1")}
+    agreement = {k: round(float(np.mean(probs[a].argmax(1) == probs[b].argmax(1))), 4) for k, (a, b) in pairs.items()}
+    print(f"  argmax agreement: {agreement}; ONNX vs PyTorch max |diff| {diff:.1e}")
+    doc = {"dataset": "scikit-learn load_digits (1,797 8x8 images, pixels 0..16)",
+           "heldout_images": len(y), "split_seed": train_digits.SPLIT_SEED, "models": rows,
+           "argmax_agreement": agreement}
+    (out / "digits" / "accuracy.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return probs
+
+
+def write_heldout(path: Path, split: train_digits.Split) -> None:
+    """The held-out images, one per line: what the replay script and the tests send (no scikit-learn needed)."""
+    lines = [json.dumps([int(v) for v in row]) for row in split.heldout_x]
+    path.write_text(
+        "{\n"
+        '"source": "sklearn.datasets.load_digits(); pixels 0..16, row-major 8x8",\n'
+        f'"split": "numpy.random.default_rng({train_digits.SPLIT_SEED}).permutation(1797)[:{train_digits.HELDOUT}]",\n'
+        f'"indices": {json.dumps([int(i) for i in split.heldout_index])},\n'
+        f'"labels": {json.dumps([int(v) for v in split.heldout_y])},\n'
+        '"images": [\n' + ",\n".join(lines) + "\n]\n}\n")
+
+
+def png_pixels(image: np.ndarray) -> np.ndarray:
+    """0..16 -> 0..255 grayscale (what a PNG holds)."""
+    return np.round(image.reshape(8, 8) * (255.0 / train_digits.PIXEL_MAX)).astype(np.uint8)
+
+
+def write_examples(out: Path, split: train_digits.Split, probs: dict[str, np.ndarray]) -> None:
+    """examples/digits/<d>.png: per digit, the first held-out image that every model gets right, also after the
+    round trip through 8-bit PNG pixels."""
+    from PIL import Image
+
+    target = EXAMPLE_IMAGES if out == HERE else out / "examples" / "digits"
+    target.mkdir(parents=True, exist_ok=True)
+    x, y = split.heldout_x, split.heldout_y
+    roundtrip = np.stack([png_pixels(img).reshape(64) for img in x]).astype(np.float32) * (
+        train_digits.PIXEL_MAX / 255.0)
+    right = np.ones(len(y), bool)
+    for where, version, _, _ in DIGITS_MODELS:
+        right &= probs[f"{where}/{version}"].argmax(1) == y
+        right &= digits_predict(out, where, version, roundtrip).argmax(1) == y
+    for digit in range(10):
+        i = int(np.flatnonzero(right & (y == digit))[0])
+        pixels = np.kron(png_pixels(x[i]), np.ones((PNG_UPSCALE, PNG_UPSCALE), np.uint8))
+        buf = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+        (target / f"{digit}.png").write_bytes(buf.getvalue())
+    print(f"  example images: {target}/0.png .. 9.png")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Build + checks
 # ----------------------------------------------------------------------------------------------------
 
@@ -273,7 +433,16 @@ def fail(message: str) -> None:
     raise SystemExit(f"build.py: CHECK FAILED: {message}")
 
 
-def build(out: Path) -> None:
+def build(out: Path, only: str | None = None) -> None:
+    train_digits.single_thread()  # before TensorFlow or torch runs anything
+    if only in (None, "toys"):
+        build_toys(out)
+    if only in (None, "digits"):
+        build_digits(out)
+    (out / "tfserving" / "models.config").write_text(MODELS_CONFIG)
+
+
+def build_toys(out: Path) -> None:
     tf_root = out / "tfserving"
     ts_root = out / "torchserve"
     for name in TF_MODELS:
@@ -289,7 +458,6 @@ def build(out: Path) -> None:
         save_tf(TFMlp(mlp_weights(version)), tf_root / "mlp" / str(version))
         save_tf(TFAffine(AFFINE_BIAS[version]), tf_root / "affine" / str(version))
     save_tf(TFMulti(), tf_root / "multi" / "1")
-    (tf_root / "models.config").write_text(MODELS_CONFIG)
 
     # TorchServe
     with tempfile.TemporaryDirectory(prefix="model_repo_build_") as tmp:
@@ -356,9 +524,11 @@ def check(out: Path) -> None:
     print("multi v1:", {k: v.tolist() for k, v in got.items()})
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    files = [p for sub in ("tfserving", "torchserve") for p in sorted((root / sub).rglob("*")) if p.is_file()]
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+def tree_digest(root: Path, examples: Path) -> dict[str, str]:
+    files = {str(p.relative_to(root)): p for sub in ("tfserving", "torchserve", "digits")
+             for p in sorted((root / sub).rglob("*")) if p.is_file()}
+    files.update({f"examples/digits/{p.name}": p for p in sorted(examples.glob("*.png"))})
+    return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in files.items()}
 
 
 def main() -> int:
@@ -366,13 +536,15 @@ def main() -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--out", type=Path, default=HERE, help="output root (default: model_repo/)")
     group.add_argument("--check", action="store_true", help="rebuild in a temp dir; compare with committed")
+    parser.add_argument("--only", choices=("toys", "digits"), help="build only these models (default: all)")
     args = parser.parse_args()
     if not args.check:
-        build(args.out.resolve())
+        build(args.out.resolve(), args.only)
         return 0
     with tempfile.TemporaryDirectory(prefix="model_repo_check_") as tmp:
         build(Path(tmp))
-        fresh, committed = tree_digest(Path(tmp)), tree_digest(HERE)
+        fresh = tree_digest(Path(tmp), Path(tmp) / "examples" / "digits")
+        committed = tree_digest(HERE, EXAMPLE_IMAGES)
         diff = sorted(k for k in fresh.keys() | committed.keys() if fresh.get(k) != committed.get(k))
         if diff:
             print("build.py --check: these artifacts differ from a fresh build:", *diff, sep="\n  ")

@@ -1,12 +1,13 @@
-"""TorchServe handler speaking the Open Inference Protocol v2 (KServe v2) JSON format.
+"""TorchServe handler speaking the Open Inference Protocol v2 (KServe v2) JSON format, and images for image models.
 
 One handler is shared by every TorchServe model in model_repo. Each archive carries
 
-* a TorchScript file (the archive's ``serializedFile``) whose ``forward`` takes the inputs positionally,
-  in the order of ``signature.json``'s ``inputs``, and returns a tensor (single output), a tuple/list
-  (outputs in ``signature.json`` order) or a dict keyed by output name;
-* ``signature.json``: ``{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}`` where a ``-1``
-  dimension is free.
+* the model (the archive's ``serializedFile``): a TorchScript file whose ``forward`` takes the inputs
+  positionally, in the order of ``signature.json``'s ``inputs``, and returns a tensor (single output), a
+  tuple/list (outputs in ``signature.json`` order) or a dict keyed by output name; or an ONNX file
+  (``*.onnx``) with inputs and outputs named as in ``signature.json``, run by ONNX Runtime (CPU);
+* ``signature.json``: ``{"inputs": [{"name", "datatype", "shape"}], "outputs": [...], "image"?: {...}}``
+  where a ``-1`` dimension is free.
 
 Request body::
 
@@ -19,6 +20,15 @@ Response body (``application/json``)::
     {"model_name": str, "model_version": str, "id"?: str,
      "outputs": [{"name": str, "datatype": str, "shape": [int], "data": flat row-major list}]}
 
+Image models: when ``signature.json`` has ``"image": {"input", "size": [height, width], "max_value", "output",
+"labels"}``, a body that is an image file (PNG, JPEG, GIF, BMP or WebP, recognised by its first bytes; send it
+with ``Content-Type: image/png`` or another non-form type) is decoded with Pillow: grayscale, resized to
+``size`` (box filter) when it is not that size, inverted when mostly light (the training images are light
+strokes on a dark background), scaled from 0..255 to 0..``max_value``, and fed to ``input`` as one row. The
+answer names the most likely label and the top three::
+
+    {"model_name": str, "model_version": str, "label": "7", "probabilities": {"7": 0.98, "9": 0.01, "3": 0.004}}
+
 A bad request raises ``PredictionException(message, 400)``; TorchServe then answers HTTP 400 with
 ``{"code": 400, "type": "InternalServerException", "message": message}`` (pretty-printed, with
 ``connection: close``). TorchServe fails a whole batch on an exception, so when
@@ -28,10 +38,12 @@ while the valid ones in the batch still get their 200 answers.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,6 +70,10 @@ _NUMPY_DTYPES: dict[str, Any] = {
     "FP64": np.float64,
 }
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+# First bytes of the image files an image model accepts (JSON bodies never start like this).
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+_MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused before they are decoded
+_TOP_K = 3
 _INT_TYPES = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
 
 
@@ -90,8 +106,46 @@ def _check_elements(name: str, datatype: str, flat: list[Any]) -> None:
             )
 
 
+def _is_image(payload: bytes) -> bool:
+    return payload.startswith(_IMAGE_MAGIC) or (payload[:4] == b"RIFF" and payload[8:12] == b"WEBP")
+
+
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]  # inputs in signature order -> outputs in signature order
+
+
+def _torchscript_runner(path: str, output_names: list[str]) -> Runner:
+    model = torch.jit.load(path, map_location="cpu")
+    model.eval()
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            result = model(*[torch.from_numpy(a) for a in arrays])
+        if isinstance(result, torch.Tensor):
+            result = [result]
+        if isinstance(result, dict):
+            result = [result[name] for name in output_names]
+        return [t.detach().cpu().numpy() for t in result]
+
+    return run
+
+
+def _onnx_runner(path: str, input_names: list[str], output_names: list[str]) -> Runner:
+    import onnxruntime  # only ONNX archives need it
+
+    options = onnxruntime.SessionOptions()
+    # Tiny models on a shared CPU: one thread, and no pool spinning on every core between requests.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return list(session.run(output_names, dict(zip(input_names, arrays, strict=True))))
+
+    return run
+
+
 class V2Service:
-    """Loads the TorchScript model + signature.json and serves v2 requests."""
+    """Loads the model (TorchScript or ONNX) + signature.json and serves v2 requests (and images)."""
 
     def __init__(self, context: Any) -> None:
         props = context.system_properties
@@ -105,12 +159,16 @@ class V2Service:
             self.signature: dict[str, Any] = json.load(f)
         self.model_name: str = context.model_name
         self.model_version: str = str(model_info.get("modelVersion", ""))
-        self.model = torch.jit.load(os.path.join(model_dir, serialized), map_location="cpu")
-        self.model.eval()
         self.inputs: list[dict[str, Any]] = self.signature["inputs"]
         self.outputs: list[dict[str, Any]] = self.signature["outputs"]
         self.input_names = [spec["name"] for spec in self.inputs]
         self.output_names = [spec["name"] for spec in self.outputs]
+        self.image: dict[str, Any] | None = self.signature.get("image")
+        path = os.path.join(model_dir, serialized)
+        if serialized.endswith(".onnx"):
+            self.run_model = _onnx_runner(path, self.input_names, self.output_names)
+        else:
+            self.run_model = _torchscript_runner(path, self.output_names)
         logger.info(
             "v2_handler loaded model %s version %s (%s): inputs %s outputs %s",
             self.model_name,
@@ -123,11 +181,15 @@ class V2Service:
     # -- request parsing -------------------------------------------------------------------------------
 
     @staticmethod
-    def _body(row: Any) -> dict[str, Any]:
+    def _payload(row: Any) -> Any:
         body = row.get("body") if isinstance(row, dict) else None
         if body is None and isinstance(row, dict):
             body = row.get("data")
-        if isinstance(body, bytes | bytearray):
+        return bytes(body) if isinstance(body, bytearray) else body
+
+    @staticmethod
+    def _body(body: Any) -> dict[str, Any]:
+        if isinstance(body, bytes):
             try:
                 body = body.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -215,15 +277,46 @@ class V2Service:
     # -- inference -------------------------------------------------------------------------------------
 
     def _run(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            result = self.model(*[torch.from_numpy(a) for a in arrays])
-        if isinstance(result, torch.Tensor):
-            result = [result]
-        if isinstance(result, dict):
-            tensors = {name: result[name] for name in self.output_names}
-        else:
-            tensors = dict(zip(self.output_names, result, strict=True))
-        return {name: t.detach().cpu().numpy() for name, t in tensors.items()}
+        return dict(zip(self.output_names, self.run_model(arrays), strict=True))
+
+    # -- images ----------------------------------------------------------------------------------------
+
+    def _decode_image(self, payload: bytes, image: dict[str, Any]) -> np.ndarray:
+        from PIL import Image  # only image models need Pillow
+
+        height, width = image["size"]
+        try:
+            with Image.open(io.BytesIO(payload)) as img:  # reads the header only, not the pixels
+                pixels_in = img.width * img.height
+                gray = img.convert("L") if pixels_in <= _MAX_IMAGE_PIXELS else None
+        except Exception as exc:  # Pillow raises many types for a corrupt file (OSError, SyntaxError, ...)
+            kind = type(exc).__name__
+            raise BadRequest(f"the body starts like an image file but is not a readable one ({kind})") from exc
+        if gray is None:
+            raise BadRequest(f"the image has {pixels_in} pixels; at most {_MAX_IMAGE_PIXELS} are accepted")
+        if gray.size != (width, height):
+            gray = gray.resize((width, height), Image.Resampling.BOX)
+        pixels = np.asarray(gray, dtype=np.float32)
+        if pixels.mean() > 127.5:  # dark strokes on light paper: the model was trained on the opposite
+            pixels = 255.0 - pixels
+        spec = next(s for s in self.inputs if s["name"] == image["input"])
+        return (pixels * (float(image["max_value"]) / 255.0)).reshape([1, *spec["shape"][1:]])
+
+    def _image_answer(self, payload: bytes) -> bytes:
+        image = self.image
+        if image is None:
+            raise BadRequest("this model takes v2 JSON tensors, not images")
+        results = self._run([self._decode_image(payload, image)])
+        scores = results[image["output"]].reshape(-1)
+        labels: list[str] = image["labels"]
+        top = np.argsort(-scores, kind="stable")[:_TOP_K]
+        response = {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "label": labels[int(top[0])],
+            "probabilities": {labels[int(i)]: round(float(scores[i]), 6) for i in top},
+        }
+        return json.dumps(response).encode("utf-8")
 
     def _response(self, body: dict[str, Any], wanted: list[str], results: dict[str, np.ndarray]) -> bytes:
         specs = {spec["name"]: spec for spec in self.outputs}
@@ -246,7 +339,11 @@ class V2Service:
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, "application/json")
             try:
-                body = self._body(row)
+                payload = self._payload(row)
+                if isinstance(payload, bytes) and _is_image(payload):
+                    answers.append(self._image_answer(payload))
+                    continue
+                body = self._body(payload)
                 arrays, wanted = self._parse(body)
             except BadRequest as exc:
                 message = str(exc)

@@ -3,9 +3,13 @@
 (a) every TF SavedModel has the agreed serving_default signature and gives the agreed numbers;
 (b) the TorchScript inside each mlp .mar agrees with the TF SavedModel of the same version;
 (c) the .mar archives carry signature.json, the shared v2 handler and the right version strings;
-(d) the v2 handler shipped in the archives answers and validates v2 requests (fake TorchServe context).
+(d) the v2 handler shipped in the archives answers and validates v2 requests (fake TorchServe context);
+(e) the digits classifier: the held-out images are scikit-learn's, every model scores on them what
+    digits/accuracy.json (and the README) say, the ONNX export matches its PyTorch source, and the handler reads
+    the example PNGs (and other images) right.
 
-The artifacts are rebuilt by `python model_repo/build.py` (`--check` verifies a rebuild is byte-identical).
+The artifacts are rebuilt by `python model_repo/build.py` (`--check` verifies a rebuild is byte-identical;
+tests/contract/test_digits_rebuild.py retrains the digits models and compares accuracies).
 """
 
 from __future__ import annotations
@@ -64,6 +68,13 @@ TF_SIGNATURES: dict[str, tuple[list[int], dict[str, Any], dict[str, Any]]] = {
             "positive": (tf.bool, [None]),
         },
     ),
+    "digits": ([1, 2], {"x": (tf.float32, [None, 64])}, {"probabilities": (tf.float32, [None, 10])}),
+}
+DIGITS_SIGNATURE = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}],
+    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+    "image": {"input": "x", "size": [8, 8], "max_value": 16, "output": "probabilities",
+              "labels": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]},
 }
 TORCH_SIGNATURES = {
     "mlp": {
@@ -74,8 +85,10 @@ TORCH_SIGNATURES = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
     },
+    "digits": DIGITS_SIGNATURE,
+    "digits_onnx": DIGITS_SIGNATURE,
 }
-MARS = [("mlp", 1), ("mlp", 2), ("scale", 1), ("scale", 2)]
+MARS = [("mlp", 1), ("mlp", 2), ("scale", 1), ("scale", 2), ("digits", 1), ("digits", 2), ("digits_onnx", 1)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,11 +189,11 @@ def test_mlp_versions_disagree_on_sample() -> None:
 def test_models_config() -> None:
     config = text_format.Parse((TF_ROOT / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
     entries = {c.name: c for c in config.model_config_list.config}
-    assert list(entries) == ["mlp", "affine", "multi"]
+    assert list(entries) == ["mlp", "affine", "multi", "digits"]
     for name, c in entries.items():
         assert c.base_path == f"/models/{name}"
         assert c.model_platform == "tensorflow"
-    for name in ("mlp", "affine"):
+    for name in ("mlp", "affine", "digits"):
         assert entries[name].model_version_policy.WhichOneof("policy_choice") == "all"
         # No TF Serving labels: the gateway's routes file owns labels, and TF Serving refuses labels on
         # versions that are not yet AVAILABLE at start-up (tensorflow/serving#1608).
@@ -365,3 +378,150 @@ def test_handler_batch_isolates_bad_requests(tmp_path_factory: pytest.TempPathFa
     for answer in (answers[0], answers[2]):
         assert answer["id"] == "good"
         np.testing.assert_allclose(answer["outputs"][0]["data"], MLP_EXPECTED[2], rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# (e) the digits classifier
+# ----------------------------------------------------------------------------------------------------
+
+DIGITS_DIR = REPO / "digits"
+EXAMPLES = REPO.parent / "examples" / "digits"
+ACCURACY = json.loads((DIGITS_DIR / "accuracy.json").read_text())
+HELDOUT = json.loads((DIGITS_DIR / "heldout.json").read_text())
+HELDOUT_X = np.asarray(HELDOUT["images"], np.float32)
+HELDOUT_Y = np.asarray(HELDOUT["labels"], np.int64)
+
+
+def digits_probabilities(model: str, version: int, x: np.ndarray) -> np.ndarray:
+    """Each artifact loaded the way its server loads it."""
+    if model == "tfserving/digits":
+        return tf_predict("digits", version, x=x)["probabilities"]
+    name = model.split("/")[1]
+    serialized = mar_manifest(name, version)["model"]["serializedFile"]
+    if serialized.endswith(".onnx"):
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(mar_read(name, version, serialized), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+    with torch.no_grad():
+        return torchscript(name, version)(torch.from_numpy(x)).numpy()
+
+
+def test_digits_heldout_images_are_scikit_learns_split() -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    index = np.asarray(HELDOUT["indices"])
+    assert index.tolist() == sorted(np.random.default_rng(2024).permutation(len(digits.data))[:360].tolist())
+    np.testing.assert_array_equal(HELDOUT_X, digits.data[index])
+    np.testing.assert_array_equal(HELDOUT_Y, digits.target[index])
+    assert ACCURACY["heldout_images"] == len(HELDOUT_Y) == 360
+    assert set(HELDOUT_Y.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("row", ACCURACY["models"], ids=[f"{r['model']}/{r['version']}" for r in ACCURACY["models"]])
+def test_digits_accuracy_is_what_accuracy_json_says(row: dict[str, Any]) -> None:
+    p = digits_probabilities(row["model"], row["version"], HELDOUT_X)
+    assert p.shape == (360, 10) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    correct = int(np.sum(p.argmax(axis=1) == HELDOUT_Y))
+    assert correct == row["correct"] and row["accuracy"] == round(correct / 360, 4)
+    if row["version"] == 2 or "onnx" in row["model"]:
+        assert row["accuracy"] >= 0.93
+
+
+def test_digits_accuracy_json_lists_every_model_and_the_short_training_is_worse() -> None:
+    rows = {(r["model"], r["version"]): r["accuracy"] for r in ACCURACY["models"]}
+    assert set(rows) == {("tfserving/digits", 1), ("tfserving/digits", 2), ("torchserve/digits", 1),
+                         ("torchserve/digits", 2), ("torchserve/digits_onnx", 1)}
+    assert rows[("tfserving/digits", 1)] < rows[("tfserving/digits", 2)]
+    assert rows[("torchserve/digits", 1)] < rows[("torchserve/digits", 2)]
+
+
+def test_digits_onnx_export_matches_its_pytorch_source() -> None:
+    torch_p = digits_probabilities("torchserve/digits", 2, HELDOUT_X)
+    onnx_p = digits_probabilities("torchserve/digits_onnx", 1, HELDOUT_X)
+    np.testing.assert_allclose(onnx_p, torch_p, rtol=0, atol=1e-5)
+    assert np.array_equal(onnx_p.argmax(axis=1), torch_p.argmax(axis=1))
+    # ... while TensorFlow and PyTorch, trained apart, disagree on a few images
+    tf_p = digits_probabilities("tfserving/digits", 2, HELDOUT_X)
+    agreement = float(np.mean(tf_p.argmax(axis=1) == torch_p.argmax(axis=1)))
+    assert 0.9 <= agreement < 1.0
+    assert ACCURACY["argmax_agreement"]["tfserving/digits/2 vs torchserve/digits/2"] == round(agreement, 4)
+
+
+@pytest.mark.parametrize("readme", [REPO / "README.md", REPO.parent / "README.md"], ids=["model_repo", "root"])
+def test_digits_readme_shows_the_accuracy_table(readme: Path) -> None:
+    lines = readme.read_text().splitlines()
+    for row in ACCURACY["models"]:
+        figure = f"{row['correct']}/360 = {row['accuracy']:.4f}"
+        assert any(f"`{row['model']}` v{row['version']}" in line and figure in line for line in lines), (
+            f"{readme}: no table row for `{row['model']}` v{row['version']} with {figure}")
+
+
+def png(pixels: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode="L").convert(mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def image_answer(svc: Any, ctx: FakeContext, payload: bytes) -> dict[str, Any]:
+    [raw] = svc.handle([{"body": bytearray(payload)}], ctx)
+    assert ctx.content_types == {0: "application/json"}
+    return json.loads(raw)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("name", "version"), [("digits", 2), ("digits_onnx", 1)])
+def test_handler_reads_the_example_pngs(tmp_path_factory: pytest.TempPathFactory, name: str, version: int) -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.png")) == [f"{d}.png" for d in range(10)]
+    for digit in range(10):
+        svc, ctx = service(tmp_path_factory, name, version)
+        answer = image_answer(svc, ctx, (EXAMPLES / f"{digit}.png").read_bytes())
+        assert answer["model_name"] == name and answer["model_version"] == str(version)
+        assert answer["label"] == str(digit), answer
+        scores = list(answer["probabilities"].values())
+        assert next(iter(answer["probabilities"])) == str(digit) and len(scores) == 3
+        assert scores == sorted(scores, reverse=True) and 0.5 < scores[0] <= 1.0
+
+
+def test_handler_image_matches_the_v2_answer_and_takes_other_images(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from PIL import Image
+
+    def fresh() -> tuple[Any, FakeContext]:
+        return service(tmp_path_factory, "digits", 2)
+
+    small = np.asarray(Image.open(EXAMPLES / "7.png").resize((8, 8), Image.Resampling.BOX))
+    # The 8x8 pixels as a v2 tensor (0..255 -> 0..16) give the image answer's probabilities.
+    body = v2_body((small.astype(np.float32) * 16 / 255).reshape(1, 64).tolist(), [1, 64])
+    [raw] = fresh()[0].handle([{"body": body}], fresh()[1])
+    v2_scores = json.loads(raw)["outputs"][0]["data"]
+    answer = image_answer(*fresh(), png(small))
+    assert answer["label"] == "7" and int(np.argmax(v2_scores)) == 7
+    assert answer["probabilities"]["7"] == pytest.approx(v2_scores[7], abs=1e-5)
+    big = np.kron(small, np.ones((6, 6), np.uint8))
+    for payload in (png(255 - big),             # dark ink on white paper, 48x48
+                    png(big, mode="RGB"),       # colour
+                    png(big, fmt="JPEG")):      # lossy
+        assert image_answer(*fresh(), payload)["label"] == "7"
+
+
+IMAGE_ERRORS = [
+    ("digits", 2, b"\x89PNG\r\n\x1a\n" + b"not really a png", "not a readable one"),
+    ("digits", 2, None, "at most 16777216 are accepted"),  # 5000 x 4000
+    ("mlp", 1, None, "takes v2 JSON tensors, not images"),
+]
+
+
+@pytest.mark.parametrize(("name", "version", "payload", "message"), IMAGE_ERRORS, ids=[m for *_, m in IMAGE_ERRORS])
+def test_handler_refuses_bad_images_with_400(tmp_path_factory: pytest.TempPathFactory, name: str, version: int,
+                                             payload: bytes | None, message: str) -> None:
+    svc, ctx = service(tmp_path_factory, name, version)
+    if payload is None:
+        size = (5000, 4000) if name == "digits" else (8, 8)
+        payload = png(np.zeros(size[::-1], np.uint8))
+    with pytest.raises(PredictionException) as info:
+        svc.handle([{"body": bytearray(payload)}], ctx)
+    assert info.value.error_code == 400
+    assert message in info.value.message
