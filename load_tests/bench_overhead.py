@@ -68,7 +68,7 @@ from google.protobuf.message import Message
 
 from gateway.codecs import tf_proto, v2_grpc, v2_json
 from gateway.dev import localstack
-from gateway.dev.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
+from gateway.dev.devstack import EXAMPLE_ROUTES, MODEL_REPO, TF_MODELS, TOY_TORCHSERVE_MODELS
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos import torchserve_inference_pb2 as tsi
@@ -658,7 +658,8 @@ def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[s
         "fast": pool.submit(start_fast_backend, workdir / "fast"),
         "fast_grpc": pool.submit(start_fast_grpc_backend, workdir / "fast_grpc"),
         "torchserve": pool.submit(
-            localstack.start_torchserve, workdir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS,
+            # the toy models only: the scenarios use scale (the digits models would add ~7 s of registration)
+            localstack.start_torchserve, workdir / "torchserve", MODEL_REPO / "torchserve", TOY_TORCHSERVE_MODELS,
             token_auth=True, defaults={"mlp": "1", "scale": "2"}),
         "tfserving": pool.submit(
             localstack.start_tfserving, workdir / "tfserving", MODEL_REPO / "tfserving" / "models.config",

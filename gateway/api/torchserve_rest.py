@@ -45,7 +45,16 @@ async def predictions(request: Request, match: re.Match[str]) -> Response:
                         headers=served_by(route))
     # Other backends (and shadowed requests, which need the tensors): the body is read as the v2 JSON request
     # this project's TorchServe handlers accept.
-    return await v2_rest.answer(request, await v2_rest.decode(request, ref), route)
+    try:
+        infer_request = await v2_rest.decode(request, ref)
+    except InvalidArgument as exc:
+        # Say why a body the handler would take (an image, say) is refused here.
+        why = ("is mirrored to a shadow" if route.shadow is not None
+               else f"goes to backend '{route.target.backend}', which takes no TorchServe handler bodies")
+        raise InvalidArgument(f"{exc.message} (model '{route.model.name}' version {route.target.logical_version} "
+                              f"{why}, so the body must be a v2 JSON request; other bodies pass through only to "
+                              "TorchServe on routes without a shadow)") from exc
+    return await v2_rest.answer(request, infer_request, route)
 
 
 # TorchServe's exception type names, so existing clients that switch on `type` keep working.

@@ -14,9 +14,15 @@ from gateway.settings import Settings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPO = REPO_ROOT / "model_repo"
 EXAMPLE_ROUTES = REPO_ROOT / "examples" / "routes.local.yaml"
-TORCHSERVE_MODELS = (("mlp", "1", "mlp-1.mar"), ("mlp", "2", "mlp-2.mar"),
-                     ("scale", "1", "scale-1.mar"), ("scale", "2", "scale-2.mar"))
-TF_MODELS = ("affine", "mlp", "multi")
+TOY_TORCHSERVE_MODELS = (("mlp", "1", "mlp-1.mar"), ("mlp", "2", "mlp-2.mar"),
+                         ("scale", "1", "scale-1.mar"), ("scale", "2", "scale-2.mar"))
+# The digits classifier trained in PyTorch (two versions) and its ONNX export: ~2.5 s to register each.
+DIGITS_TORCHSERVE_MODELS = (("digits", "1", "digits-1.mar"), ("digits", "2", "digits-2.mar"),
+                            ("digits_onnx", "1", "digits_onnx-1.mar"))
+TORCHSERVE_MODELS = TOY_TORCHSERVE_MODELS + DIGITS_TORCHSERVE_MODELS
+TORCHSERVE_DEFAULTS = {"mlp": "1", "scale": "2", "digits": "2"}
+TF_MODELS = ("affine", "mlp", "multi", "digits")
+EXAMPLE_IMAGES = REPO_ROOT / "examples" / "digits"
 
 
 def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True, admin_port: int = 8002) -> int:
@@ -24,10 +30,10 @@ def run_dev(port: int, grpc_port: int, workdir: Path, token_auth: bool = True, a
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     with localstack.Stack() as stack:
-        print("starting TorchServe and TF Serving (about 15 s) ...", flush=True)
+        print("starting TorchServe and TF Serving (about 25 s) ...", flush=True)
         ts_proc, ts = localstack.start_torchserve(
             workdir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS,
-            token_auth=token_auth, defaults={"mlp": "1", "scale": "2"})
+            token_auth=token_auth, defaults=TORCHSERVE_DEFAULTS)
         stack.add(ts_proc)
         tf_proc, tf = localstack.start_tfserving(
             workdir / "tfserving", MODEL_REPO / "tfserving" / "models.config", MODEL_REPO / "tfserving",
@@ -103,6 +109,11 @@ The admin CLI (a canary rollout of scale back to version 1, while requests flow)
   for i in $(seq 200); do curl -s -o /dev/null -X POST {g}/v2/models/scale/infer \
     -d '{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}}]}}'; done
   {gw} rollout status scale
+
+Digits (TensorFlow vs PyTorch 50/50 by user, the ONNX export as a shadow; model_repo/README.md):
+  curl -s --data-binary @{EXAMPLE_IMAGES}/7.png -H 'content-type: image/png' {g}/predictions/digits_torch
+  curl -s --data-binary @{EXAMPLE_IMAGES}/7.png -H 'content-type: image/png' {g}/predictions/digits_onnx
+  {sys.executable} {REPO_ROOT}/load_tests/replay_digits.py --url {g}   # accuracy per variant, agreement
 
 Ctrl-C stops everything.
 """

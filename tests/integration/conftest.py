@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway.dev import localstack
-from gateway.dev.devstack import MODEL_REPO, TF_MODELS, TORCHSERVE_MODELS
+from gateway.dev.devstack import MODEL_REPO, TF_MODELS, TORCHSERVE_DEFAULTS, TORCHSERVE_MODELS
 
 from .stack import MAX_BODY_BYTES, Blackhole, Gateway, build_routes
 
@@ -26,7 +26,7 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def torchserve(stack_dir: Path) -> Iterator[localstack.TorchServeEndpoints]:
     proc, endpoints = localstack.start_torchserve(
         stack_dir / "torchserve", MODEL_REPO / "torchserve", TORCHSERVE_MODELS, token_auth=True,
-        defaults={"mlp": "1", "scale": "2"})
+        defaults=TORCHSERVE_DEFAULTS)
     yield endpoints
     proc.stop()
 

@@ -1,13 +1,15 @@
 """The quick start's main command: `make up` runs `gateway dev`, the whole local stack (TorchServe, TF Serving or its
 stand-in, the gateway with its admin API). Started here as a user would (own ports and work directory), then: the
-banner's examples answer on every front, a canary rollout runs through the `gateway rollout` CLI while requests
-flow, and Ctrl-C (SIGINT to its process group) stops everything, backends included."""
+banner's examples answer on every front (the digits PNG uploads and replay script included), a canary rollout
+runs through the `gateway rollout` CLI while requests flow, and Ctrl-C (SIGINT to its process group) stops
+everything, backends included."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -70,6 +72,22 @@ def test_gateway_dev_serves_the_examples_runs_a_rollout_and_stops_on_ctrl_c(tmp_
             with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+            # The banner's digits commands as printed: a PNG upload to each TorchServe model, the replay script.
+            uploads = [shlex.split(line) for line in banner.splitlines() if "--data-binary @" in line]
+            assert len(uploads) == 2, banner
+            for words in uploads:
+                image = Path(next(w for w in words if w.startswith("@"))[1:])
+                target = next(w for w in words if w.startswith(url))
+                content_type = words[words.index("-H") + 1].split(":", 1)[1].strip()
+                r = client.post(target.removeprefix(url), content=image.read_bytes(),
+                                headers={"content-type": content_type})
+                assert r.status_code == 200 and r.json()["label"] == image.stem, (words, r.text)
+            replay_line = next(line for line in banner.splitlines() if "replay_digits.py" in line)
+            replay = subprocess.run(shlex.split(replay_line, comments=True), capture_output=True, text=True,
+                                    timeout=120, cwd="/")
+            assert replay.returncode == 0, replay.stdout + replay.stderr
+            assert "tf (v2)" in replay.stdout and "torch (v4)" in replay.stdout and "shadow v5" in replay.stdout
 
             # The banner's admin CLI lines, run as printed in a shell without the virtualenv on PATH: a canary
             # rollout of `scale` back to version 1, requests flowing meanwhile.
