@@ -22,6 +22,7 @@ grpc_gevent.init_gevent()
 import itertools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
@@ -53,10 +54,22 @@ def _check_probabilities(data: Any, shape: Any) -> str:
     return ""
 
 
+def _v2_probabilities(answer: Any) -> tuple[Any, Any]:
+    out = answer["outputs"][0]
+    return out["data"], out["shape"]
+
+
+def _tf_probabilities(answer: Any) -> tuple[Any, Any]:
+    rows = answer["predictions"]  # row format: one row of probabilities per instance
+    return rows[0], [len(rows), len(rows[0])]
+
+
 class _DigitsUser:
     """A sticky experiment user walking through the held-out images from its own offset."""
 
-    def _start(self) -> None:
+    wait_time = between(0.0, 0.05)
+
+    def on_start(self) -> None:
         number = next(_users)
         self.user_id = f"locust-{number}"
         self._images = itertools.cycle(IMAGES[number % len(IMAGES) :] + IMAGES[: number % len(IMAGES)])
@@ -65,57 +78,45 @@ class _DigitsUser:
         return next(self._images)
 
 
-class V2RestUser(_DigitsUser, FastHttpUser):
+class _RestDigitsUser(_DigitsUser, FastHttpUser):
+    abstract = True  # not a user class of its own
+
+    def post(self, path: str, body: dict[str, Any], name: str,
+             probabilities: Callable[[Any], tuple[Any, Any]]) -> None:
+        """POST as this user; ``probabilities`` takes the answer's (data, shape) out of its JSON."""
+        with self.client.post(path, json=body, headers={"x-user-id": self.user_id}, name=name,
+                              catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"{r.status_code} {r.text[:200]}")
+                return
+            problem = _check_probabilities(*probabilities(r.json()))
+            if problem:
+                r.failure(problem)
+
+
+class V2RestUser(_RestDigitsUser):
     """Open Inference Protocol v2 over REST: POST /v2/models/digits/infer."""
-
-    wait_time = between(0.0, 0.05)
-
-    def on_start(self) -> None:
-        self._start()
 
     @task
     def infer(self) -> None:
         body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": self.next_image()}]}
-        with self.client.post(f"/v2/models/{MODEL}/infer", json=body, headers={"x-user-id": self.user_id},
-                              name="v2 REST infer digits", catch_response=True) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code} {r.text[:200]}")
-                return
-            out = r.json()["outputs"][0]
-            problem = _check_probabilities(out["data"], out["shape"])
-            if problem:
-                r.failure(problem)
+        self.post(f"/v2/models/{MODEL}/infer", body, "v2 REST infer digits", _v2_probabilities)
 
 
-class TFRestUser(_DigitsUser, FastHttpUser):
+class TFRestUser(_RestDigitsUser):
     """TF Serving REST: POST /v1/models/digits:predict with row-format instances."""
-
-    wait_time = between(0.0, 0.05)
-
-    def on_start(self) -> None:
-        self._start()
 
     @task
     def predict(self) -> None:
         body = {"instances": [self.next_image()]}
-        with self.client.post(f"/v1/models/{MODEL}:predict", json=body, headers={"x-user-id": self.user_id},
-                              name="TF REST predict digits", catch_response=True) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code} {r.text[:200]}")
-                return
-            [row] = r.json()["predictions"]
-            problem = _check_probabilities(row, [1, len(row)])
-            if problem:
-                r.failure(problem)
+        self.post(f"/v1/models/{MODEL}:predict", body, "TF REST predict digits", _tf_probabilities)
 
 
 class V2GrpcUser(_DigitsUser, User):
     """Open Inference Protocol v2 over gRPC: inference.GRPCInferenceService/ModelInfer (answers in raw bytes)."""
 
-    wait_time = between(0.0, 0.05)
-
     def on_start(self) -> None:
-        self._start()
+        super().on_start()
         target = self.environment.parsed_options.grpc_target if self.environment.parsed_options else ""
         if not target:
             target = f"{urlsplit(self.host or 'http://127.0.0.1').hostname}:8001"
