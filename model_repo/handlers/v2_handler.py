@@ -340,6 +340,11 @@ class V2Service:
             context.set_response_content_type(idx, "application/json")
             try:
                 payload = self._payload(row)
+                if payload is None and self.image is not None:
+                    raise BadRequest(
+                        "request has no body; send an image file with Content-Type: image/png (or image/jpeg...),"
+                        " or the v2 JSON object with Content-Type: application/json (form-encoded bodies, curl's"
+                        " default for --data-binary, are not accepted)")
                 if isinstance(payload, bytes) and _is_image(payload):
                     answers.append(self._image_answer(payload))
                     continue

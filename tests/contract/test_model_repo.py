@@ -509,6 +509,7 @@ def test_handler_image_matches_the_v2_answer_and_takes_other_images(tmp_path_fac
 
 IMAGE_ERRORS = [
     ("digits", 2, b"\x89PNG\r\n\x1a\n" + b"not really a png", "not a readable one"),
+    ("digits", 2, b"", "send an image file with Content-Type: image/png"),  # form-encoded: no body
     ("digits", 2, None, "at most 16777216 are accepted"),  # 5000 x 4000
     ("mlp", 1, None, "takes v2 JSON tensors, not images"),
 ]
@@ -521,7 +522,8 @@ def test_handler_refuses_bad_images_with_400(tmp_path_factory: pytest.TempPathFa
     if payload is None:
         size = (5000, 4000) if name == "digits" else (8, 8)
         payload = png(np.zeros(size[::-1], np.uint8))
+    row = {"body": bytearray(payload)} if payload else {"some_form_field": b"1"}
     with pytest.raises(PredictionException) as info:
-        svc.handle([{"body": bytearray(payload)}], ctx)
+        svc.handle([row], ctx)
     assert info.value.error_code == 400
     assert message in info.value.message
