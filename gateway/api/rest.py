@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from gateway.api import tf_rest, torchserve_rest, v2_rest
 from gateway.api.asgi import (
     ClientDisconnected,
     Front,
+    Handler,
     Receive,
     Request,
     Response,
@@ -17,6 +19,7 @@ from gateway.api.asgi import (
     send_response,
 )
 from gateway.api.asgi import served_by as _served_by
+from gateway.api.pages import Pages
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, NotFound
 
@@ -36,25 +39,39 @@ def front_for(path: str) -> Front:
     return _FALLBACK
 
 
+def find(front: Front, method: str, path: str) -> tuple[Handler, re.Match[str]] | None:
+    """The front's first route for this method and path (None: the front's no_route answers)."""
+    for route_method, pattern, handler in front.routes:
+        if route_method == method:
+            match = pattern.match(path)
+            if match is not None:
+                return handler, match
+    return None
+
+
 class RestApp:
-    """The public REST app (raw ASGI): /metrics, then one front per path prefix; errors in the front's protocol."""
+    """The public REST app (raw ASGI): one front per path prefix, and the gateway's own pages (/metrics, /openapi.json,
+    /docs); errors in the front's protocol."""
 
     def __init__(self, plane: DataPlane, max_body_bytes: int) -> None:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
+        self.pages = Pages()
+
+    def front_for(self, path: str) -> Front:
+        front = front_for(path)
+        return self.pages.front if front is _FALLBACK and self.pages.serves(path) else front
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        if path == "/metrics":
-            accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), "")
-            body, content_type = self.plane.metrics.render(accept)
-            await self._send(send, Response(200, body, content_type=content_type.encode()))
-            return
-        front = front_for(path)
         request = Request(scope, receive, self.plane, self.max_body_bytes)
+        if path == "/metrics" and request.method == "GET":
+            await self._send(send, self.pages.render_metrics(request))  # scrapes: no access log line, no span
+            return
+        front = self.front_for(path)
         exchange = self.plane.begin(f"{request.method} {front.name}", request.text_header)
         detail = ""
         try:
@@ -81,11 +98,9 @@ class RestApp:
 
     @staticmethod
     async def dispatch(front: Front, request: Request) -> Response:
-        path, method = request.path, request.method
-        for route_method, pattern, handler in front.routes:
-            if route_method == method:
-                match = pattern.match(path)
-                if match is not None:
-                    return await handler(request, match)
-        raise front.no_route(request)
+        found = find(front, request.method, request.path)
+        if found is None:
+            raise front.no_route(request)
+        handler, match = found
+        return await handler(request, match)
 
