@@ -104,6 +104,10 @@ class MethodNotAllowed(GatewayError):
     http_status = 405
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
+    def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allow = allow  # the methods the path takes: the Allow header over HTTP
+
 
 class Unimplemented(GatewayError):
     http_status = 501

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.errors import GatewayError, MethodNotAllowed, PayloadTooLarge
 from gateway.routes.table import Hints
 
 if TYPE_CHECKING:
@@ -102,7 +102,22 @@ class Front:
 
 def json_error(error: GatewayError) -> Response:
     """`{"error": "..."}` with the error's status: the v2 and TF Serving REST error body."""
-    return Response(error.http_status, orjson.dumps({"error": error.message}))
+    return Response(error.http_status, orjson.dumps({"error": error.message}), headers=error_headers(error))
+
+
+def error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
+    """What an error adds to its answer whatever the front: a 405 names the methods the path takes."""
+    if isinstance(error, MethodNotAllowed) and error.allow:
+        return [(b"allow", ", ".join(error.allow).encode())]
+    return []
+
+
+def wrong_method(routes: tuple[tuple[str, re.Pattern[str], Handler], ...], request: Request) -> GatewayError | None:
+    """405 (with the methods it takes) when another method's route takes the path; None when none does."""
+    allow = tuple(sorted({method for method, pattern, _ in routes if pattern.match(request.path)}))
+    if not allow:
+        return None
+    return MethodNotAllowed(f"{request.method} is not allowed on {request.path} (allowed: {', '.join(allow)})", allow)
 
 
 def served_by(route: Route) -> list[tuple[bytes, bytes]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 
-from gateway.api.asgi import Front, Request, Response, json_error
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.api.asgi import Front, Request, Response, json_error, wrong_method
+from gateway.errors import GatewayError, NotFound
 
 
 class Pages:
@@ -44,9 +44,7 @@ class Pages:
         return Response(200, built.body, built.content_type)  # a copy: the answer may get headers added
 
     def no_route(self, request: Request) -> GatewayError:
-        if any(pattern.match(request.path) for _, pattern, _ in self.front.routes):
-            return MethodNotAllowed(f"{request.method} is not allowed on {request.path} (GET only)")
-        return NotFound(f"no page at {request.path} (see /docs)")
+        return wrong_method(self.front.routes, request) or NotFound(f"no page at {request.path} (see /docs)")
 
 
 def _build(path: str) -> Response:

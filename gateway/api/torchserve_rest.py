@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from gateway.api import v2_rest
-from gateway.api.asgi import Front, Request, Response, served_by
+from gateway.api.asgi import Front, Request, Response, error_headers, served_by, wrong_method
 from gateway.backends.base import PassesPredictions
 from gateway.codecs.jsonio import dumps
 from gateway.errors import (
@@ -72,11 +72,13 @@ _TYPES: tuple[tuple[type[GatewayError], str], ...] = (
 
 def encode_error(error: GatewayError) -> Response:
     kind = next((name for cls, name in _TYPES if isinstance(error, cls)), "InternalServerException")
-    return Response(error.http_status, dumps({"code": error.http_status, "type": kind, "message": error.message}))
+    return Response(error.http_status, dumps({"code": error.http_status, "type": kind, "message": error.message}),
+                    headers=error_headers(error))
 
 
 def no_route(request: Request) -> GatewayError:
-    return NotFound(f"Requested resource is not found, please refer to API document: {request.path}")
+    return wrong_method(ROUTES, request) or NotFound(
+        f"Requested resource is not found, please refer to API document: {request.path}")
 
 
 ROUTES = (

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 from gateway import __version__
-from gateway.api.asgi import Front, Request, Response, json_error, served_by
+from gateway.api.asgi import Front, Request, Response, json_error, served_by, wrong_method
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import dumps
-from gateway.errors import GatewayError, InvalidArgument, MethodNotAllowed, NotFound
+from gateway.errors import GatewayError, InvalidArgument, NotFound
 from gateway.routes.table import Route
 from gateway.types import InferRequest, ModelRef
 
@@ -95,9 +95,7 @@ def _header_length(request: Request) -> int | None:
 
 
 def no_route(request: Request) -> GatewayError:
-    if any(p.match(request.path) for _, p, _ in ROUTES):
-        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-    return NotFound(f"no v2 endpoint at {request.method} {request.path}")
+    return wrong_method(ROUTES, request) or NotFound(f"no v2 endpoint at {request.method} {request.path}")
 
 
 ROUTES = (

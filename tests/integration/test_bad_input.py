@@ -108,6 +108,25 @@ def test_unknown_paths_and_methods(client: httpx.Client) -> None:
     v2_error(client.get("/nothing-here"), 404, "no endpoint")
 
 
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/v2/models/scale/infer", "POST"), ("DELETE", "/v2/models/scale/versions/1", "GET"),
+    ("POST", "/v2/health/live", "GET"), ("GET", "/predictions/scale", "POST, PUT"), ("POST", "/ping", "GET"),
+    ("POST", "/metrics", "GET"), ("PUT", "/openapi.json", "GET"), ("DELETE", "/docs", "GET")])
+def test_wrong_method_is_405_naming_the_allowed_ones(client: httpx.Client, method: str, path: str, allow: str) -> None:
+    """RFC 9110: a 405 carries Allow (found by schemathesis); /predictions and /ping answered 404 before."""
+    r = client.request(method, path)
+    assert r.status_code == 405, r.text
+    assert r.headers["allow"] == allow
+    if path.startswith(("/predictions", "/ping")):
+        ts_error(r, 405, "MethodNotAllowedException", f"{method} is not allowed")
+    else:
+        v2_error(r, 405, f"{method} is not allowed")
+
+
+def test_wrong_method_under_v1_is_400_as_tf_serving_answers(client: httpx.Client) -> None:
+    v2_error(client.delete("/v1/models/scale"), 400, "Malformed request: DELETE /v1/models/scale")
+
+
 def test_classify_on_torchserve_model_is_unimplemented(client: httpx.Client) -> None:
     v2_error(client.post("/v1/models/scale:classify", json={"instances": [[1, 2, 3]]}), 501, "only available")
 
