@@ -190,6 +190,18 @@ def test_a_write_by_another_process_is_applied_within_the_poll_interval(gateway:
     print(f"file write -> first version-2 answer: {took * 1000:.0f} ms (poll interval {POLL_S * 1000:.0f} ms)")
 
 
+@pytest.mark.parametrize(("method", "path", "allow"), [("DELETE", "/routes", "GET, PUT"),
+                                                       ("PATCH", "/rollouts", "GET, POST"),
+                                                       ("PUT", "/models/scale/default", "POST")])
+def test_a_wrong_method_is_405_naming_every_method_of_the_path(admin: httpx.Client, method: str, path: str,
+                                                              allow: str) -> None:
+    """Found by schemathesis: Allow named the first matching route's methods only (GET /routes, not PUT)."""
+    r = admin.request(method, path)
+    assert r.status_code == 405, r.text
+    assert r.headers["allow"] == allow
+    assert f"{method} not allowed on {path}" in r.json()["error"]
+
+
 def test_admin_paths_are_not_on_the_public_port(gateway: Gateway, client: httpx.Client) -> None:
     before = gateway.routes_file.read_bytes()
     auth = {"authorization": f"Bearer {gateway.admin_token}", "if-match": "1"}
