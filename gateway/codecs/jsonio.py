@@ -19,7 +19,7 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
         if allow_nan:
             try:
                 return json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack (orjson: 1024)
                 pass
         raise MalformedRequest(f"body is not valid JSON: {exc}") from None
 

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from gateway.codecs import tf_json, v2_json
+from gateway.codecs import jsonio, tf_json, v2_json
 from gateway.codecs.tensors import from_raw
 from gateway.errors import BackendError, InvalidArgument, MalformedRequest
 from gateway.types import InferResponse, ModelRef, ModelSchema, Tensor, TensorSpec
@@ -236,3 +236,11 @@ def test_binary_outputs_round_trip_through_raw_layout() -> None:
 def test_tf_backend_empty_batch_keeps_inner_dimensions() -> None:
     outputs = tf_json.decode_backend_response(b'{"outputs": []}', (TensorSpec("y", "FP32", (-1, 3)),))
     assert outputs[0].shape == (0, 3)
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+                                  b'{"inputs": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"])
+def test_json_nested_deeper_than_the_stack_is_malformed_not_a_crash(body: bytes) -> None:
+    """A regression: the NaN-tolerant fallback parser's RecursionError escaped as a 500."""
+    with pytest.raises(MalformedRequest, match="not valid JSON"):
+        jsonio.loads(body, allow_nan=True)
