@@ -12,16 +12,23 @@ from gateway.errors import MalformedRequest
 
 def loads(body: bytes, *, allow_nan: bool = False) -> Any:
     """Parse a JSON body. TF Serving accepts NaN/Infinity tokens, which orjson refuses: `allow_nan`
-    retries those bodies with the standard library's parser (slow path, only on orjson failure)."""
+    retries those bodies with the standard library's parser (slow path, only on orjson failure), held to
+    everything else orjson refuses."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if allow_nan:
             try:
-                return json.loads(body)
+                return _with_nan(body)
             except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack (orjson: 1024)
                 pass
         raise MalformedRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _with_nan(body: bytes) -> Any:
+    # UTF-8 only, as JSON between systems must be (RFC 8259): json.loads would read UTF-16 and UTF-32 bytes too,
+    # and a BOM is left in the text, where json refuses it.
+    return json.loads(body.decode("utf-8"))
 
 
 def dumps(value: Any, *, nan: bool = False) -> bytes:

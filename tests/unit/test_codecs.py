@@ -244,3 +244,16 @@ def test_json_nested_deeper_than_the_stack_is_malformed_not_a_crash(body: bytes)
     """A regression: the NaN-tolerant fallback parser's RecursionError escaped as a 500."""
     with pytest.raises(MalformedRequest, match="not valid JSON"):
         jsonio.loads(body, allow_nan=True)
+
+
+V2_BODY = '{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [NaN, 2, 3]}]}'
+
+
+@pytest.mark.parametrize("body", [V2_BODY.encode("utf-16"), V2_BODY.encode("utf-16-le"), V2_BODY.encode("utf-16-be"),
+                                  V2_BODY.encode("utf-32"), V2_BODY.encode("utf-32-le"), V2_BODY.encode("utf-32-be"),
+                                  b"\xef\xbb\xbf" + V2_BODY.encode()])
+def test_json_in_any_encoding_but_utf8_is_malformed(body: bytes) -> None:
+    """A regression: the fallback parser read UTF-16 and UTF-32 (with or without a BOM) and skipped a UTF-8 BOM."""
+    assert jsonio.loads(V2_BODY.encode(), allow_nan=True)["inputs"][0]["data"][1] == 2
+    with pytest.raises(MalformedRequest, match="not valid JSON"):
+        jsonio.loads(body, allow_nan=True)
