@@ -7,8 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from gateway.codecs.jsonio import dumps_error
 from gateway.errors import GatewayError, MethodNotAllowed, PayloadTooLarge
 from gateway.routes.table import Hints
 
@@ -102,7 +101,7 @@ class Front:
 
 def json_error(error: GatewayError) -> Response:
     """`{"error": "..."}` with the error's status: the v2 and TF Serving REST error body."""
-    return Response(error.http_status, orjson.dumps({"error": error.message}), headers=error_headers(error))
+    return Response(error.http_status, dumps_error({"error": error.message}), headers=error_headers(error))
 
 
 def error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:

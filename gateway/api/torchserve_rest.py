@@ -7,7 +7,7 @@ import re
 from gateway.api import v2_rest
 from gateway.api.asgi import Front, Request, Response, error_headers, served_by, wrong_method
 from gateway.backends.base import PassesPredictions
-from gateway.codecs.jsonio import dumps
+from gateway.codecs.jsonio import dumps, dumps_error
 from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -72,8 +72,8 @@ _TYPES: tuple[tuple[type[GatewayError], str], ...] = (
 
 def encode_error(error: GatewayError) -> Response:
     kind = next((name for cls, name in _TYPES if isinstance(error, cls)), "InternalServerException")
-    return Response(error.http_status, dumps({"code": error.http_status, "type": kind, "message": error.message}),
-                    headers=error_headers(error))
+    body = dumps_error({"code": error.http_status, "type": kind, "message": error.message})
+    return Response(error.http_status, body, headers=error_headers(error))
 
 
 def no_route(request: Request) -> GatewayError:

@@ -28,7 +28,24 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
 def _with_nan(body: bytes) -> Any:
     # UTF-8 only, as JSON between systems must be (RFC 8259): json.loads would read UTF-16 and UTF-32 bytes too,
     # and a BOM is left in the text, where json refuses it.
-    return json.loads(body.decode("utf-8"))
+    doc = json.loads(body.decode("utf-8"))
+    _check_strings(doc)
+    return doc
+
+
+def _check_strings(doc: Any) -> None:
+    """UnicodeEncodeError (a ValueError) for a lone surrogate ("\\ud800") anywhere: json reads one into a str
+    that nothing can encode again, an error message naming it included."""
+    pending = [doc]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            value.encode("utf-8")
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def dumps(value: Any, *, nan: bool = False) -> bytes:
@@ -37,6 +54,14 @@ def dumps(value: Any, *, nan: bool = False) -> bytes:
     if nan:
         return json.dumps(value, allow_nan=True, separators=(",", ":"), ensure_ascii=False).encode()
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def dumps_error(doc: dict[str, Any]) -> bytes:
+    """An error body: it encodes whatever the message holds (a character UTF-8 cannot carry goes out escaped)."""
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        return json.dumps(doc, ensure_ascii=True).encode()
 
 
 def expect_object(value: Any, what: str) -> dict[str, Any]:

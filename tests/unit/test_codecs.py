@@ -257,3 +257,18 @@ def test_json_in_any_encoding_but_utf8_is_malformed(body: bytes) -> None:
     assert jsonio.loads(V2_BODY.encode(), allow_nan=True)["inputs"][0]["data"][1] == 2
     with pytest.raises(MalformedRequest, match="not valid JSON"):
         jsonio.loads(body, allow_nan=True)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"inputs": [{"name": "\\ud800", "shape": [1], "datatype": "FP32", "data": [NaN]}]}',
+    b'{"id": "a\\udfffb", "inputs": [], "n": NaN}', b'{"\\ud800": NaN}', b'[[["\\udbff"]], NaN]'])
+def test_json_with_a_lone_surrogate_is_malformed(body: bytes) -> None:
+    """A regression: the fallback parser read "\\ud800" into a str nothing could encode again, and the error
+    message naming it (or the answer echoing the id) failed with a 500."""
+    with pytest.raises(MalformedRequest, match="surrogate"):
+        jsonio.loads(body, allow_nan=True)
+
+
+def test_an_error_body_encodes_whatever_its_message_holds() -> None:
+    body = jsonio.dumps_error({"error": "no input '\ud800'"})
+    assert body == b'{"error": "no input \'\\ud800\'"}'  # escaped: valid JSON text that any client reads
