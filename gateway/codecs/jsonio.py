@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -28,9 +29,24 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
 def _with_nan(body: bytes) -> Any:
     # UTF-8 only, as JSON between systems must be (RFC 8259): json.loads would read UTF-16 and UTF-32 bytes too,
     # and a BOM is left in the text, where json refuses it.
-    doc = json.loads(body.decode("utf-8"))
+    doc = json.loads(body.decode("utf-8"), parse_float=_double, parse_int=_integer)
     _check_strings(doc)
     return doc
+
+
+def _double(text: str) -> float:
+    """A JSON number as orjson reads it: one that overflows a double (1e400) is refused, not infinity; the
+    NaN/Infinity tokens are something else (parse_constant)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]}... is infinity when parsed as double")
+    return value
+
+
+def _integer(text: str) -> int | float:
+    """orjson's rule: an integer beyond 64 bits is read as a double. (Python refuses over 4,300 digits.)"""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _double(text)
 
 
 def _check_strings(doc: Any) -> None:

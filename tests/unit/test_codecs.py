@@ -272,3 +272,14 @@ def test_json_with_a_lone_surrogate_is_malformed(body: bytes) -> None:
 def test_an_error_body_encodes_whatever_its_message_holds() -> None:
     body = jsonio.dumps_error({"error": "no input '\ud800'"})
     assert body == b'{"error": "no input \'\\ud800\'"}'  # escaped: valid JSON text that any client reads
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 400, b"-" + b"9" * 5000, b"1" * 5000 + b".5"])
+def test_json_numbers_that_overflow_a_double_are_malformed(number: bytes) -> None:
+    """A regression: the fallback parser read 1e400 as infinity (answered 200) and 10**400 as an int no tensor
+    holds; orjson refuses both, and so does TF Serving ("Number too big to be stored in double")."""
+    body = b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [NaN, ' + number + b"]}]}"
+    with pytest.raises(MalformedRequest, match="not valid JSON"):
+        jsonio.loads(body, allow_nan=True)
+    assert jsonio.loads(body.replace(number, b"1e300"), allow_nan=True)["inputs"][0]["data"][1] == 1e300
+    assert jsonio.loads(body.replace(number, b"1" + b"0" * 30), allow_nan=True)["inputs"][0]["data"][1] == 1e30
