@@ -197,7 +197,7 @@ class V2Service:
         if isinstance(body, str):
             try:
                 body = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
                 raise BadRequest(f"request body is not valid JSON: {exc}") from exc
         if body is None:
             raise BadRequest(
@@ -351,7 +351,9 @@ class V2Service:
                 body = self._body(payload)
                 arrays, wanted = self._parse(body)
             except BadRequest as exc:
-                message = str(exc)
+                # TorchServe sends the message as UTF-8: a lone surrogate the client sent (JSON "\ud800") in it
+                # would kill the worker, so such characters go out escaped.
+                message = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
                 if len(data) == 1:
                     raise PredictionException(message, 400) from exc
                 # Only this request of the batch is bad: answer it alone with 400.

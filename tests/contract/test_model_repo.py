@@ -361,6 +361,32 @@ def test_handler_rejects_with_400(tmp_path_factory: pytest.TempPathFactory, body
     assert message in info.value.message
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"inputs": "x", "n": ' + b"9" * 5000 + b"}"])
+def test_handler_refuses_json_python_cannot_read_with_400(tmp_path_factory: pytest.TempPathFactory,
+                                                          raw: bytes) -> None:
+    """A regression: nesting deeper than the stack raised RecursionError, which TorchServe answers 5xx."""
+    svc, ctx = service(tmp_path_factory, "mlp", 1)
+    with pytest.raises(PredictionException) as info:
+        svc.handle([{"body": raw}], ctx)
+    assert info.value.error_code == 400 and "not valid JSON" in info.value.message
+
+
+def test_handler_messages_are_utf8_whatever_the_request_holds(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A regression: an input named "\\ud800" put a lone surrogate in the message, TorchServe's worker could not
+    encode it and died (every request after it failed until the worker was back)."""
+    svc, ctx = service(tmp_path_factory, "mlp", 1)
+    with pytest.raises(PredictionException) as info:
+        svc.handle([{"body": b'{"inputs": [{"name": "\\ud800", "shape": [1], "datatype": "FP32", "data": [1]}]}'}],
+                   ctx)
+    assert info.value.error_code == 400
+    assert "unknown input '\\ud800'" in info.value.message
+    info.value.message.encode("utf-8")  # what TorchServe does with it
+    [raw] = svc.handle([{"body": v2_body(SAMPLE4, [1, 4], id="ok")}, {"body": b'{"inputs": 1, "id": "\\udfff"}'}],
+                       ctx)[1:]
+    assert ctx.statuses == {1: (400, "Bad Request")}
+    raw.decode("utf-8")
+
+
 def test_handler_rejects_missing_body(tmp_path_factory: pytest.TempPathFactory) -> None:
     svc, ctx = service(tmp_path_factory, "mlp", 1)
     with pytest.raises(PredictionException, match="no body"):
