@@ -73,6 +73,29 @@ def _json_error_message(exc: json.JSONDecodeError, text: str) -> str:
     return exc.msg + "."
 
 
+class _NumberTooBig(Exception):
+    pass
+
+
+def _double(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # rapidjson: kParseErrorNumberTooBig, where Python would read infinity
+        raise _NumberTooBig
+    return value
+
+
+def _integer(text: str) -> int | float:
+    # rapidjson reads an integer beyond 64 bits as a double (Python refuses over 4,300 digits).
+    try:
+        value = int(text)
+    except ValueError:
+        raise _NumberTooBig from None
+    return value if -(2**63) <= value < 2**64 else _double(text)
+
+
+_DECODER = json.JSONDecoder(parse_float=_double, parse_int=_integer)
+
+
 def parse_json(body: bytes) -> dict:
     """json_tensor.cc ParseJson: NaN/Infinity allowed, parsing stops after the first value."""
     if not body:
@@ -85,10 +108,14 @@ def parse_json(body: bytes) -> dict:
     if start == len(text):
         raise invalid_argument(f"JSON Parse error: The document is empty at offset: {start}")
     try:
-        doc, _ = json.JSONDecoder().raw_decode(text, start)
+        doc, _ = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         offset = len(text[: exc.pos].encode("utf-8"))
         raise invalid_argument(f"JSON Parse error: {_json_error_message(exc, text)} at offset: {offset}") from None
+    except _NumberTooBig:
+        raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from None
+    except RecursionError:  # rapidjson has no depth limit of its own; Python's stack has one
+        raise invalid_argument("JSON Parse error: The document is nested too deeply.") from None
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {debug_string(doc)} Is not object")
     return doc

@@ -148,6 +148,23 @@ def test_invalid_json_is_400(tfs, http):
     assert_error(response, 400, "JSON Parse error: Missing a name for object member. at offset: 1")
 
 
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "9" * 5000, "1" + "0" * 400])
+def test_number_too_big_for_a_double_is_400(tfs, http, number):
+    """A regression (stand-in): Python read 1e400 as infinity and 5,000 digits as a ValueError answered 500."""
+    body = '{"instances": [[' + number + ", 2, 3]]}"
+    for verb in ("predict", "classify"):
+        response = post(http, tfs.rest, f"/v1/models/affine:{verb}", body)
+        assert_error(response, 400, re.compile(r"^JSON Parse error: Number too big to be stored in double\."))
+
+
+def test_nesting_deeper_than_pythons_stack_is_400(tfs, http):
+    """A regression (stand-in): RecursionError answered 500 (TF Serving's parser takes this depth; the
+    shape is wrong then)."""
+    response = post(http, tfs.rest, "/v1/models/affine:predict", '{"instances": ' + "[" * 5000 + "1" + "]" * 5000 + "}")
+    assert response.status_code == 400, response.text
+    assert list(response.json()) == ["error"]
+
+
 def test_empty_body_is_400(tfs, http):
     response = post(http, tfs.rest, "/v1/models/affine:predict", "")
     assert_error(response, 400, "JSON Parse error: The document is empty")
