@@ -351,9 +351,7 @@ class V2Service:
                 body = self._body(payload)
                 arrays, wanted = self._parse(body)
             except BadRequest as exc:
-                # TorchServe sends the message as UTF-8: a lone surrogate the client sent (JSON "\ud800") in it
-                # would kill the worker, so such characters go out escaped.
-                message = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+                message = _printable(str(exc))
                 if len(data) == 1:
                     raise PredictionException(message, 400) from exc
                 # Only this request of the batch is bad: answer it alone with 400.
@@ -364,6 +362,19 @@ class V2Service:
                 continue
             answers.append(self._response(body, wanted, self._run(arrays)))
         return answers
+
+
+MAX_MESSAGE_CHARS = 1024
+
+
+def _printable(message: str) -> str:
+    """An error message TorchServe can send whole. It encodes the message as UTF-8: a lone surrogate the client
+    sent (JSON "\\ud800") would kill the worker, so such characters go out escaped. And it cuts an error body
+    of some 100 KB short (it closes the connection before the body is out), so a message quoting a long name
+    the client sent is shortened."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + f"... ({len(message)} characters)"
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _service: V2Service | None = None

@@ -387,6 +387,17 @@ def test_handler_messages_are_utf8_whatever_the_request_holds(tmp_path_factory: 
     raw.decode("utf-8")
 
 
+def test_handler_messages_quoting_a_long_name_are_short(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A regression: a 900 KB input name came back in a 900 KB error that TorchServe cut short (the gateway saw
+    an incomplete answer: 502)."""
+    svc, ctx = service(tmp_path_factory, "mlp", 1)
+    with pytest.raises(PredictionException) as info:
+        svc.handle([{"body": v2_body([1, 2, 3, 4], [1, 4]) | {"inputs": [
+            {"name": "n" * 900_000, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}}], ctx)
+    assert info.value.error_code == 400 and "unknown input 'nnn" in info.value.message
+    assert len(info.value.message) < 1100
+
+
 def test_handler_rejects_missing_body(tmp_path_factory: pytest.TempPathFactory) -> None:
     svc, ctx = service(tmp_path_factory, "mlp", 1)
     with pytest.raises(PredictionException, match="no body"):
