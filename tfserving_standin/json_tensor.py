@@ -96,6 +96,25 @@ def _integer(text: str) -> int | float:
 _DECODER = json.JSONDecoder(parse_float=_double, parse_int=_integer)
 
 
+def _valid_strings(doc: object) -> bool:
+    """rapidjson refuses a lone surrogate escape ("\\ud800"); Python reads it into a str nothing can encode."""
+    pending = [doc]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return True
+
+
 def parse_json(body: bytes) -> dict:
     """json_tensor.cc ParseJson: NaN/Infinity allowed, parsing stops after the first value."""
     if not body:
@@ -116,6 +135,8 @@ def parse_json(body: bytes) -> dict:
         raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from None
     except RecursionError:  # rapidjson has no depth limit of its own; Python's stack has one
         raise invalid_argument("JSON Parse error: The document is nested too deeply.") from None
+    if not _valid_strings(doc):
+        raise invalid_argument("JSON Parse error: The surrogate pair in string is invalid.")
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {debug_string(doc)} Is not object")
     return doc

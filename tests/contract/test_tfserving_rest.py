@@ -157,6 +157,13 @@ def test_number_too_big_for_a_double_is_400(tfs, http, number):
         assert_error(response, 400, re.compile(r"^JSON Parse error: Number too big to be stored in double\."))
 
 
+@pytest.mark.parametrize("string", ["\\ud800", "a\\udfffb", "\\udbff\\ud800"])
+def test_a_lone_surrogate_is_400(tfs, http, string):
+    """A regression (stand-in): Python read it, and writing the error naming it failed with a 500."""
+    response = post(http, tfs.rest, "/v1/models/affine:predict", '{"instances": [{"' + string + '": [1, 2, 3]}]}')
+    assert_error(response, 400, re.compile(r"^JSON Parse error: The surrogate pair in string is invalid\."))
+
+
 def test_nesting_deeper_than_pythons_stack_is_400(tfs, http):
     """A regression (stand-in): RecursionError answered 500 (TF Serving's parser takes this depth; the
     shape is wrong then)."""
