@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from .stack import MAX_BODY_BYTES
+from .stack import MAX_BODY_BYTES, Gateway
 
 V2_X3 = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
 
@@ -171,3 +171,128 @@ def test_target_not_loaded_on_backend_is_503(client: httpx.Client, version: str)
 def test_gateway_keeps_serving_after_errors(client: httpx.Client) -> None:
     r = client.post("/v2/models/scale/versions/1/infer", json=V2_X3)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [2, 4, 6]
+
+
+# --- pathological JSON: nesting, huge numbers, odd encodings, on every JSON-taking endpoint ---
+
+# (front, method, path, body template): $N is a number, $S a string the case may replace; as given, the body is
+# valid for the model.
+V2_BODY = '{"inputs": [{"name": "$S", "shape": [1, 3], "datatype": "FP32", "data": [$N, 2, 3]}]}'
+TF_BODY = '{"instances": [{"$S": [$N, 2, 3]}]}'
+EXAMPLES_BODY = '{"examples": [{"$S": [$N, 2, 3]}]}'
+JSON_ENDPOINTS = [
+    ("v2", "POST", "/v2/models/scale/infer", V2_BODY),  # TorchServe behind
+    ("v2", "POST", "/v2/models/affine/versions/1/infer", V2_BODY),  # TF Serving behind
+    ("tf", "POST", "/v1/models/scale:predict", TF_BODY),  # translated
+    ("tf", "POST", "/v1/models/affine:predict", TF_BODY),  # passed through to TF Serving unchanged
+    ("tf", "POST", "/v1/models/affine/labels/stable:classify", EXAMPLES_BODY),
+    ("tf", "POST", "/v1/models/affine:regress", EXAMPLES_BODY),
+    ("torchserve", "POST", "/predictions/scale", V2_BODY),  # passed through to the TorchServe handler
+    ("torchserve", "PUT", "/predictions/scale/1", V2_BODY),
+    ("torchserve", "POST", "/predictions/affine", V2_BODY),  # read as v2 JSON, translated for TF Serving
+]
+
+
+def body(template: str, number: str = "1", string: str = "x") -> bytes:
+    return template.replace("$N", number).replace("$S", string).encode()
+
+
+def duplicate_first_key(template: str) -> bytes:
+    key = template.split('"')[1]
+    return f'{{"{key}": "a", {template[1:-1]}, "{key}": "b"}}'.replace("$N", "1").replace("$S", "x").encode()
+
+
+PATHOLOGICAL = {
+    "100k nested arrays": lambda t: b"[" * 100_000 + b"]" * 100_000,
+    "50k nested objects": lambda t: b'{"a": ' * 50_000 + b"1" + b"}" * 50_000,
+    "100k nested arrays inside": lambda t: body(t, "[" * 100_000 + "1" + "]" * 100_000),
+    "1e400": lambda t: body(t, "1e400"),
+    "-1e400": lambda t: body(t, "-1e400"),
+    "10**400": lambda t: body(t, "1" + "0" * 400),
+    "5000-digit integer": lambda t: body(t, "9" * 5000),
+    "UTF-16 with BOM": lambda t: body(t).decode().encode("utf-16"),
+    "UTF-16LE": lambda t: body(t).decode().encode("utf-16-le"),
+    "UTF-16BE": lambda t: body(t).decode().encode("utf-16-be"),
+    "UTF-32 with BOM": lambda t: body(t).decode().encode("utf-32"),
+    "UTF-32BE": lambda t: body(t).decode().encode("utf-32-be"),
+    "UTF-8 with BOM": lambda t: b"\xef\xbb\xbf" + body(t),
+    "invalid UTF-8": lambda t: body(t).replace(b'"x', b'"\xff\xfe'),
+    "UTF-8 encoded surrogate": lambda t: body(t).replace(b'"x', b'"\xed\xa0\x80'),
+    "lone surrogate escape": lambda t: body(t, string="\\ud800"),
+    "lone low surrogate escape": lambda t: body(t, string="x\\udfff"),
+    "NUL byte in a string": lambda t: body(t, string="x\x00"),
+    "NUL escape in a string": lambda t: body(t, string="x\\u0000"),
+    "NUL after the document": lambda t: body(t) + b"\x00",
+    "NaN and Infinity tokens": lambda t: body(t, "NaN").replace(b", 2,", b", Infinity,"),
+    "duplicate keys": duplicate_first_key,
+    "900 KB string": lambda t: body(t, string="x" * 900_000),
+    "empty body": lambda t: b"",
+    "whitespace only": lambda t: b" \r\n\t ",
+    "top-level array": lambda t: b"[1, 2, 3]",
+    "top-level string": lambda t: b'"x"',
+    "top-level number": lambda t: b"5",
+    "top-level null": lambda t: b"null",
+    "top-level true": lambda t: b"true",
+}
+
+
+def front_error(front: str, r: httpx.Response) -> None:
+    """A clear 4xx in the front's own error format."""
+    assert 400 <= r.status_code < 500, f"{r.status_code}: {r.text[:300]}"
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    doc = r.json()
+    if front == "torchserve":
+        assert doc["code"] == r.status_code and doc["type"].endswith("Exception") and doc["message"], doc
+    else:
+        assert isinstance(doc["error"], str) and doc["error"], doc
+
+
+@pytest.mark.parametrize(("front", "method", "path", "template"), JSON_ENDPOINTS,
+                         ids=[f"{m} {p}" for _, m, p, _ in JSON_ENDPOINTS])
+def test_pathological_json_is_a_clear_4xx_on_every_front(gateway: Gateway, front: str, method: str, path: str,
+                                                         template: str) -> None:
+    """Never a 5xx, never a hang (a client timeout on each): a 4xx in the front's format. Three 200s are the
+    protocols' own: NaN/Infinity tokens are JSON that TF Serving (and so this gateway) accepts; bodies passed
+    through unchanged get their backend's reading: TF Serving stops at the end of the first JSON value, and
+    TorchServe reads the JSON for its handler, 1e400 as infinity."""
+    passed_to = {"/v1/models/affine:predict": "tfserving", "/predictions/scale": "torchserve",
+                 "/predictions/scale/1": "torchserve"}.get(path, "")
+    backends_own = {"tfserving": "NUL after the document", "torchserve": "e400"}
+    with gateway.client(timeout=30) as client:
+        valid = client.request(method, path, content=body(template), headers={"content-type": "application/json"})
+        assert valid.status_code == 200 or path.endswith((":classify", ":regress")), valid.text  # affine: predict only
+        for case, make in PATHOLOGICAL.items():
+            r = client.request(method, path, content=make(template), headers={"content-type": "application/json"})
+            backends_reading = passed_to and backends_own[passed_to] in case
+            if (case == "NaN and Infinity tokens" or backends_reading) and r.status_code == 200:
+                continue
+            try:
+                front_error(front, r)
+            except AssertionError as exc:
+                raise AssertionError(f"{case}: {exc}") from None
+        again = client.request(method, path, content=body(template), headers={"content-type": "application/json"})
+        assert again.status_code == valid.status_code, again.text  # the backend survived it all
+
+
+ADMIN_JSON_ENDPOINTS = [
+    ("PUT", "/routes", '{"revision": $N, "backends": {}, "models": {"$S": {}}}'),
+    ("POST", "/models/nope/default", '{"version": "$S", "revision": $N}'),
+    ("POST", "/rollouts", '{"model": "nope", "to_version": "1", "dwell_s": $N, "why": "$S"}'),
+    ("POST", "/rollouts/nope/abort", '{"who": "$S", "why": "x", "n": $N}'),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "template"), ADMIN_JSON_ENDPOINTS,
+                         ids=[f"{m} {p}" for m, p, _ in ADMIN_JSON_ENDPOINTS])
+def test_pathological_json_is_a_clear_4xx_on_the_admin_api(gateway: Gateway, method: str, path: str,
+                                                           template: str) -> None:
+    """The admin API's JSON bodies (they name no model that exists: nothing can be written)."""
+    headers = {"authorization": f"Bearer {gateway.admin_token}", "content-type": "application/json",
+               "if-match": "0"}
+    with httpx.Client(base_url=gateway.admin_url, timeout=30, headers=headers) as admin:
+        for case, make in PATHOLOGICAL.items():
+            r = admin.request(method, path, content=make(template))
+            try:
+                front_error("admin", r)
+            except AssertionError as exc:
+                raise AssertionError(f"{case}: {exc}") from None
