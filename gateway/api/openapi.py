@@ -67,7 +67,8 @@ def json_of(*models: type[BaseModel], example: Any = None) -> dict[str, Any]:
     return {"application/json": media}
 
 
-ANY_CONTENT: JsonDoc = {"*/*": {"schema": {}}}
+ANY_CONTENT: JsonDoc = {"*/*": {"schema": {}, "example": {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
+                                                                  "data": [1, 2, 3]}]}}}
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 ERROR_BODY: dict[str, type[BaseModel]] = {"v2": m.Error, "tf": m.Error, "torchserve": m.TorchServeError,
                                           "gateway": m.Error}
