@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -64,11 +65,26 @@ def create_admin_app(store: RouteStore, token: bytes, rollouts: Orchestrator | N
     async def healthz() -> Health:
         return Health()
 
+    app.openapi = _without_422(app.openapi)  # type: ignore[method-assign]
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     return app
+
+
+def _without_422(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a 422 with its own body on every operation that validates input; this API answers 400
+    with ErrorBody instead (_invalid_request), as its REFUSALS document, so the 422 goes."""
+    def openapi() -> dict[str, Any]:
+        doc = build()
+        for item in doc["paths"].values():
+            for operation in item.values():
+                operation["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        return doc
+    return openapi
 
 
 # --- the one exception handler table: every refusal as {"error": ...} with its class's status ------------------

@@ -202,6 +202,18 @@ def test_a_wrong_method_is_405_naming_every_method_of_the_path(admin: httpx.Clie
     assert f"{method} not allowed on {path}" in r.json()["error"]
 
 
+def test_the_document_says_what_refusals_look_like(admin: httpx.Client) -> None:
+    """Every 4xx documented is the ErrorBody the API sends: no FastAPI 422 (invalid input is a 400 here)."""
+    doc = admin.get("/openapi.json").json()
+    refusals = [(path, status, answer) for path, item in doc["paths"].items() for op in item.values()
+                for status, answer in op["responses"].items() if status.startswith("4")]
+    assert refusals and "HTTPValidationError" not in doc["components"]["schemas"]
+    for path, status, answer in refusals:
+        assert status != "422", path
+        assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, path
+    assert admin.post("/models/scale/default", json={"version": 1}).status_code == 400
+
+
 def test_admin_paths_are_not_on_the_public_port(gateway: Gateway, client: httpx.Client) -> None:
     before = gateway.routes_file.read_bytes()
     auth = {"authorization": f"Bearer {gateway.admin_token}", "if-match": "1"}
