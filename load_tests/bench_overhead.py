@@ -11,7 +11,12 @@ Starts, on free 127.0.0.1 ports:
 * the gateway itself (``localstack.start_gateway``, 1 worker, its gRPC front on a free port) with a routes
   file made from examples/routes.local.yaml plus a model ``fast`` served by the fast backend, ``fast_grpc``
   served by the fast gRPC backend, and ``affine_grpc`` / ``scale_grpc``: the real backends over their gRPC
-  APIs (``transport: grpc``).
+  APIs (``transport: grpc``);
+* two reference proxies in front of the fast backend (``load_tests/reference_proxy.py``): the same aiohttp
+  forwarding as a raw ASGI app and as a FastAPI route, for the ``fastapi_vs_raw`` scenario;
+* with ``--baseline-repo DIR``, a second gateway from another checkout (e.g. ``main``: ``git worktree add`` or
+  ``git archive main | tar -x -C DIR``), same interpreter and routes: every REST gateway row gets a twin row
+  ``[baseline]`` measured in the same run, interleaved, to show a change did not slow the hot path.
 
 Then, per scenario, the SAME request is sent direct to the backend and through the gateway, one after the
 other, at concurrency C and at concurrency 1: req/s, p50/p99 latency, the ratio gateway/direct and the
@@ -32,7 +37,7 @@ call is of the same order as a grpc.aio server's, so gRPC req/s are far below th
 
     python load_tests/bench_overhead.py [--duration S] [--connections C] [--quick] [--json FILE]
                                         [--repeat N] [--scenarios a,b] [--loadgen auto|wrk|python]
-                                        [--grpc-channels N] [--grpc-warmup S]
+                                        [--grpc-channels N] [--grpc-warmup S] [--baseline-repo DIR]
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ from gateway.types import Target as RouteTarget
 HERE = Path(__file__).resolve().parent
 FAST_BACKEND = HERE / "fast_backend.py"
 FAST_GRPC_BACKEND = HERE / "fast_grpc_backend.py"
+REFERENCE_PROXY = HERE / "reference_proxy.py"
 GRPC_LOAD = HERE / "grpc_load.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 JSON_MARK = "BENCH_JSON "
@@ -152,6 +158,7 @@ class Target:
     body: bytes  # REST: the POST body; gRPC: the serialized request message
     headers: dict[str, str]  # REST: headers; gRPC: metadata
     grpc_method: str = ""  # gRPC: the method path (/package.Service/Method); empty for REST
+    process: str = "gateway"  # whose CPU per request the row reports: the gateway, a reference proxy, the baseline
 
     @property
     def protocol(self) -> str:
@@ -562,6 +569,8 @@ class Endpoints:
     fast_grpc_target: str = ""  # host:port of the fast gRPC backend ("" when it did not start)
     fast_grpc_proc: localstack.ManagedProcess | None = None
     gateway_grpc_target: str = ""  # host:port of the gateway's gRPC front ("" when turned off)
+    # Other processes a row measures, by Target.process: the reference proxies, the baseline gateway.
+    others: dict[str, tuple[localstack.ManagedProcess, str]] = field(default_factory=dict)
 
 
 def start_fast_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
@@ -616,6 +625,41 @@ def start_fast_grpc_backend(workdir: Path) -> tuple[localstack.ManagedProcess, s
         raise
 
 
+def start_reference_proxy(framework: str, backend_url: str, workdir: Path) -> tuple[localstack.ManagedProcess, str]:
+    """load_tests/reference_proxy.py in front of the fast backend; ready when a forwarded request answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = localstack.free_port()
+    proc = localstack.spawn_process(f"{framework}-proxy", [sys.executable, str(REFERENCE_PROXY), "--framework",
+                                                            framework, "--port", str(port), "--backend", backend_url],
+                                    cwd=workdir, env=dict(os.environ), log_path=workdir / f"{framework}_proxy.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if not proc.running():
+                    raise localstack.LocalStackError(f"{framework} proxy exited:\n{proc.log_tail()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.post(f"{url}/v1/models/fast/versions/1:predict", content=TF_ROW_BODY).status_code == 200:
+                        return proc, url
+                if time.monotonic() > deadline:
+                    raise localstack.LocalStackError(f"{framework} proxy not ready in 30 s:\n{proc.log_tail()}")
+                time.sleep(0.05)
+    except BaseException:
+        proc.stop()
+        raise
+
+
+def start_baseline_gateway(code_root: Path, routes: Path, workdir: Path,
+                           env: dict[str, str]) -> tuple[localstack.ManagedProcess, str]:
+    """The gateway of another checkout (its protos built first), with this interpreter and the same routes."""
+    pythonpath = {**os.environ, "PYTHONPATH": str(code_root)}
+    subprocess.run([sys.executable, "-m", "gateway.protos"], cwd=code_root, env=pythonpath, check=True,
+                   capture_output=True, timeout=120)
+    return localstack.start_gateway(workdir, routes, code_root=code_root,
+                                    env={**env, "GATEWAY_GRPC_PORT": "0", "PYTHONDONTWRITEBYTECODE": "1"})
+
+
 def write_routes(path: Path, fast_url: str, ts: localstack.TorchServeEndpoints | None,
                  tf: localstack.TFServingEndpoints | None, fast_grpc_target: str = "") -> None:
     routes = yaml.safe_load(EXAMPLE_ROUTES.read_text())
@@ -649,7 +693,8 @@ def write_routes(path: Path, fast_url: str, ts: localstack.TorchServeEndpoints |
     path.write_text(yaml.safe_dump(routes, sort_keys=False), encoding="utf-8")
 
 
-def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[str, str] | None = None) -> Endpoints:
+def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[str, str] | None = None,
+                     baseline_repo: Path | None = None) -> Endpoints:
     """Fast backend, TorchServe and TF Serving in parallel, then the gateway. A real backend that fails to
     start is reported and its scenarios skipped; the fast backend or the gateway failing is fatal."""
     failures: dict[str, str] = {}
@@ -693,9 +738,19 @@ def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[s
     env.setdefault("GATEWAY_GRPC_PORT", str(localstack.free_port()))  # known here, so it can be measured
     grpc_port = int(env["GATEWAY_GRPC_PORT"])
     gw_proc, gw_url = stack.add_started(localstack.start_gateway(workdir / "gateway", routes, env=env))
+    others: dict[str, tuple[localstack.ManagedProcess, str]] = {}
+    for framework in ("raw", "fastapi"):
+        try:
+            others[f"{framework}_proxy"] = stack.add_started(
+                start_reference_proxy(framework, fast_url, workdir / f"{framework}_proxy"))
+        except localstack.LocalStackError as exc:
+            failures[f"{framework}_proxy"] = str(exc)
+            print(f"WARNING: the {framework} reference proxy did not start: {exc}", file=sys.stderr, flush=True)
+    if baseline_repo is not None:
+        others["baseline"] = stack.add_started(start_baseline_gateway(baseline_repo, routes, workdir / "baseline", env))
     return Endpoints(fast_url, fast_proc, gw_url, gw_proc, ts, ts_proc, tf, tf_proc, failures,
                      fast_grpc_target=fast_grpc_target, fast_grpc_proc=fast_grpc_proc,
-                     gateway_grpc_target=f"127.0.0.1:{grpc_port}" if grpc_port else "")
+                     gateway_grpc_target=f"127.0.0.1:{grpc_port}" if grpc_port else "", others=others)
 
 
 # --------------------------------------------------------------------------------------------
@@ -742,9 +797,39 @@ def build_scenarios(ep: Endpoints) -> list[Scenario]:
          Target("gateway /v2 -> TS (translate)", "gateway", f"{g}/v2/models/scale/versions/2/infer", V2_BODY,
                 JSON_HEADERS)],
         skipped=skipped))
+    out.append(fastapi_vs_raw(ep))
+    if "baseline" in ep.others:
+        for scenario in out:
+            scenario.gateways = [twin for t in scenario.gateways for twin in (t, *baseline_twin(t, ep))]
     if ep.gateway_grpc_target:
         out += build_grpc_scenarios(ep, tf_kind)
     return out
+
+
+def fastapi_vs_raw(ep: Endpoints) -> Scenario:
+    """What a FastAPI route costs against a raw ASGI app doing the same forwarding (same aiohttp client, same
+    backend), beside the gateway's own path for the same request."""
+    path = "/v1/models/fast/versions/1:predict"
+    proxies = [Target(label, "gateway", f"{ep.others[key][1]}{path}", TF_ROW_BODY, JSON_HEADERS, process=key)
+               for key, label in (("raw_proxy", "raw ASGI + aiohttp"), ("fastapi_proxy", "FastAPI route + aiohttp"))
+               if key in ep.others]
+    missing = [key for key in ("raw_proxy", "fastapi_proxy") if key not in ep.others]
+    return Scenario(
+        "fastapi_vs_raw", "fast backend, TF predict: FastAPI vs raw ASGI", "fast",
+        Target("direct", "direct", f"{ep.fast_url}{path}", TF_ROW_BODY, JSON_HEADERS),
+        [*proxies, Target("gateway /v1 (pass-through)", "gateway", f"{ep.gateway_url}{path}", TF_ROW_BODY,
+                          JSON_HEADERS)],
+        note="the same forwarding (body read, one pooled aiohttp session) as a raw ASGI app and as a FastAPI route "
+             "(load_tests/reference_proxy.py), beside the gateway's route",
+        skipped="; ".join(f"{key}: {ep.failures.get(key, '?')}" for key in missing))
+
+
+def baseline_twin(target: Target, ep: Endpoints) -> list[Target]:
+    """The same request to the baseline gateway (--baseline-repo), for a gateway target."""
+    if target.process != "gateway" or target.protocol != "rest":
+        return []
+    url = ep.others["baseline"][1] + target.url.removeprefix(ep.gateway_url)
+    return [Target(f"{target.label} [baseline]", "gateway", url, target.body, target.headers, process="baseline")]
 
 
 GRPC_SCENARIOS = ("grpc_fast_tf_predict", "grpc_fast_v2_translate", "grpc_tfserving_affine", "grpc_torchserve_scale")
@@ -849,6 +934,7 @@ class Bench:
         self.groups: dict[str, localstack.ManagedProcess | None] = {
             "fast": ep.fast_proc, "fast_grpc": ep.fast_grpc_proc, "tfserving": ep.tf_proc, "torchserve": ep.ts_proc}
         self.prewarmed: set[int] = set()  # id() of targets whose next measurement needs no warm-up of its own
+        self.servers = {"gateway": ep.gateway_proc, **{key: proc for key, (proc, _) in ep.others.items()}}
 
     def run_load(self, target: Target, connections: int, seconds: float) -> LoadResult:
         if target.protocol == "grpc":
@@ -868,8 +954,9 @@ class Bench:
         elif warmup > 0:
             self.run_load(target, connections, warmup)
         backend = self.groups.get(scenario.backend)
-        ours = [p.pgid for p in (self.ep.gateway_proc, *self.groups.values()) if p is not None]
-        gw0 = cpu_seconds(self.ep.gateway_proc.pgid)
+        server = self.servers[target.process]
+        ours = [p.pgid for p in (*self.servers.values(), *self.groups.values()) if p is not None]
+        gw0 = cpu_seconds(server.pgid)
         be0 = cpu_seconds(backend.pgid) if backend else 0.0
         ours0 = sum(cpu_seconds(g) for g in ours)
         lg0 = self.loadgen_cpu()
@@ -878,7 +965,7 @@ class Bench:
         busy1, total1 = machine_cpu()
         lg1 = self.loadgen_cpu()
         ours1 = sum(cpu_seconds(g) for g in ours)
-        gw1 = cpu_seconds(self.ep.gateway_proc.pgid)
+        gw1 = cpu_seconds(server.pgid)
         be1 = cpu_seconds(backend.pgid) if backend else 0.0
         n = max(1, res.requests)
         span = total1 - total0
@@ -1029,7 +1116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                           "gateway paths warmed once up front")
     p.add_argument("--scenarios", default="", help="comma-separated scenario keys to run (default: all): "
                                                     "fast_tf_predict, fast_v2_translate, tfserving_affine, "
-                                                    "torchserve_scale, " + ", ".join(GRPC_SCENARIOS))
+                                                    "torchserve_scale, fastapi_vs_raw, " + ", ".join(GRPC_SCENARIOS))
     p.add_argument("--grpc-channels", type=int, default=4,
                    help="gRPC channels (one HTTP/2 connection each) the C calls in flight are spread over (default 4)")
     p.add_argument("--grpc-warmup", type=float, default=None,
@@ -1038,6 +1125,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="load generator (auto: wrk when installed, else Python)")
     p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the gateway process (repeatable), e.g. GATEWAY_GRPC_PORT=0")
+    p.add_argument("--baseline-repo", type=Path, help="also run the gateway of this checkout (e.g. main's) and "
+                                                      "measure it beside this one on every REST path")
     p.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     p.add_argument("--workdir", type=Path, help="where the processes' logs go (default: a temporary directory, "
                                                 "removed at the end)")
@@ -1108,7 +1197,8 @@ def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoa
     with localstack.Stack() as stack:
         t0 = time.monotonic()
         print("starting the fast backends (REST, gRPC), TorchServe, TF Serving and the gateway ...", flush=True)
-        ep = start_everything(stack, workdir, args.gateway_env)
+        ep = start_everything(stack, workdir, args.gateway_env,
+                              args.baseline_repo.resolve() if args.baseline_repo else None)
         tf_kind = ("real binary" if ep.tf.real_binary else "stand-in") if ep.tf else "not started"
         print(f"  started in {time.monotonic() - t0:.1f} s: gateway {ep.gateway_url} + gRPC "
               f"{ep.gateway_grpc_target or 'off'} (pid {ep.gateway_proc.pgid}), fast backend {ep.fast_url}, "
@@ -1161,8 +1251,9 @@ def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoa
         print()
         print("gw/direct: gateway req/s divided by direct req/s for the same request at the same concurrency;\n"
               "+p50 ms: gateway p50 minus direct p50. CPU us/req: utime+stime from /proc over the measured run,\n"
-              "divided by the requests completed (gateway process; backend = its whole process group; load = the\n"
-              "load generator: wrk, or the gRPC load process, plus this script).\n"
+              "divided by the requests completed (gateway process, or the row's reference proxy or baseline gateway;\n"
+              "backend = its whole process group; load = the load generator: wrk, or the gRPC load process, plus\n"
+              "this script).\n"
               "other CPU %: share of all cores used by processes this benchmark did not start (noise).\n"
               "errors: connect/read/write/timeout errors plus answers with status >= 400 (gRPC: UNAVAILABLE,\n"
               "DEADLINE_EXCEEDED, any other non-OK status).")
@@ -1193,7 +1284,8 @@ def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoa
                 },
                 "process_groups": {name: proc.pgid for name, proc in (
                     ("gateway", ep.gateway_proc), ("fast", ep.fast_proc), ("fast_grpc", ep.fast_grpc_proc),
-                    ("torchserve", ep.ts_proc), ("tfserving", ep.tf_proc)) if proc is not None},
+                    ("torchserve", ep.ts_proc), ("tfserving", ep.tf_proc),
+                    *((key, proc) for key, (proc, _) in ep.others.items())) if proc is not None},
                 "gateway": {"pid": ep.gateway_proc.pgid, "rss_kb_after_warmup": mem_warm.get("VmRSS"),
                             "rss_kb_end": mem_end.get("VmRSS"), "rss_kb_peak": mem_end.get("VmHWM")},
                 "scenarios": [{

@@ -1009,11 +1009,13 @@ def start_gateway(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 60,
+    code_root: Path | None = None,
 ) -> tuple[ManagedProcess, str]:
     """Run ``python -m gateway serve --routes ROUTES --port PORT`` on 127.0.0.1; return it and its URL.
 
     ``env`` adds GATEWAY_* settings (GATEWAY_HOST defaults to 127.0.0.1, GATEWAY_WORKERS to 1, and
-    GATEWAY_GRPC_PORT to a free port, so that gateways started side by side never collide).
+    GATEWAY_GRPC_PORT to a free port, so that gateways started side by side never collide). ``code_root``
+    runs the gateway of another checkout (a benchmark baseline) with this interpreter.
     Waits for ``GET /v2/health/live`` to answer 200; on failure stops it and raises with the log tail.
     """
     t_start = time.monotonic()
@@ -1028,7 +1030,7 @@ def start_gateway(
     child_env.update(env or {})
     child_env["GATEWAY_PORT"] = str(port)
     old = child_env.get("PYTHONPATH")
-    child_env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + old if old else "")
+    child_env["PYTHONPATH"] = str(code_root or _REPO_ROOT) + (os.pathsep + old if old else "")
     argv = [sys.executable, "-m", "gateway", "serve", "--routes", str(routes_file.resolve()), "--port", str(port)]
     proc = spawn_process("gateway", argv, cwd=workdir, env=child_env, log_path=workdir / "gateway.log")
     url = f"http://127.0.0.1:{port}"

@@ -16,7 +16,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH = REPO_ROOT / "load_tests" / "bench_overhead.py"
-REST_SCENARIOS = {"fast_tf_predict", "fast_v2_translate", "tfserving_affine", "torchserve_scale"}
+REST_SCENARIOS = {"fast_tf_predict", "fast_v2_translate", "tfserving_affine", "torchserve_scale", "fastapi_vs_raw"}
 GRPC_SCENARIOS = {"grpc_fast_tf_predict", "grpc_fast_v2_translate", "grpc_tfserving_affine", "grpc_torchserve_scale"}
 
 
@@ -52,7 +52,10 @@ def test_bench_overhead_quick(tmp_path: Path) -> None:
     assert doc["gateway"]["rss_kb_after_warmup"] > 0
     assert doc["gateway"]["rss_kb_end"] > 0
     # Every process group the benchmark started is gone.
-    assert set(doc["process_groups"]) == {"gateway", "fast", "fast_grpc", "torchserve", "tfserving"}
+    assert set(doc["process_groups"]) == {"gateway", "fast", "fast_grpc", "torchserve", "tfserving", "raw_proxy",
+                                          "fastapi_proxy"}
+    reference = {m["target"] for m in scenarios["fastapi_vs_raw"]["measurements"]}
+    assert {"raw ASGI + aiohttp", "FastAPI route + aiohttp", "gateway /v1 (pass-through)"} <= reference, reference
     for name, pgid in doc["process_groups"].items():
         assert not _live_members(pgid), f"{name}: process group {pgid} still has live processes"
     assert not _alive(doc["meta"]["grpc_load_generator_pid"]), "the gRPC load generator is still running"
