@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.api import public_models as m
 
 JsonDoc = dict[str, Any]
+BINARY: JsonDoc = {"schema": {"type": "string", "format": "binary"}}
 
 # What each refusal means; the body is the front's error format (ERROR_BODY).
 STATUS_TEXT = {
@@ -67,9 +68,13 @@ def json_of(*models: type[BaseModel], example: Any = None) -> dict[str, Any]:
     return {"application/json": media}
 
 
-ANY_CONTENT: JsonDoc = {"*/*": {"schema": {}, "example": {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
-                                                                  "data": [1, 2, 3]}]}}}
-BINARY = {"schema": {"type": "string", "format": "binary"}}
+# TorchServe takes any content type; a JSON body (the v2 JSON this project's handlers read) and raw bytes (an
+# image...) named apart, so that client generators make a function for each.
+ANY_CONTENT: JsonDoc = {
+    "application/json": {"schema": {}, "example": {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
+                                                               "data": [1, 2, 3]}]}},
+    "application/octet-stream": BINARY,
+    "*/*": {"schema": {}, "description": "any other content type, passed to the handler as it is"}}
 ERROR_BODY: dict[str, type[BaseModel]] = {"v2": m.Error, "tf": m.Error, "torchserve": m.TorchServeError,
                                           "gateway": m.Error}
 TAGS = {"v2": "Open Inference Protocol v2", "tf": "TF Serving REST", "torchserve": "TorchServe REST",
@@ -170,8 +175,9 @@ def _operations() -> tuple[Operation, ...]:
         for method in ("POST", "PUT"):
             ops.append(Operation(
                 method, path, "torchserve", "Inference: any body to a TorchServe handler, v2 JSON otherwise",
-                {"*/*": {"schema": {}, "description": "the handler's own answer (TorchServe-served models), a v2 "
-                                                      "inference response otherwise"}},
+                {"application/json": {"schema": {}, "description": "the handler's own answer (TorchServe-served "
+                                                                   "models), a v2 inference response otherwise"},
+                 "*/*": {"schema": {}, "description": "the handler's own answer, in its own content type"}},
                 INFERENCE_REFUSALS, ANY_CONTENT, OVERRIDES, trailing_slash=True,
                 description="TorchServe-served models get the body unchanged with its content type, and the "
                             "handler's answer comes back as it is. Models on other backends (and shadowed "
@@ -259,8 +265,9 @@ def _operation(op: Operation) -> JsonDoc:
 
 
 def _operation_id(op: Operation) -> str:
-    words = re.sub(r"{(\w+)}", r"by_\1", op.path).replace(":", "/").strip("/").replace(".", "_")
-    return f"{op.method.lower()}_{op.front}__" + re.sub(r"[^A-Za-z0-9_]+", "_", words)
+    """get_v2_models_by_model_name_ready, post_v1_models_by_tf_model_name_predict: unique as (method, path) is."""
+    words = re.sub(r"{(\w+)}", r"by_\1", op.path).strip("/")
+    return f"{op.method.lower()}_" + re.sub(r"[^A-Za-z0-9]+", "_", words)
 
 
 def build() -> JsonDoc:

@@ -12,8 +12,9 @@ from typing_extensions import TypeAliasType
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
                    "FP64", "BYTES"]
 
-# A tensor's elements: flat row-major or nested like its shape; numbers, booleans (BOOL) or strings (BYTES).
-TensorData = TypeAliasType("TensorData", "list[float | bool | str | TensorData]")
+# A tensor's elements: flat row-major or nested like its shape; numbers, booleans (BOOL) or strings (BYTES). Not a
+# recursive type: client generators (openapi-python-client) refuse those.
+TensorData = TypeAliasType("TensorData", list[float | bool | str | list[Any]])
 
 
 class Open(BaseModel):
