@@ -573,29 +573,33 @@ class Endpoints:
     others: dict[str, tuple[localstack.ManagedProcess, str]] = field(default_factory=dict)
 
 
+def wait_ready(proc: localstack.ManagedProcess, what: str, ready: Callable[[], bool]) -> None:
+    """Until ``ready()`` (errors count as not yet), at most 30 s; the process is stopped when it does not come up."""
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            if not proc.running():
+                raise localstack.LocalStackError(f"{what} exited:\n{proc.log_tail()}")
+            with contextlib.suppress(httpx.TransportError, OSError):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise localstack.LocalStackError(f"{what} not ready in 30 s:\n{proc.log_tail()}")
+            time.sleep(0.05)
+    except BaseException:
+        proc.stop()
+        raise
+
+
 def start_fast_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     port = localstack.free_port()
     proc = localstack.spawn_process("fast-backend", [sys.executable, str(FAST_BACKEND), "--port", str(port)],
                                     cwd=workdir, env=dict(os.environ), log_path=workdir / "fast_backend.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                if not proc.running():
-                    raise localstack.LocalStackError(f"fast backend exited:\n{proc.log_tail()}")
-                try:
-                    if client.get(f"{url}/v1/models/fast/versions/1").status_code == 200:
-                        return proc, url
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise localstack.LocalStackError(f"fast backend not ready in 30 s:\n{proc.log_tail()}")
-                time.sleep(0.05)
-    except BaseException:
-        proc.stop()
-        raise
+    with httpx.Client(timeout=2.0) as client:
+        wait_ready(proc, "fast backend", lambda: client.get(f"{url}/v1/models/fast/versions/1").status_code == 200)
+    return proc, url
 
 
 def start_fast_grpc_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
@@ -607,22 +611,16 @@ def start_fast_grpc_backend(workdir: Path) -> tuple[localstack.ManagedProcess, s
     proc = localstack.spawn_process("fast-grpc-backend",
                                     [sys.executable, str(FAST_GRPC_BACKEND), "--port", str(port)],
                                     cwd=workdir, env=env, log_path=workdir / "fast_grpc_backend.log")
-    target = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            if not proc.running():
-                raise localstack.LocalStackError(f"fast gRPC backend exited:\n{proc.log_tail()}")
-            # It prints "listening" once the server has started (the port is bound before that).
-            if "listening" in proc.log_tail():
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return proc, target
-            if time.monotonic() > deadline:
-                raise localstack.LocalStackError(f"fast gRPC backend not ready in 30 s:\n{proc.log_tail()}")
-            time.sleep(0.05)
-    except BaseException:
-        proc.stop()
-        raise
+
+    def listening() -> bool:
+        # It prints "listening" once the server has started (the port is bound before that).
+        if "listening" not in proc.log_tail():
+            return False
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
+    wait_ready(proc, "fast gRPC backend", listening)
+    return proc, f"127.0.0.1:{port}"
 
 
 def start_reference_proxy(framework: str, backend_url: str, workdir: Path) -> tuple[localstack.ManagedProcess, str]:
@@ -633,21 +631,10 @@ def start_reference_proxy(framework: str, backend_url: str, workdir: Path) -> tu
                                                             framework, "--port", str(port), "--backend", backend_url],
                                     cwd=workdir, env=dict(os.environ), log_path=workdir / f"{framework}_proxy.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                if not proc.running():
-                    raise localstack.LocalStackError(f"{framework} proxy exited:\n{proc.log_tail()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.post(f"{url}/v1/models/fast/versions/1:predict", content=TF_ROW_BODY).status_code == 200:
-                        return proc, url
-                if time.monotonic() > deadline:
-                    raise localstack.LocalStackError(f"{framework} proxy not ready in 30 s:\n{proc.log_tail()}")
-                time.sleep(0.05)
-    except BaseException:
-        proc.stop()
-        raise
+    with httpx.Client(timeout=2.0) as client:
+        wait_ready(proc, f"{framework} proxy", lambda: client.post(
+            f"{url}/v1/models/fast/versions/1:predict", content=TF_ROW_BODY).status_code == 200)
+    return proc, url
 
 
 def start_baseline_gateway(code_root: Path, routes: Path, workdir: Path,
