@@ -17,11 +17,14 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN /opt/protoc/bin/python -m gateway.protos
 # No pip or setuptools in the runtime virtualenv; modules are byte-compiled here, since the running user cannot.
-# Then no test suites and no symbols in extension modules (the virtualenv: 155 MB -> 115 MB, measured); the vendored
+# Then no test suites, of Swagger UI only the two files /docs serves (9 MB less), and no symbols in extension
+# modules (the virtualenv: 155 MB -> 115 MB, measured before Swagger UI); the vendored
 # libraries under *.libs/ keep theirs: auditwheel's patched ELF files no longer load once stripped.
 RUN python -m venv --without-pip /opt/venv \
     && pip --python /opt/venv/bin/python install --no-cache-dir . \
     && find /opt/venv -type d -name tests -prune -exec rm -rf {} + \
+    && find /opt/venv -path '*/swagger_ui_bundle/vendor/*' ! -name swagger-ui.css ! -name swagger-ui-bundle.js \
+       -type f -delete \
     && find /opt/venv -name '*.cpython-*.so' -exec strip --strip-unneeded {} + \
     && /opt/venv/bin/python -c "import gateway.cli, gateway.server, gateway.api.rest, gateway.api.grpc, gateway.admin.app, gateway.protos.services" \
     && /opt/venv/bin/python -c "import importlib.util as u; bad = [m for m in ('grpc_tools', 'tensorflow', 'torch') if u.find_spec(m)]; assert not bad, bad"
