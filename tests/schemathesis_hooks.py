@@ -17,7 +17,7 @@ from typing import Any
 import schemathesis
 from schemathesis.core.failures import Failure, ServerError
 
-EXAMPLE_MODELS = "scale,affine,multi,mlp,mlp_torch,classifier"
+EXAMPLE_MODELS = "scale,affine,multi,mlp,mlp_torch,classifier,digits,digits_torch,digits_onnx"
 # Path parameter -> the values generated paths use (positive cases; negative ones go outside them).
 MODEL_PARAMETERS = ("model_name", "tf_model_name", "model")
 VALUES: dict[str, list[Any]] = {"model_version": ["1", "2", "7"], "version": [1, 2, 7],
