@@ -8,11 +8,12 @@
     ├── NotFound                      404 NOT_FOUND
     │   ├── ModelNotFound
     │   └── VersionNotFound
-    ├── Unauthenticated               401 UNAUTHENTICATED     no or wrong credentials
+    ├── Unauthenticated               401 UNAUTHENTICATED     no or wrong credentials (WWW-Authenticate)
     ├── PermissionDenied              403 PERMISSION_DENIED
     ├── MethodNotAllowed              405 UNIMPLEMENTED
     ├── Unimplemented                 501 UNIMPLEMENTED
     ├── ResourceExhausted             429 RESOURCE_EXHAUSTED
+    │   └── RateLimited                   a tenant's or a model's rate (Retry-After, RateLimit-*)
     ├── BackendError                  502 INTERNAL            the backend failed (5xx, unreadable answer)
     ├── BackendUnavailable            503 UNAVAILABLE         down, refusing, or the target is not loaded
     ├── BackendTimeout                504 DEADLINE_EXCEEDED
@@ -23,6 +24,7 @@
         │   └── UnknownModel
         ├── Conflict                  409                     the state moved on (another write, a running rollout)
         │   └── RevisionConflict          (carries the current revision)
+        │       └── ContentConflict       (same revision number, other content: a hand edit since the read)
         ├── DeployFailed              502                     a backend refused a control operation
         └── ControlUnavailable        503                     the store or the workers cannot take it now
             ├── LockTimeout
@@ -30,10 +32,12 @@
 
 The fronts encode any GatewayError in their client's protocol (gateway/api/), the admin API through one
 exception handler (gateway/admin/app.py); library errors are mapped to these classes at one place per adapter.
+An error's ``headers`` go out as response headers over REST, its ``trailers`` as trailing metadata over gRPC.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Self
 
 import grpc
@@ -45,6 +49,8 @@ class GatewayError(Exception):
     #: How a backend call failed, when this error is one: ("connect" | "timeout", "") from the transport, or
     #: ("status", the backend's HTTP status or gRPC code name) from its answer. The data plane counts them.
     backend_failure: tuple[str, str] | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # REST response headers the refusal carries (lower-case names)
+    trailers: tuple[tuple[str, str], ...] = ()  # gRPC trailing metadata it carries
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -93,6 +99,7 @@ class Unauthenticated(GatewayError):
     def __init__(self, message: str, challenge: str = "Bearer") -> None:
         super().__init__(message)
         self.challenge = challenge  # the WWW-Authenticate header's value over HTTP
+        self.headers = (("www-authenticate", challenge),)
 
 
 class PermissionDenied(GatewayError):
@@ -117,6 +124,20 @@ class Unimplemented(GatewayError):
 class ResourceExhausted(GatewayError):
     http_status = 429
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RateLimited(ResourceExhausted):
+    """Over a token bucket's rate (gateway/auth/ratelimit.py): when to retry, and the bucket that refused as the
+    RateLimit-* headers (REST) / the retry pushback (gRPC)."""
+
+    def __init__(self, message: str, *, retry_after_s: float, limit: int, remaining: int, reset_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        after = str(max(1, math.ceil(retry_after_s)))  # Retry-After is whole seconds
+        self.headers = (("retry-after", after), ("ratelimit-limit", str(limit)),
+                        ("ratelimit-remaining", str(remaining)), ("ratelimit-reset", str(max(1, math.ceil(reset_s)))))
+        pushback_ms = str(max(1, math.ceil(retry_after_s * 1000)))  # grpc's retry policy honours it
+        self.trailers = (("retry-after", after), ("grpc-retry-pushback-ms", pushback_ms))
 
 
 class BackendError(GatewayError):
@@ -176,6 +197,16 @@ class RevisionConflict(Conflict):
                          f"{current}; re-read them and apply the change again")
         self.expected = expected
         self.current = current
+
+
+class ContentConflict(RevisionConflict):
+    """The routes still carry the revision the caller read, but not the content: someone edited them (by hand,
+    keeping ``revision:``) since. Nothing was written; writing would lose that edit."""
+
+    def __init__(self, where: object, revision: int) -> None:
+        ControlError.__init__(self, f"{where}: the routes changed since they were read (still revision {revision}, "
+                                    "other content: edited by hand?); re-read them and apply the change again")
+        self.expected = self.current = revision
 
 
 class DeployFailed(ControlError):

@@ -2,10 +2,11 @@
 127.0.0.1) and its own bearer token, never on the public port. OpenAPI at /openapi.json, docs at /docs.
 
     GET  /healthz                   {"status": "ok"} (no token: a liveness probe; says nothing else)
-    GET  /routes                    {"revision", "applied_revision", "path", "text"}; ETag: "<revision>"
+    GET  /routes                    {"revision", "etag", "applied_revision", "path", "text"}; ETag: "<rev>-<digest>"
     GET  /replicas                  every serving process: applied revision, calls in flight; the rollout leader
-    PUT  /routes                    body: routes as YAML or JSON; If-Match: <revision> (required)
-    POST /models/{m}/default        {"version": "2", "revision": N}: the instant switch
+    PUT  /routes                    body: routes as YAML or JSON; If-Match: <ETag> (required; a bare revision checks
+                                    the number only)
+    POST /models/{m}/default        {"version": "2", "revision": N, "etag"?}: the instant switch
     POST /rollouts                  start a canary rollout (gateway/control/rollout_spec.py: RolloutSpec)
     GET  /rollouts[/{m}]            every rollout / one rollout's state and history
     POST /rollouts/{m}/promote|rollback|abort   {"who"?, "why"?}: end it by hand

@@ -1,9 +1,11 @@
 """Client of the admin API (gateway/admin/app.py) and the `gateway routes ...` commands built on it.
 
-    gateway routes show                       the routes file's text on stdout; its revision on stderr
-    gateway routes apply FILE [--revision N]  replace the routes with FILE (compare-and-swap on N, by default
-                                              the revision read just before)
-    gateway routes set-default MODEL VERSION  the instant switch [--revision N]
+    gateway routes show                       the routes file's text on stdout; its revision and ETag on stderr
+    gateway routes apply FILE [--etag E]      replace the routes with FILE, compare-and-swap on E (the ETag `show`
+                                              printed: revision and content, so an edit made since answers a
+                                              conflict), by default on the ETag read just before; --revision N
+                                              checks the number only
+    gateway routes set-default MODEL VERSION  the instant switch [--etag E | --revision N]
     gateway rollout start MODEL TO_VERSION [--steps 5,25,50,100] [--dwell S] [--max-error-rate R]
                           [--max-p99-ratio X] [--max-p99-s S] [--min-requests N] [--sticky-header H]
     gateway rollout status MODEL | promote MODEL | rollback MODEL | abort MODEL [--why TEXT]
@@ -65,14 +67,19 @@ class AdminClient:
     def revision(self) -> int:
         return int(self.get_routes()["revision"])
 
-    def put_routes(self, text: str, revision: int) -> dict[str, Any]:
-        """{"revision": new, "applied_revision"}."""
-        return self._call("PUT", "/routes", content=text.encode(), headers={
-            "if-match": f'"{revision}"', "content-type": "application/yaml"})
+    def base(self) -> tuple[int, str]:
+        """(revision, ETag) of the routes as they are now: a write quoting the ETag also checks the content."""
+        routes = self.get_routes()
+        return int(routes["revision"]), str(routes["etag"])
 
-    def set_default(self, model: str, version: str, revision: int) -> dict[str, Any]:
+    def put_routes(self, text: str, revision: int, etag: str | None = None) -> dict[str, Any]:
+        """{"revision": new, "etag", "applied_revision"}. With ``etag`` the write checks the content read too."""
+        return self._call("PUT", "/routes", content=text.encode(), headers={
+            "if-match": f'"{etag or revision}"', "content-type": "application/yaml"})
+
+    def set_default(self, model: str, version: str, revision: int, etag: str | None = None) -> dict[str, Any]:
         return self._call("POST", f"/models/{quote(model, safe='')}/default",
-                          json={"version": version, "revision": revision})
+                          json={"version": version, "revision": revision, **({"etag": etag} if etag else {})})
 
     def start_rollout(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/rollouts", json=dict(spec))
@@ -260,12 +267,25 @@ def add_parser(sub: Any) -> None:
     cmds.add_parser("show", help="print the routes file (stdout) and its revision (stderr)")
     p_apply = cmds.add_parser("apply", help="replace the routes with FILE (validated, compare-and-swap)")
     p_apply.add_argument("file", type=Path)
-    p_apply.add_argument("--revision", type=int,
-                         help="the revision FILE was based on (default: the current one, read just before)")
-    p_set = cmds.add_parser("set-default", help="switch MODEL's default version to VERSION at once")
+    for p_write in (p_apply, p_set := cmds.add_parser("set-default", help="switch MODEL's default version to "
+                                                                          "VERSION at once")):
+        which = p_write.add_mutually_exclusive_group()
+        which.add_argument("--etag", help="the ETag FILE was based on, as `gateway routes show` printed it: the "
+                                          "write checks revision and content (default: the ETag read just before)")
+        which.add_argument("--revision", type=int, help="the revision it was based on (checks the number only)")
     p_set.add_argument("model")
     p_set.add_argument("version")
-    p_set.add_argument("--revision", type=int, help="expected current revision (default: read just before)")
+
+
+def _base(client: AdminClient, args: argparse.Namespace) -> tuple[int, str | None]:
+    """What a write compares with: --etag (revision and content), --revision (the number), else the ETag now."""
+    if args.etag:
+        number = args.etag.strip().strip('"').partition("-")[0]
+        if not number.isdigit():
+            raise AdminError(f"--etag {args.etag!r}: expected the ETag `gateway routes show` printed "
+                             "(<revision>-<digest>)")
+        return int(number), args.etag.strip().strip('"')
+    return client.base() if args.revision is None else (args.revision, None)
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -276,20 +296,20 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
             if args.routes_command == "show":
                 routes = client.get_routes()
                 sys.stdout.write(routes["text"])
-                print(f"# {routes['path']}: revision {routes['revision']} (applied by the process that answered: "
-                      f"{routes['applied_revision']})", file=sys.stderr)
+                print(f"# {routes['path']}: revision {routes['revision']}, etag {routes['etag']} (applied by the "
+                      f"process that answered: {routes['applied_revision']})", file=sys.stderr)
                 return 0
             if args.routes_command == "apply":
                 try:
                     text = args.file.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError) as exc:
                     raise AdminError(f"cannot read {args.file}: {exc}") from exc
-                base = client.revision() if args.revision is None else args.revision
-                done = client.put_routes(text, base)
+                base, etag = _base(client, args)
+                done = client.put_routes(text, base, etag)
                 print(f"applied {args.file}: revision {base} -> {done['revision']}")
                 return 0
-            base = client.revision() if args.revision is None else args.revision
-            done = client.set_default(args.model, args.version, base)
+            base, etag = _base(client, args)
+            done = client.set_default(args.model, args.version, base, etag)
             print(f"{args.model}: default version {done['default_version']} (revision {base} -> {done['revision']})")
             return 0
     except AdminConflict as exc:

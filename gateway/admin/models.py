@@ -20,9 +20,11 @@ class Health(BaseModel):
 
 
 class RoutesDocument(BaseModel):
-    """GET /routes: the document as stored; its revision is also the ETag."""
+    """GET /routes: the document as stored, its revision and its ETag (also the ETag header)."""
 
     revision: int = Field(description="the stored document's revision")
+    etag: str = Field(description="<revision>-<digest of the text>: send it back as If-Match (PUT /routes) or "
+                                  "`etag` (set-default) so that a write also checks the content you read")
     applied_revision: int = Field(description="the revision this process serves")
     path: str = Field(description="where the document is stored")
     text: str = Field(description="the document (YAML), comments included")
@@ -41,6 +43,7 @@ class Replicas(BaseModel):
 
 class Written(BaseModel):
     revision: int = Field(description="the new revision")
+    etag: str | None = Field(None, description="the new document's ETag (null when another write came since)")
     applied_revision: int = Field(description="the revision this process serves now (the new one)")
 
 
@@ -58,6 +61,8 @@ class SetDefault(BaseModel):
 
     version: Annotated[str, BeforeValidator(_version)] = Field(description="a version listed under the model")
     revision: int = Field(ge=0, description="the revision you read (compare-and-swap)")
+    etag: str | None = Field(None, description="the ETag you read (GET /routes): the content is checked too, so a "
+                                               "hand edit since your read answers 409")
 
 
 class DefaultSet(Written):

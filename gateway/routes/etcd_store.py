@@ -8,13 +8,14 @@ Keys under the prefix (GATEWAY_ROUTES_STORE=etcd://host:2379[,...]/prefix):
     <prefix>/replicas/<id>   each serving process's presence (gateway/etcd/replicas.py), bound to its lease
     <prefix>/leader          the replica that drives rollouts (gateway/etcd/election.py), bound to its lease
 
-Writes are compare-and-swap twice over: the document's ``revision`` must be the one the caller read (else
-RevisionConflict, 409, as with the file), and the transaction compares the key's mod revision with the one read,
-so that two replicas writing at once cannot both win. Every replica reads the key, then watches it from the next
-revision: each new revision is validated and swapped in (an invalid one is logged, the last good table keeps
-serving). A broken watch (etcd restarted, the member went away) or a compacted start revision is resumed the same
-way, re-read then watch from the read's revision, so no revision is missed. While etcd cannot be reached the
-replica keeps serving its table and writes fail with StoreUnavailable (503).
+Writes are compare-and-swap twice over: the document's ``revision`` (and, when the caller gives it, the digest of
+the text it read) must be the one the caller read (else RevisionConflict / ContentConflict, 409, as with the file),
+and the transaction compares the key's mod revision with the one read, so that two replicas writing at once cannot
+both win and a hand edit (``etcdctl put``) made since the caller's read is never overwritten. Every replica reads
+the key, then watches it from the next revision: each new revision is validated and swapped in (an invalid one is
+logged, the last good table keeps serving). A broken watch (etcd restarted, the member went away) or a compacted
+start revision is resumed the same way, re-read then watch from the read's revision, so no revision is missed.
+While etcd cannot be reached the replica keeps serving its table and writes fail with StoreUnavailable (503).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import orjson
 import yaml
 
-from gateway.errors import ConfigError, RevisionConflict, StoreUnavailable
+from gateway.errors import ConfigError, ContentConflict, RevisionConflict, StoreUnavailable
 from gateway.etcd.client import (
     EtcdClient,
     EtcdTLS,
@@ -222,26 +223,29 @@ class EtcdRouteStore(RouteStore):
         text = found.value.decode("utf-8")
         return text, writer.revision_of_text(text, self.location)
 
-    async def replace(self, routes: str | Mapping[str, Any], expected_revision: int) -> int:
+    async def replace(self, routes: str | Mapping[str, Any], expected_revision: int,
+                      expected_digest: str | None = None) -> int:
         text, table = await asyncio.to_thread(self._prepare, routes, expected_revision)
-        return await self._swap_in(text, table, expected_revision)
+        return await self._swap_in(text, table, expected_revision, expected_digest)
 
-    async def set_default(self, model: str, version: str, expected_revision: int) -> int:
+    async def set_default(self, model: str, version: str, expected_revision: int,
+                          expected_digest: str | None = None) -> int:
         found = await self._get()
-        current = writer.revision_of_text(found.value.decode("utf-8"), self.location)
-        if current != expected_revision:
-            raise RevisionConflict(self.location, expected_revision, current)
-        edited = writer.with_default_version(found.value.decode("utf-8"), model, version, self.location)
+        now = found.value.decode("utf-8")
+        writer.check_current(self.location, now, writer.revision_of_text(now, self.location), expected_revision,
+                             expected_digest)
+        edited = writer.with_default_version(now, model, version, self.location)
         text, table = await asyncio.to_thread(self._prepare, edited, expected_revision)
-        return await self._swap_in(text, table, expected_revision, found)
+        return await self._swap_in(text, table, expected_revision, expected_digest, found)
 
-    async def _swap_in(self, text: str, table: RouteTable, expected_revision: int,
+    async def _swap_in(self, text: str, table: RouteTable, expected_revision: int, expected_digest: str | None,
                        found: kv.KeyValue | None = None) -> int:
-        """One transaction: the key still at the mod revision read, whose document is at ``expected_revision``."""
+        """One transaction: the key still at the mod revision read, whose document is at ``expected_revision``
+        (and of ``expected_digest``)."""
         found = found if found is not None else await self._get()
-        current = writer.revision_of_text(found.value.decode("utf-8"), self.location)
-        if current != expected_revision:
-            raise RevisionConflict(self.location, expected_revision, current)
+        now = found.value.decode("utf-8")
+        writer.check_current(self.location, now, writer.revision_of_text(now, self.location), expected_revision,
+                             expected_digest)
         value = text.encode("utf-8")
         try:
             response = await self.client.txn([mod_revision_is(self.key, found.mod_revision)],
@@ -251,8 +255,10 @@ class EtcdRouteStore(RouteStore):
             raise self._unavailable(exc) from exc
         if not response.succeeded:
             kvs = response.responses[0].response_range.kvs
-            now = writer.revision_of_text(kvs[0].value.decode("utf-8"), self.location) if kvs else 0
-            raise RevisionConflict(self.location, expected_revision, now)
+            at = writer.revision_of_text(kvs[0].value.decode("utf-8"), self.location) if kvs else 0
+            if at == expected_revision:  # written meanwhile, keeping the revision: a hand edit
+                raise ContentConflict(self.location, at)
+            raise RevisionConflict(self.location, expected_revision, at)
         revision = expected_revision + 1
         log.info("routes revision %d written to %s (etcd revision %d)", revision, self.location,
                  response.header.revision)

@@ -44,8 +44,9 @@ class Documents(Protocol):
 
 
 class RouteStore(ABC):
-    """Where the routes document lives: read it, write it (validated, compare-and-swap on its ``revision``),
-    watch it and serve its table (``current``). ``on_swap`` listeners are told of every new table."""
+    """Where the routes document lives: read it, write it (validated, compare-and-swap on its ``revision`` and,
+    when the caller gives it, the digest of the text it read: gateway/routes/writer.py), watch it and serve its
+    table (``current``). ``on_swap`` listeners are told of every new table."""
 
     current: RouteTable
     on_swap: list[Callable[[RouteTable], None]]
@@ -76,12 +77,14 @@ class RouteStore(ABC):
         """The document's text and its revision."""
 
     @abstractmethod
-    async def replace(self, routes: str | Mapping[str, Any], expected_revision: int) -> int:
-        """The whole document, if still at ``expected_revision`` (else RevisionConflict); the new revision,
-        applied in this process at once."""
+    async def replace(self, routes: str | Mapping[str, Any], expected_revision: int,
+                      expected_digest: str | None = None) -> int:
+        """The whole document, if still at ``expected_revision`` (else RevisionConflict) and, when given, its text
+        still of ``expected_digest`` (else ContentConflict); the new revision, applied in this process at once."""
 
     @abstractmethod
-    async def set_default(self, model: str, version: str, expected_revision: int) -> int:
+    async def set_default(self, model: str, version: str, expected_revision: int,
+                          expected_digest: str | None = None) -> int:
         """The instant switch: one model's default_version; the new revision, applied here at once."""
 
     @abstractmethod
@@ -114,7 +117,7 @@ class RouteStore(ABC):
             raw = yaml.safe_load(text)
             try:
                 return await self.replace(writer.splice_models(text, edit(raw if isinstance(raw, dict) else {})),
-                                          revision)
+                                          revision, writer.digest(text))
             except RevisionConflict:
                 continue
         raise Conflict(f"{self.location}: the routes kept changing under the edit ({EDIT_ATTEMPTS} conflicts)")
@@ -207,14 +210,17 @@ class FileRouteStore(RouteStore):
     async def read(self) -> tuple[str, int]:
         return await asyncio.to_thread(writer.read, self.path)
 
-    async def replace(self, routes: str | Mapping[str, Any], expected_revision: int) -> int:
+    async def replace(self, routes: str | Mapping[str, Any], expected_revision: int,
+                      expected_digest: str | None = None) -> int:
         return await self._written(await asyncio.to_thread(
-            writer.apply, self.path, routes, expected_revision, lock_timeout_s=self.lock_timeout_s))
+            writer.apply, self.path, routes, expected_revision, expected_digest=expected_digest,
+            lock_timeout_s=self.lock_timeout_s))
 
-    async def set_default(self, model: str, version: str, expected_revision: int) -> int:
+    async def set_default(self, model: str, version: str, expected_revision: int,
+                          expected_digest: str | None = None) -> int:
         return await self._written(await asyncio.to_thread(
             writer.set_default_version, self.path, model, version, expected_revision,
-            lock_timeout_s=self.lock_timeout_s))
+            expected_digest=expected_digest, lock_timeout_s=self.lock_timeout_s))
 
     async def _written(self, revision: int) -> int:
         log.info("routes revision %d written to %s", revision, self.path)

@@ -1,8 +1,10 @@
-"""Writes of the routes file: validated, compare-and-swap on `revision`, atomic, one writer at a time.
+"""Writes of the routes file: validated, compare-and-swap on `revision` and content, atomic, one writer at a time.
 
 Every change goes through :func:`apply`: the new content is validated with the same parser the workers use
 (refused with its ConfigError message, the file untouched), the file's current revision must equal the one the
-caller read (else :class:`RevisionConflict`, carrying the current revision), the new file gets
+caller read (else :class:`RevisionConflict`, carrying the current revision) and, when the caller names the
+:func:`digest` of the text it read (the admin API's ETag, :func:`etag`, carries it), so must its content (else
+:class:`ContentConflict`: a hand edit that kept ``revision:`` is never overwritten), the new file gets
 ``revision = expected + 1`` and replaces the old one atomically (temp file in the same directory, fsync,
 ``os.replace``, fsync of the directory): a reader sees the old file or the new one, never a mix. An exclusive
 ``fcntl.flock`` on a lock file next to the routes file (``.<name>.lock``) serialises writers across processes
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import hashlib
 import os
 import re
 import stat
@@ -31,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from gateway.errors import ConfigError, LockTimeout, RevisionConflict, UnknownModel
+from gateway.errors import ConfigError, ContentConflict, LockTimeout, RevisionConflict, UnknownModel
 from gateway.routes.schema import parse_routes
 
 LOCK_TIMEOUT_S = 10.0
@@ -81,6 +84,25 @@ def read(path: Path) -> tuple[str, int]:
     return text, _revision_of(_load_yaml(text, str(path)), path)
 
 
+def digest(text: str) -> str:
+    """A short digest of a routes document's text (64 bits of SHA-256: it tells edits apart, it guards nothing)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def etag(text: str, revision: int) -> str:
+    """``<revision>-<digest>``: what a reader quotes back in If-Match, so that a write checks both."""
+    return f"{revision}-{digest(text)}"
+
+
+def check_current(where: object, text: str, current: int, expected_revision: int,
+                  expected_digest: str | None) -> None:
+    """The compare of every compare-and-swap (both stores): the revision read, and the content read when given."""
+    if current != expected_revision:
+        raise RevisionConflict(where, expected_revision, current)
+    if expected_digest is not None and digest(text) != expected_digest:
+        raise ContentConflict(where, current)
+
+
 def prepare(routes: str | Mapping[str, Any], expected_revision: int, source: str, *,
             environ: Mapping[str, str] | None = None) -> str:
     """The text a compare-and-swap from ``expected_revision`` writes: ``routes`` (YAML/JSON text or a mapping)
@@ -94,31 +116,32 @@ def prepare(routes: str | Mapping[str, Any], expected_revision: int, source: str
 
 
 def apply(path: Path, routes: str | Mapping[str, Any], expected_revision: int, *,
-          lock_timeout_s: float = LOCK_TIMEOUT_S, environ: Mapping[str, str] | None = None) -> int:
+          expected_digest: str | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S,
+          environ: Mapping[str, str] | None = None) -> int:
     """Replace the routes file with ``routes`` (YAML/JSON text or a mapping) if it is valid and the file is still
-    at ``expected_revision``; return the new revision (``expected_revision + 1``). Any ``revision`` in
-    ``routes`` is replaced. Raises ConfigError (invalid), RevisionConflict or LockTimeout; nothing is written
-    then."""
+    at ``expected_revision`` (and, when given, its text still has ``expected_digest``); return the new revision
+    (``expected_revision + 1``). Any ``revision`` in ``routes`` is replaced. Raises ConfigError (invalid),
+    RevisionConflict (ContentConflict) or LockTimeout; nothing is written then."""
     path = _real(path)
     text = prepare(routes, expected_revision, str(path), environ=environ)
     with locked(path, lock_timeout_s):
-        _, current = read(path)
-        if current != expected_revision:
-            raise RevisionConflict(path, expected_revision, current)
+        now, current = read(path)
+        check_current(path, now, current, expected_revision, expected_digest)
         atomic_write(path, text)
     return expected_revision + 1
 
 
 def set_default_version(path: Path, model: str, version: str | int, expected_revision: int, *,
-                        lock_timeout_s: float = LOCK_TIMEOUT_S, environ: Mapping[str, str] | None = None) -> int:
+                        expected_digest: str | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S,
+                        environ: Mapping[str, str] | None = None) -> int:
     """The instant switch: ``models.<model>.default_version = version``, applied with :func:`apply` (validated,
     compare-and-swap, atomic). Raises UnknownModel, ConfigError (e.g. a version not listed), RevisionConflict."""
     path = _real(path)
     text, current = read(path)
-    if current != expected_revision:  # fail fast; apply checks again under the lock
-        raise RevisionConflict(path, expected_revision, current)
+    check_current(path, text, current, expected_revision, expected_digest)  # fail fast; apply checks again
+    # The edit is made to the text read: apply must find exactly that text, or a change made meanwhile is lost.
     return apply(path, with_default_version(text, model, version, str(path)), expected_revision,
-                 lock_timeout_s=lock_timeout_s, environ=environ)
+                 expected_digest=digest(text), lock_timeout_s=lock_timeout_s, environ=environ)
 
 
 def with_default_version(text: str, model: str, version: str | int, source: str) -> str | dict[str, Any]:

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from gateway.dev import localstack
-from gateway.errors import ConfigError, RevisionConflict, StoreUnavailable
+from gateway.errors import ConfigError, ContentConflict, RevisionConflict, StoreUnavailable
 from gateway.etcd.client import EtcdClient, WatchCompacted
 from gateway.etcd.election import Election
 from gateway.etcd.replicas import EtcdFleet, Presence
+from gateway.routes import writer
 from gateway.routes.etcd_store import EtcdRouteStore
 from gateway.settings import EtcdSettings
 
@@ -91,6 +92,24 @@ async def test_seeded_once_then_cas_writes_propagate_and_stale_ones_conflict(sto
                                     return_exceptions=True)
     assert sorted(type(o).__name__ for o in outcomes) == ["RevisionConflict", "int"], outcomes
     assert await a.written_at() is not None
+
+
+async def test_a_hand_edit_that_keeps_the_revision_is_never_overwritten(stores: list[EtcdRouteStore]) -> None:
+    """The lost edit on etcd: read, someone `etcdctl put`s an edit keeping `revision: 1`, the write based on the
+    read (with the digest of its text, as the admin API's ETag carries it) -> ContentConflict; nothing written."""
+    a, b = stores
+    text, revision = await a.read()
+    by_hand = text + "# edited by hand, revision kept\n"
+    await b.client.put(b.key, by_hand.encode())
+    for write in (a.replace(text.replace("default_version: 1", "default_version: 2"), revision, writer.digest(text)),
+                  a.set_default("m", "2", revision, writer.digest(text))):
+        with pytest.raises(ContentConflict) as info:
+            await write
+        assert info.value.http_status == 409 and info.value.current == 1
+    assert (await a.read())[0] == by_hand
+    now, _ = await a.read()  # re-read: the write goes through and keeps the hand edit
+    assert await a.set_default("m", "2", revision, writer.digest(now)) == 2
+    assert "# edited by hand, revision kept" in (await b.read())[0]
 
 
 async def test_invalid_document_keeps_the_last_good_table(stores: list[EtcdRouteStore]) -> None:

@@ -92,7 +92,7 @@ def test_get_routes_is_the_file_and_its_revision(gateway: Gateway, admin: httpx.
     assert got["text"] == text
     assert got["revision"] == yaml.safe_load(text).get("revision", 0) == got["applied_revision"]
     assert got["path"] == str(gateway.routes_file.resolve())
-    assert admin.get("/routes").headers["etag"] == f'"{got["revision"]}"'
+    assert admin.get("/routes").headers["etag"] == f'"{writer.etag(text, got["revision"])}"' == f'"{got["etag"]}"'
     assert admin.get("/v2/health/live").status_code == 404  # the public API is not on the admin port
     assert admin.delete("/routes").status_code == 405
 
@@ -112,9 +112,10 @@ def test_put_routes_compare_and_swap(gateway: Gateway, admin: httpx.Client, clie
 
     ok = admin.put("/routes", content=changed, headers={"if-match": f'"{rev}"'})
     assert ok.status_code == 200, ok.text
-    assert ok.json() == {"revision": rev + 1, "applied_revision": rev + 1}  # this process applied it at once
-    assert ok.headers["etag"] == f'"{rev + 1}"'
     written = gateway.routes_file.read_text()
+    new_tag = writer.etag(written, rev + 1)
+    assert ok.json() == {"revision": rev + 1, "etag": new_tag, "applied_revision": rev + 1}  # applied at once
+    assert ok.headers["etag"] == f'"{new_tag}"'
     assert written.endswith("# changed through the admin API\n") and writer.read(gateway.routes_file)[1] == rev + 1
     # The writer that read the old revision loses now.
     again = admin.put("/routes", content=changed, headers={"if-match": str(rev)})
@@ -156,7 +157,7 @@ def test_set_default_switches_at_once(gateway: Gateway, admin: httpx.Client, cli
     r = admin.post("/models/switch_affine/default", json={"version": "2", "revision": rev})
     assert r.status_code == 200, r.text
     assert r.json() == {"model": "switch_affine", "default_version": "2", "revision": rev + 1,
-                        "applied_revision": rev + 1}
+                        "etag": writer.etag(gateway.routes_file.read_text(), rev + 1), "applied_revision": rev + 1}
     # The process that took the call applied it before answering: the next request is served by version 2.
     assert served_version(client, "switch_affine") == "2"
     # Refusals: each leaves the file as it is.
@@ -275,7 +276,21 @@ def test_cli_show_apply_set_default(gateway: Gateway, client: httpx.Client, tmp_
     assert shown.returncode == 0, shown.stderr
     _, rev = writer.read(gateway.routes_file)
     assert shown.stdout == gateway.routes_file.read_text()
-    assert f"revision {rev}" in shown.stderr
+    etag = writer.etag(shown.stdout, rev)
+    assert f"revision {rev}, etag {etag}" in shown.stderr
+
+    # The lost edit: someone edits the file by hand (revision kept) after `show`; an apply based on what `show`
+    # printed is refused (exit 3) and the hand edit stays.
+    by_hand = shown.stdout + "# edited by hand, revision kept\n"
+    gateway.routes_file.write_text(by_hand)
+    stale = tmp_path / "stale.yaml"
+    stale.write_text(shown.stdout + "# based on the stale read\n")
+    refused = cli(gateway, "apply", str(stale), "--etag", etag)
+    assert refused.returncode == 3, refused.stderr
+    assert "changed since they were read" in refused.stderr and gateway.routes_file.read_text() == by_hand
+    assert cli(gateway, "set-default", "switch_affine", "2", "--etag", etag).returncode == 3
+    shown = cli(gateway, "show")
+    assert shown.stdout == by_hand
 
     edited = tmp_path / "routes.yaml"
     edited.write_text(shown.stdout + "# applied by the CLI test\n")

@@ -13,6 +13,7 @@ import yaml
 
 from gateway.admin.app import MAX_BODY_BYTES, AdminApp
 from gateway.control.orchestrator import Orchestrator
+from gateway.routes import writer
 from gateway.routes.store import FileRouteStore
 
 TOKEN = "s3cret-admin-token"
@@ -65,19 +66,44 @@ async def test_only_healthz_and_the_docs_open_without_the_token(admin: httpx.Asy
 
 async def test_routes_read_and_compare_and_swap(admin: httpx.AsyncClient, routes: Path) -> None:
     got = await admin.get("/routes")
-    assert got.status_code == 200 and got.headers["etag"] == '"3"' and got.headers["cache-control"] == "no-store"
-    assert got.json() == {"revision": 3, "applied_revision": 3, "path": str(routes), "text": ROUTES}
+    tag = writer.etag(ROUTES, 3)
+    assert got.status_code == 200 and got.headers["etag"] == f'"{tag}"' and got.headers["cache-control"] == "no-store"
+    assert got.json() == {"revision": 3, "etag": tag, "applied_revision": 3, "path": str(routes), "text": ROUTES}
     changed = ROUTES.replace("default_version: 1", "default_version: 2")
     assert (await admin.put("/routes", content=changed)).status_code == 428
     assert (await admin.put("/routes", content=changed, headers={"if-match": "x"})).status_code == 400
+    assert (await admin.put("/routes", content=changed, headers={"if-match": '"3-zz"'})).status_code == 400
     stale = await admin.put("/routes", content=changed, headers={"if-match": '"2"'})
     assert stale.status_code == 409 and stale.json()["revision"] == 3, stale.text
-    ok = await admin.put("/routes", content=changed, headers={"if-match": '"3"'})
-    assert ok.status_code == 200 and ok.json() == {"revision": 4, "applied_revision": 4}
-    assert "# the comment stays" in routes.read_text()
-    back = await admin.post("/models/scale/default", json={"version": 1, "revision": 4})
-    assert back.json() == {"model": "scale", "default_version": "1", "revision": 5, "applied_revision": 5}
+    ok = await admin.put("/routes", content=changed, headers={"if-match": f'"{tag}"'})
+    written = routes.read_text()
+    assert ok.status_code == 200 and ok.json() == {"revision": 4, "etag": writer.etag(written, 4),
+                                                   "applied_revision": 4}
+    assert ok.headers["etag"] == f'"{writer.etag(written, 4)}"' and "# the comment stays" in written
+    plain = await admin.post("/models/scale/default", json={"version": 1, "revision": 4})  # the number only
+    assert plain.json() == {"model": "scale", "default_version": "1", "revision": 5,
+                            "etag": writer.etag(routes.read_text(), 5), "applied_revision": 5}
     assert yaml.safe_load(routes.read_text())["models"]["scale"]["default_version"] == 1
+
+
+async def test_a_hand_edit_that_keeps_the_revision_is_never_overwritten(admin: httpx.AsyncClient,
+                                                                        routes: Path) -> None:
+    """The lost edit: read (ETag), someone edits the file by hand keeping `revision: 3`, the stale write -> 409."""
+    read = (await admin.get("/routes")).json()
+    by_hand = ROUTES.replace("# the comment stays", "# the comment stays\n# edited by hand, revision kept")
+    routes.write_text(by_hand)
+    stale = await admin.put("/routes", content=read["text"].replace("default_version: 1", "default_version: 2"),
+                            headers={"if-match": f'"{read["etag"]}"'})
+    assert stale.status_code == 409 and stale.json()["revision"] == 3, stale.text
+    assert "changed since they were read (still revision 3" in stale.json()["error"]
+    switch = await admin.post("/models/scale/default", json={"version": 2, "revision": 3, "etag": read["etag"]})
+    assert switch.status_code == 409, switch.text
+    mismatched = await admin.post("/models/scale/default", json={"version": 2, "revision": 2, "etag": read["etag"]})
+    assert mismatched.status_code == 400 and "is not of revision 2" in mismatched.json()["error"]
+    assert routes.read_text() == by_hand
+    fresh = (await admin.get("/routes")).json()  # re-read: the write goes through, the hand edit kept
+    ok = await admin.post("/models/scale/default", json={"version": 2, "revision": 3, "etag": fresh["etag"]})
+    assert ok.status_code == 200 and "# edited by hand, revision kept" in routes.read_text()
 
 
 @pytest.mark.parametrize(("path", "body", "status", "message"), [

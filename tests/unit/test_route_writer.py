@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.errors import ConfigError, LockTimeout, RevisionConflict, UnknownModel
+from gateway.errors import ConfigError, ContentConflict, LockTimeout, RevisionConflict, UnknownModel
 from gateway.routes import writer
 from gateway.routes.schema import load_routes
 
@@ -101,6 +101,21 @@ def test_conflict_carries_the_current_revision_and_writes_nothing(routes: Path) 
     with pytest.raises(RevisionConflict) as info:
         writer.apply(routes, ROUTES, 3)
     assert info.value.current == 4
+
+
+def test_the_digest_of_the_text_read_guards_against_hand_edits_that_keep_the_revision(routes: Path) -> None:
+    text, revision = writer.read(routes)
+    assert writer.etag(text, revision) == f"3-{writer.digest(text)}" and len(writer.digest(text)) == 16
+    by_hand = text.replace("labels: {stable: 1}", "labels: {stable: 1, pinned: 2}")  # still `revision: 3`
+    routes.write_text(by_hand)
+    with pytest.raises(ContentConflict) as info:
+        writer.apply(routes, text, revision, expected_digest=writer.digest(text))
+    assert info.value.http_status == 409 and info.value.current == 3 and "edited by hand?" in info.value.message
+    with pytest.raises(ContentConflict):
+        writer.set_default_version(routes, "scale", "2", revision, expected_digest=writer.digest(text))
+    assert routes.read_text() == by_hand
+    assert writer.apply(routes, by_hand, revision, expected_digest=writer.digest(by_hand)) == 4
+    assert writer.apply(routes, by_hand, 4) == 5  # the plain revision checks the number only, as before
 
 
 @pytest.mark.parametrize(("change", "message"), [
