@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway import tracing
 from gateway.backends.base import Backend
@@ -28,6 +28,9 @@ from gateway.routes.table import NO_HINTS, Hints, Route, RouteTable
 from gateway.shadow import Shadows
 from gateway.telemetry import Exchange, Header, Telemetry, current
 from gateway.types import InferRequest, InferResponse, ModelRef, ModelSchema, ModelStatus, Tensor, TensorSpec
+
+if TYPE_CHECKING:
+    from gateway.auth.gate import AuthGate
 
 assignments = logging.getLogger("gateway.assignment")
 C = TypeVar("C")
@@ -106,13 +109,14 @@ class DataPlane:
     """Transport-neutral: every front, REST and gRPC, calls these methods."""
 
     def __init__(self, store: RouteStore, backends: Backends, metrics: Metrics, shadows: Shadows,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, auth: AuthGate | None = None) -> None:
         self.store = store
         self.backends = backends
         self.metrics = metrics
         self.shadows = shadows
         self.telemetry = telemetry or Telemetry(metrics)
         self.inflight = InFlight(metrics, self.telemetry)
+        self.auth = auth  # client authentication on: the fronts authenticate, resolve checks grants and rates
         self._routes_applied(store.current)  # the revision every worker serves: a retire waits for it
         store.on_swap.append(self._routes_applied)
         store.on_refused.append(lambda _: metrics.routes_reloaded(False))
@@ -144,8 +148,8 @@ class DataPlane:
     # --- routing ------------------------------------------------------------------------------------------------
 
     def route(self, ref: ModelRef, hints: Hints = NO_HINTS) -> Route:
-        """The target of an inference request (measured as one)."""
-        route = self._resolve(ref, hints)
+        """The target of an inference request (measured as one, and held to the caller's rate limits)."""
+        route = self._resolve(ref, hints, inference=True)
         exchange = current.get()
         if exchange is not None:
             exchange.inference = True
@@ -155,14 +159,27 @@ class DataPlane:
         """The target of a metadata or status request (not measured as an inference)."""
         return self._resolve(ref, hints)
 
-    def _resolve(self, ref: ModelRef, hints: Hints) -> Route:
+    def permitted_versions(self, ref: ModelRef) -> frozenset[str] | None:
+        """For answers that read the routes without resolving (TF's model status): the caller may see this model
+        (and version; 403 otherwise); the versions it may see, None for all."""
+        exchange = current.get()
+        if self.auth is None or exchange is None:
+            return None
+        return self.auth.permit(exchange.caller, ref, NO_HINTS).grant.versions
+
+    def _resolve(self, ref: ModelRef, hints: Hints, inference: bool = False) -> Route:
+        exchange = current.get()
+        permit = None
+        if self.auth is not None and exchange is not None:  # the control plane's own calls have no exchange
+            permit = self.auth.permit(exchange.caller, ref, hints)
         # One read of `current` per request: a routes swap mid-request never mixes tables.
         if self.telemetry.tracing is None:
             route = self.store.current.resolve(ref, hints)
         else:
             with self.telemetry.routing():
                 route = self.store.current.resolve(ref, hints)
-        exchange = current.get()
+        if permit is not None:
+            permit.admit(route, inference)
         if exchange is not None:
             exchange.route = route
         experiment = route.model.experiment

@@ -170,6 +170,23 @@ class Metrics:
         self._channels_set: set[tuple[str, str]] = set()
         self._backend_children: dict[tuple[str, ...], Histogram] = {}
         self._size_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
+        # Client authentication and rate limits (gateway/auth/): tenant names come from the auth policy only.
+        self.auth_refusals = Counter("gateway_auth_refusals", "Requests refused by client authentication (401: "
+                                     "tenant empty, reason missing, invalid or expired) or authorization (403: "
+                                     "reason forbidden, or unknown_tenant for a valid token naming no tenant).",
+                                     ("tenant", "reason"), registry=reg)
+        self.rate_limited_total = Counter("gateway_rate_limited", "Inference requests refused (429) by a rate "
+                                          "limit, by tenant, model and the limit that refused (tenant, "
+                                          "tenant_model, model).", ("tenant", "model", "limit"), registry=reg)
+        self.tenant_requests = Counter("gateway_tenant_requests", "Inference requests a tenant was let through "
+                                       "with (authentication on).", ("tenant",), registry=reg)
+        self.rate_limit_rps = Gauge("gateway_rate_limit_rps", "Configured rate limits, requests per second for "
+                                    "the whole gateway (every replica together): model * is a tenant's limit over "
+                                    "every model, tenant * a model's over every tenant.", ("tenant", "model"),
+                                    registry=reg, multiprocess_mode="livemax")
+        self.rate_limit_burst = Gauge("gateway_rate_limit_burst", "The burst (bucket size) of those limits.",
+                                      ("tenant", "model"), registry=reg, multiprocess_mode="livemax")
+        self._auth_children: dict[tuple[str, ...], Counter] = {}
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._shadow_children: dict[tuple[str, ...], Counter] = {}
         self._comparison_children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram, Counter, Counter]] = {}
@@ -280,6 +297,28 @@ class Metrics:
         if child is None:
             child = self._assignment_children[key] = self.assignments.labels(*key)
         child.inc()
+
+    def auth_refusal(self, *, tenant: str, reason: str) -> None:
+        """reason: missing | invalid | expired (401, tenant "") | forbidden | unknown_tenant (403)."""
+        self._auth_child("refusal", self.auth_refusals, tenant, reason).inc()
+
+    def rate_limited(self, *, tenant: str, model: str, limit: str) -> None:
+        """limit: tenant | tenant_model | model (the bucket that refused)."""
+        self._auth_child("limited", self.rate_limited_total, tenant, model, limit).inc()
+
+    def tenant_request(self, tenant: str) -> None:
+        self._auth_child("admitted", self.tenant_requests, tenant).inc()
+
+    def rate_limit(self, *, tenant: str, model: str, rps: float, burst: int) -> None:
+        self.rate_limit_rps.labels(tenant, model).set(rps)
+        self.rate_limit_burst.labels(tenant, model).set(burst)
+
+    def _auth_child(self, kind: str, counter: Counter, *labels: str) -> Counter:
+        key = (kind, *labels)
+        child = self._auth_children.get(key)
+        if child is None:
+            child = self._auth_children[key] = counter.labels(*labels)
+        return child
 
     def rollout(self, *, model: str, percent: float, running: bool, events: Sequence[str] = (),
                 guards: Mapping[str, float | None] | None = None) -> None:

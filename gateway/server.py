@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import signal
@@ -31,10 +32,12 @@ from gateway.routes.store import RouteStore, open_store
 from gateway.settings import Settings
 from gateway.shadow import Shadows
 from gateway.telemetry import Telemetry
+from gateway.tls import UvicornContext
 
 if TYPE_CHECKING:
     from gateway.admin.app import Admin
     from gateway.api.grpc import GrpcFront
+    from gateway.auth.gate import AuthGate
     from gateway.etcd.replicas import Presence
     from gateway.routes.etcd_store import EtcdRouteStore
 
@@ -53,8 +56,10 @@ class GatewayProcess:
         self.admin: AdminSeat | None = None
         self.store: RouteStore | None = None
         self.presence: Presence | None = None  # this process's lease-bound key (etcd store only)
+        self.auth: AuthGate | None = None  # client authentication (GATEWAY_AUTH_FILE)
         self._drain_task: asyncio.Task[None] | None = None
         self._ticks: asyncio.Task[None] | None = None
+        self._replicas_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -65,13 +70,21 @@ class GatewayProcess:
             backends.get(config)
         metrics = Metrics()
         telemetry = Telemetry(metrics, access_log_sample=settings.access_log_sample, tracing=tracing.from_env())
+        if settings.auth_file is not None:
+            from gateway.auth.gate import AuthGate  # only when authentication is on
+
+            self.auth = AuthGate(settings, metrics)
+            await self.auth.start()
         plane = self.plane = DataPlane(store, backends, metrics,
-                                       Shadows(metrics, max_pending=settings.shadow_max_pending), telemetry)
+                                       Shadows(metrics, max_pending=settings.shadow_max_pending), telemetry,
+                                       auth=self.auth)
         store.on_swap.append(lambda table: backends.retire_unused(table.backends.values()))
         await store.start(settings.routes_poll_s)
         self._ticks = asyncio.create_task(self._tick(plane))
         if settings.etcd is not None:
             await self._present(store)  # type: ignore[arg-type]  # open_store built the etcd store
+            if self.auth is not None and self.auth.policy.limited:
+                self._replicas_task = asyncio.create_task(self._share_rates(store))  # type: ignore[arg-type]
         self.rest = RestApp(plane, settings.max_body_bytes)
         if settings.grpc_port:
             from gateway.api.grpc import GrpcFront  # grpc servicers load only when the listener is on
@@ -102,6 +115,20 @@ class GatewayProcess:
         store.on_swap.append(lambda table: self.presence.changed() if self.presence is not None else None)
         await self.presence.start()
 
+    async def _share_rates(self, store: EtcdRouteStore, every_s: float = 5.0) -> None:
+        """Rate limits over several replicas: each takes 1/N of every rate, N the live hosts (gateway/auth/
+        ratelimit.py), re-counted from the presence keys every few seconds; an unreachable etcd keeps the last N."""
+        from gateway.etcd.client import EtcdUnavailable
+        from gateway.etcd.replicas import EtcdFleet
+
+        fleet = EtcdFleet(store.client, store.prefix)
+        while True:
+            with contextlib.suppress(EtcdUnavailable):
+                hosts = {r.get("host") for r in await fleet.replicas()}
+                if self.auth is not None:
+                    self.auth.buckets.set_replicas(len(hosts))
+            await asyncio.sleep(every_s)
+
     def advertise_url(self) -> str:
         """Where the other replicas reach this one's admin API (they forward rollout writes to the leader)."""
         settings = self.settings
@@ -113,7 +140,8 @@ class GatewayProcess:
                 host = socket.gethostbyname(socket.gethostname())  # the pod's IP on Kubernetes
             except OSError:
                 host = "127.0.0.1"
-        return f"http://{f'[{host}]' if ':' in host else host}:{settings.admin_port}"
+        scheme = "https" if settings.admin_tls_cert_file is not None else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.admin_port}"
 
     @staticmethod
     async def _tick(plane: DataPlane) -> None:
@@ -166,6 +194,8 @@ class GatewayProcess:
             self._drain_task = asyncio.create_task(self.grpc.begin_drain())
 
     async def stop(self) -> None:
+        if self._replicas_task is not None:
+            self._replicas_task.cancel()
         if self.admin is not None:
             await self.admin.stop()
         if self.grpc is not None:
@@ -178,6 +208,8 @@ class GatewayProcess:
             self._ticks.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticks
+        if self.auth is not None:
+            await self.auth.stop()
         if self.plane is not None:
             await self.plane.shadows.close()
             await self.plane.backends.close()
@@ -226,6 +258,7 @@ def serve(settings: Settings) -> None:
     # Fail before forking workers when the routes file is invalid, with the validator's message.
     if settings.etcd is None or settings.routes_file.exists():  # with etcd the file only seeds an empty store
         load_routes(settings.routes_file)
+    settings = _check_security(settings)
     os.environ.update(settings.to_env())  # uvicorn's factory (in every worker) rebuilds Settings from these
     if settings.workers > 1:
         _multiprocess_metrics_dir()
@@ -242,7 +275,36 @@ def serve(settings: Settings) -> None:
         log_config=_log_config(settings.log_level),
         # No X-Forwarded-* rewriting (a per-request middleware): the gateway does not use client addresses.
         proxy_headers=False, server_header=False,
+        # TLS: every worker builds its own context from the files and reloads them on change (gateway/tls.py).
+        ssl_context_factory=None if settings.tls_cert_file is None or settings.tls_key_file is None
+        else UvicornContext(settings.tls_cert_file, settings.tls_key_file, settings.tls_reload_s),
     )
+
+
+def _check_security(settings: Settings) -> Settings:
+    """Before any worker starts: the auth policy, the keys and the certificates must be usable (with their own
+    messages); several workers share one rate-limit table, created empty here."""
+    from gateway.tls import read_pair
+
+    for cert, key in ((settings.tls_cert_file, settings.tls_key_file),
+                      (settings.admin_tls_cert_file, settings.admin_tls_key_file)):
+        if cert is not None and key is not None:
+            read_pair(cert, key)
+    if settings.auth_file is None:
+        return settings
+    from gateway.auth.keys import load_keys
+    from gateway.auth.ratelimit import create_table
+    from gateway.auth.tenants import load_policy
+
+    policy = load_policy(settings.auth_file)
+    if settings.auth_keys_file is not None:
+        load_keys(settings.auth_keys_file, policy.tenants)
+    if settings.workers > 1 and settings.ratelimit_file is None:
+        fd, name = tempfile.mkstemp(prefix="gateway-ratelimit-")
+        os.close(fd)
+        create_table(Path(name))
+        settings = dataclasses.replace(settings, ratelimit_file=Path(name))
+    return settings
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

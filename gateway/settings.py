@@ -91,6 +91,19 @@ class Settings:
     # Canary guards from Prometheus (every replica's metrics) instead of this process's own exposition.
     guards_prometheus_url: str | None = None
     guards_prometheus_timeout_s: float = 5.0
+    # Client authentication (gateway/auth/): on when the policy file is set; off in the local stack.
+    auth_file: Path | None = None  # tenants, their grants and rate limits, the JWT issuer
+    auth_keys_file: Path | None = None  # hashed API keys (a Kubernetes Secret)
+    auth_open: frozenset[str] = frozenset({"health", "metrics"})  # served without credentials
+    auth_reload_s: float = 1.0  # the policy, keys and JWKS files are checked for changes this often
+    # Set by `gateway serve` for its workers: the rate limits' shared bucket table (gateway/auth/ratelimit.py).
+    ratelimit_file: Path | None = None
+    # TLS on the public REST and gRPC listeners, and on the admin listener (gateway/tls.py); reloaded on change.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    admin_tls_cert_file: Path | None = None
+    admin_tls_key_file: Path | None = None
+    tls_reload_s: float = 1.0  # a new handshake checks the files at most this often
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +131,12 @@ class Settings:
             guards_prometheus_url=env.get("GATEWAY_GUARDS_PROMETHEUS_URL") or None,
             guards_prometheus_timeout_s=_float(env, "GATEWAY_GUARDS_PROMETHEUS_TIMEOUT_S",
                                                d.guards_prometheus_timeout_s),
+            auth_file=_path(env, "GATEWAY_AUTH_FILE"), auth_keys_file=_path(env, "GATEWAY_AUTH_KEYS_FILE"),
+            auth_open=_open(env.get("GATEWAY_AUTH_OPEN", ",".join(sorted(d.auth_open)))),
+            auth_reload_s=_float(env, "GATEWAY_AUTH_RELOAD_S", d.auth_reload_s) or d.auth_reload_s,
+            ratelimit_file=_path(env, "GATEWAY_RATELIMIT_FILE"),
+            **_pair(env, "GATEWAY_TLS", "tls"), **_pair(env, "GATEWAY_ADMIN_TLS", "admin_tls"),
+            tls_reload_s=_float(env, "GATEWAY_TLS_RELOAD_S", d.tls_reload_s) or d.tls_reload_s,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -137,11 +156,39 @@ class Settings:
             "GATEWAY_ROUTES_STORE": self.routes_store,
             **({"GATEWAY_ADMIN_ADVERTISE_URL": self.admin_advertise_url} if self.admin_advertise_url else {}),
             **({"GATEWAY_GUARDS_PROMETHEUS_URL": self.guards_prometheus_url} if self.guards_prometheus_url else {}),
+            **{name: str(value) for name, value in (
+                ("GATEWAY_AUTH_FILE", self.auth_file), ("GATEWAY_AUTH_KEYS_FILE", self.auth_keys_file),
+                ("GATEWAY_RATELIMIT_FILE", self.ratelimit_file), ("GATEWAY_TLS_CERT_FILE", self.tls_cert_file),
+                ("GATEWAY_TLS_KEY_FILE", self.tls_key_file), ("GATEWAY_ADMIN_TLS_CERT_FILE", self.admin_tls_cert_file),
+                ("GATEWAY_ADMIN_TLS_KEY_FILE", self.admin_tls_key_file)) if value is not None},
+            "GATEWAY_AUTH_OPEN": ",".join(sorted(self.auth_open)), "GATEWAY_AUTH_RELOAD_S": str(self.auth_reload_s),
+            "GATEWAY_TLS_RELOAD_S": str(self.tls_reload_s),
         }
 
 
 def _path(env: Mapping[str, str], key: str) -> Path | None:
     return Path(env[key]) if env.get(key) else None
+
+
+OPEN_CHOICES = ("health", "metrics")
+
+
+def _open(raw: str) -> frozenset[str]:
+    """GATEWAY_AUTH_OPEN: what is served without credentials when authentication is on (health: liveness and
+    readiness; metrics: /metrics); empty: nothing."""
+    chosen = frozenset(p.strip().lower() for p in raw.split(",") if p.strip())
+    unknown = sorted(chosen - set(OPEN_CHOICES))
+    if unknown:
+        raise SystemExit(f"GATEWAY_AUTH_OPEN={raw!r}: {unknown[0]!r} is not one of {', '.join(OPEN_CHOICES)}")
+    return chosen
+
+
+def _pair(env: Mapping[str, str], prefix: str, field_prefix: str) -> dict[str, Path | None]:
+    """<prefix>_CERT_FILE and <prefix>_KEY_FILE: both or neither."""
+    cert, key = _path(env, f"{prefix}_CERT_FILE"), _path(env, f"{prefix}_KEY_FILE")
+    if (cert is None) != (key is None):
+        raise SystemExit(f"{prefix}_CERT_FILE and {prefix}_KEY_FILE go together")
+    return {f"{field_prefix}_cert_file": cert, f"{field_prefix}_key_file": key}
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

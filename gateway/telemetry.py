@@ -14,12 +14,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.codecs.jsonio import dumps
 from gateway.metrics import Metrics
 from gateway.routes.table import Route
 from gateway.tracing import Span, Tracing
+
+if TYPE_CHECKING:
+    from gateway.auth.tenants import Tenant
 
 access_log = logging.getLogger("gateway.access")
 error_log = logging.getLogger("gateway.errors")
@@ -44,6 +47,7 @@ class Exchange:
     backend_s: float = 0.0  # time in backend calls made for the answer
     span: Span | None = None  # its trace span, when tracing is on
     start_ns: int = 0  # wall clock at the start, for the decode span
+    caller: Tenant | None = None  # who the front authenticated (client authentication on: gateway/auth/)
 
 
 # The request being handled (each request runs in its own task, so each has its own).

@@ -30,6 +30,7 @@ import uvicorn
 
 from gateway.admin.auth import AdminSetupError, load_token
 from gateway.settings import Settings
+from gateway.tls import UvicornContext
 
 log = logging.getLogger("gateway.admin")
 
@@ -77,7 +78,8 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class AdminServer:
-    def __init__(self, service: AdminService, sock: socket.socket, lock_fd: int | None) -> None:
+    def __init__(self, service: AdminService, sock: socket.socket, lock_fd: int | None,
+                 tls: UvicornContext | None = None) -> None:
         self.service = service
         self.sock = sock
         self.port: int = sock.getsockname()[1]
@@ -87,7 +89,7 @@ class AdminServer:
             uvicorn_log.addFilter(_QuietAdminServer())
         config = uvicorn.Config(service.app, interface="asgi3", lifespan="off", ws="none", log_config=None,
                                 access_log=False, proxy_headers=False, server_header=False,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, ssl_context_factory=tls)
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -187,7 +189,9 @@ async def start_admin(settings: Settings, make_service: ServiceFactory, *,
         if lock_fd is not None:
             os.close(lock_fd)
         return None
-    server = AdminServer(make_service(token), sock, lock_fd)
+    cert, key = settings.admin_tls_cert_file, settings.admin_tls_key_file
+    tls = UvicornContext(cert, key, settings.tls_reload_s) if cert is not None and key is not None else None
+    server = AdminServer(make_service(token), sock, lock_fd, tls)
     try:
         try:  # before the first admin request: it must see the rollouts as resumed, never their stale state
             await server.service.resume()
@@ -201,7 +205,7 @@ async def start_admin(settings: Settings, make_service: ServiceFactory, *,
         log.error("admin API not started on %s: %s", where, exc)
         await server.stop()
         return None
-    log.info("admin API listening on http://%s (pid %d)", where, os.getpid())
+    log.info("admin API listening on %s://%s (pid %d)", "https" if tls is not None else "http", where, os.getpid())
     return server
 
 

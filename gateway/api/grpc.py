@@ -37,6 +37,8 @@ log = logging.getLogger("gateway.grpc")
 MAX_CALL_S = 120.0
 MAX_DETAILS = 1024  # TF Serving truncates gRPC error messages here too
 SERVED_SERVICES = (svc.V2_INFERENCE_SERVICE, svc.PREDICTION_SERVICE, svc.MODEL_SERVICE)
+# Liveness and readiness (grpc.health.v1 and reflection are grpc's own servicers: always open).
+HEALTH_METHODS = frozenset({svc.V2_SERVER_LIVE.path, svc.V2_SERVER_READY.path})
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Impl = Callable[[Any, Context], Awaitable[Any]]
@@ -52,21 +54,27 @@ def served_by(context: Context, route: Route) -> None:
 
 def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str, plane: DataPlane,
            raw: bool = False) -> grpc.RpcMethodHandler[Any, Any]:
-    """One place where the client's deadline is taken, gateway errors become gRPC status codes, and the call is
-    measured (the data plane decides whether: an inference it routed). ``raw``: ``impl`` takes the request's
-    bytes and answers bytes (it parses and serializes only what it needs)."""
+    """One place where the client's deadline is taken, the caller is authenticated (when GATEWAY_AUTH_FILE turns
+    that on; ServerLive/ServerReady stay open while GATEWAY_AUTH_OPEN has "health"), gateway errors become gRPC
+    status codes, and the call is measured (the data plane decides whether: an inference it routed). ``raw``:
+    ``impl`` takes the request's bytes and answers bytes (it parses and serializes only what it needs)."""
     size = len if raw else _byte_size
+    auth = plane.auth
+    authenticate = auth is not None and not (auth.open_health and method.path in HEALTH_METHODS)
 
     async def handler(request: Any, context: Context) -> Any:
         exchange = plane.begin(method.path, lambda name: _metadata(context).get(name))
         set_deadline(context.time_remaining())
         code, detail, response = grpc.StatusCode.OK, "", None
         try:
+            if authenticate:
+                assert auth is not None
+                exchange.caller = auth.authenticate_metadata(context.invocation_metadata())
             response = await impl(request, context)
             return response
         except GatewayError as exc:
             code, detail = exc.grpc_code, exc.message
-            await context.abort(exc.grpc_code, exc.message[:MAX_DETAILS])
+            await context.abort(exc.grpc_code, exc.message[:MAX_DETAILS], trailing_metadata=exc.trailers)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the client went away: its backend call is cancelled with it
             raise
@@ -270,12 +278,20 @@ class GrpcFront:
         names = (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(
             names, server, pool=public_pool(reflection_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR))
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        cert, key = self.settings.tls_cert_file, self.settings.tls_key_file
+        if cert is not None and key is not None:  # the certificate is re-read on change (gateway/tls.py)
+            from gateway.tls import CertificateFiles, grpc_server_credentials
+
+            credentials = grpc_server_credentials(CertificateFiles(cert, key, self.settings.tls_reload_s))
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         await server.start()
         for name in ("", *SERVED_SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
-        log.info("gRPC listening on %s:%d", self.settings.host, self.port)
+        log.info("gRPC listening on %s:%d%s", self.settings.host, self.port, " (TLS)" if cert is not None else "")
 
     async def begin_drain(self) -> None:
         """Turn not-ready (health NOT_SERVING, ServerReady false); half-way through the drain stop accepting

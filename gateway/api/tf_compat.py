@@ -26,12 +26,14 @@ def resolve(resolver: Callable[[ModelRef, Hints], Route], ref: ModelRef, hints: 
 
 async def statuses(plane: DataPlane, name: str, version: str | None) -> list[ModelStatus]:
     """Every version's state (highest first), or one version's; labels are ignored, as TF Serving does."""
+    visible = plane.permitted_versions(ModelRef(name=name, version=version))
     table = plane.store.current
     try:
         model = table.model(name)
     except ModelNotFound:
         raise NotFound(f"Could not find any versions of model {name}") from None
-    versions = [version] if version else sorted(model.versions, key=int, reverse=True)
+    versions = [version] if version else sorted((v for v in model.versions if visible is None or v in visible),
+                                                key=int, reverse=True)
     if version and version not in model.versions:
         raise NotFound(f"Could not find version {version} of model {name}")
     routes = [table.resolve(ModelRef(name=name, version=v)) for v in versions]

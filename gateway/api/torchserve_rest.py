@@ -17,6 +17,9 @@ from gateway.errors import (
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
     VersionNotFound,
 )
 from gateway.types import ModelRef
@@ -67,6 +70,9 @@ _TYPES: tuple[tuple[type[GatewayError], str], ...] = (
     (MethodNotAllowed, "MethodNotAllowedException"),
     (BackendUnavailable, "ServiceUnavailableException"),
     (BackendTimeout, "RequestTimeoutException"),
+    (Unauthenticated, "InvalidKeyException"),  # TorchServe's own name for a refused key
+    (PermissionDenied, "ForbiddenException"),
+    (ResourceExhausted, "TooManyRequestsException"),
 )
 
 

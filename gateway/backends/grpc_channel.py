@@ -24,6 +24,7 @@ from gateway.errors import (
 )
 from gateway.protos.services import Method
 from gateway.routes.schema import BackendConfig
+from gateway.tls import channel_credentials
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -94,8 +95,14 @@ class GrpcChannel:
     def _open(self) -> grpc.aio.Channel:
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
-            self._channel = grpc.aio.insecure_channel(channel_target(self.address),
-                                                      options=channel_options(self.config))
+            tls = self.config.tls
+            if tls is None:
+                self._channel = grpc.aio.insecure_channel(channel_target(self.address),
+                                                          options=channel_options(self.config))
+            else:  # TLS, mutual when the backend's tls names the gateway's certificate
+                self._channel = grpc.aio.secure_channel(
+                    channel_target(self.address), channel_credentials(tls.ca_file, tls.cert_file, tls.key_file),
+                    options=channel_options(self.config))
             self._loop, self._callables = loop, {}
         return self._channel
 

@@ -11,6 +11,7 @@ from gateway import tracing
 from gateway.deadline import timeout_for
 from gateway.errors import BackendError, BackendTimeout, BackendUnavailable
 from gateway.routes.schema import BackendConfig
+from gateway.tls import client_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +30,10 @@ class HttpClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
+            tls = self.config.tls  # https:// URLs verify against its CA (else the system's), mutual TLS with a cert
             connector = aiohttp.TCPConnector(limit=self.config.max_connections, ttl_dns_cache=10,
-                                             keepalive_timeout=30)
+                                             keepalive_timeout=30, ssl=True if tls is None else
+                                             client_context(tls.ca_file, tls.cert_file, tls.key_file))
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 skip_auto_headers=("User-Agent",),

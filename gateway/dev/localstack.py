@@ -95,6 +95,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -1010,6 +1011,7 @@ def start_gateway(
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 60,
     code_root: Path | None = None,
+    ca_file: Path | None = None,
 ) -> tuple[ManagedProcess, str]:
     """Run ``python -m gateway serve --routes ROUTES --port PORT`` on 127.0.0.1; return it and its URL.
 
@@ -1017,6 +1019,7 @@ def start_gateway(
     GATEWAY_GRPC_PORT to a free port, so that gateways started side by side never collide). ``code_root``
     runs the gateway of another checkout (a benchmark baseline) with this interpreter.
     Waits for ``GET /v2/health/live`` to answer 200; on failure stops it and raises with the log tail.
+    With GATEWAY_TLS_CERT_FILE in ``env`` the URL is https and ``ca_file`` verifies the gateway's certificate.
     """
     t_start = time.monotonic()
     deadline = t_start + startup_timeout
@@ -1033,9 +1036,11 @@ def start_gateway(
     child_env["PYTHONPATH"] = str(code_root or _REPO_ROOT) + (os.pathsep + old if old else "")
     argv = [sys.executable, "-m", "gateway", "serve", "--routes", str(routes_file.resolve()), "--port", str(port)]
     proc = spawn_process("gateway", argv, cwd=workdir, env=child_env, log_path=workdir / "gateway.log")
-    url = f"http://127.0.0.1:{port}"
+    tls = bool(child_env.get("GATEWAY_TLS_CERT_FILE"))
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        with httpx.Client(timeout=2.0) as client:
+        verify = ssl.create_default_context(cafile=str(ca_file)) if tls and ca_file else True
+        with httpx.Client(timeout=2.0, verify=verify) as client:
             last = "no answer yet"
             while True:
                 if not proc.running():

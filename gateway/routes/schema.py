@@ -22,6 +22,16 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTLS:
+    """How the gateway reaches a backend over TLS: the CA that signed its certificate (default: the system's), and
+    the gateway's own certificate and key for mutual TLS. Applies to its https:// URLs and its gRPC channels."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
     kind: BackendKind
@@ -38,6 +48,7 @@ class BackendConfig:
     timeout_s: float = 30.0
     connect_timeout_s: float = 2.0
     max_connections: int = 256
+    tls: BackendTLS | None = None  # TLS / mutual TLS to the backend (gRPC: a secure channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +223,7 @@ class _Parser:
         self.name(name, path)
         allowed = {"kind", "url", "management_url", "token_file", "timeout_s", "connect_timeout_s",
                    "max_connections", "transport", "grpc_target", "grpc_management_target", "model_config_file",
-                   "model_store"}
+                   "model_store", "tls"}
         m = self.mapping(spec, path, required={"kind", "url"}, allowed=allowed)
         kind = self.string(m["kind"], f"{path}.kind")
         if kind not in BACKEND_KINDS:
@@ -235,13 +246,17 @@ class _Parser:
                                               "tfserving", "the models.config TF Serving was started with")
         model_store = self.backend_path(m.get("model_store"), f"{path}.model_store", kind, "torchserve",
                                         "TorchServe's model store")
+        tls = None if m.get("tls") is None else self.tls(m["tls"], f"{path}.tls")
+        url = self.url(m["url"], f"{path}.url")
+        if tls is not None and transport == "rest" and not url.startswith("https://"):
+            self.fail(f"{path}.url", f"{url!r} must be https:// when tls is set (transport rest)")
         return BackendConfig(
             name=name,
             kind=kind,  # type: ignore[arg-type]
             transport=transport,  # type: ignore[arg-type]
             grpc_target=grpc_target,
             grpc_management_target=grpc_management,
-            url=self.url(m["url"], f"{path}.url"),
+            url=url, tls=tls,
             management_url=None if m.get("management_url") is None
             else self.url(m["management_url"], f"{path}.management_url"),
             token_file=None if token is None else Path(self.string(token, f"{path}.token_file")),
@@ -251,6 +266,13 @@ class _Parser:
             connect_timeout_s=self.number(m.get("connect_timeout_s", 2.0), f"{path}.connect_timeout_s"),
             max_connections=self.integer(m.get("max_connections", 256), f"{path}.max_connections", minimum=1),
         )
+
+    def tls(self, spec: Any, path: str) -> BackendTLS:
+        m = self.mapping(spec if spec is not True else {}, path, allowed={"ca_file", "cert_file", "key_file"})
+        files = {k: Path(self.string(v, f"{path}.{k}")) for k, v in m.items() if v is not None}
+        if ("cert_file" in files) != ("key_file" in files):
+            self.fail(path, "cert_file and key_file go together (the gateway's certificate for mutual TLS)")
+        return BackendTLS(**files)
 
     def backend_path(self, value: Any, path: str, kind: str, owner: str, what: str) -> Path | None:
         """An absolute path that only ``owner`` backends have (``what`` names it in messages); an empty value (an
