@@ -8,6 +8,9 @@ Starts, on free 127.0.0.1 ports:
   auth on) and TF Serving (the real binary when on PATH, else the stand-in) with model_repo/tfserving;
 * a FAST test gRPC backend (``load_tests/fast_grpc_backend.py``: grpc.aio, TF Serving's PredictionService
   and ModelService with fixed answers), which isolates the cost of the gateway's gRPC fronts;
+* with ``--auth``, a second gateway, the same in every way but client authentication (an API key, and a JWT
+  verified against a JWKS file; gateway/auth/): the fast scenarios get its rows beside the first gateway's, so
+  the cost of authentication per request is read side by side in one run;
 * the gateway itself (``localstack.start_gateway``, 1 worker, its gRPC front on a free port) with a routes
   file made from examples/routes.local.yaml plus a model ``fast`` served by the fast backend, ``fast_grpc``
   served by the fast gRPC backend, and ``affine_grpc`` / ``scale_grpc``: the real backends over their gRPC
@@ -38,6 +41,7 @@ call is of the same order as a grpc.aio server's, so gRPC req/s are far below th
     python load_tests/bench_overhead.py [--duration S] [--connections C] [--quick] [--json FILE]
                                         [--repeat N] [--scenarios a,b] [--loadgen auto|wrk|python]
                                         [--grpc-channels N] [--grpc-warmup S] [--baseline-repo DIR]
+                                        [--auth]
 """
 
 from __future__ import annotations
@@ -158,7 +162,8 @@ class Target:
     body: bytes  # REST: the POST body; gRPC: the serialized request message
     headers: dict[str, str]  # REST: headers; gRPC: metadata
     grpc_method: str = ""  # gRPC: the method path (/package.Service/Method); empty for REST
-    process: str = "gateway"  # whose CPU per request the row reports: the gateway, a reference proxy, the baseline
+    process: str = "gateway"  # whose CPU per request the row reports: the gateway, a reference proxy, the
+    # baseline, or the gateway with authentication on (--auth)
 
     @property
     def protocol(self) -> str:
@@ -571,6 +576,7 @@ class Endpoints:
     gateway_grpc_target: str = ""  # host:port of the gateway's gRPC front ("" when turned off)
     # Other processes a row measures, by Target.process: the reference proxies, the baseline gateway.
     others: dict[str, tuple[localstack.ManagedProcess, str]] = field(default_factory=dict)
+    auth: AuthGateway | None = None  # --auth: the second gateway, with client authentication on (also in others)
 
 
 def wait_ready(proc: localstack.ManagedProcess, what: str, ready: Callable[[], bool]) -> None:
@@ -589,6 +595,15 @@ def wait_ready(proc: localstack.ManagedProcess, what: str, ready: Callable[[], b
     except BaseException:
         proc.stop()
         raise
+
+
+@dataclass
+class AuthGateway:
+    url: str
+    proc: localstack.ManagedProcess
+    grpc_target: str
+    key_headers: dict[str, str]  # an API key
+    jwt_headers: dict[str, str]  # a JWT (RS256, verified against a JWKS file)
 
 
 def start_fast_backend(workdir: Path) -> tuple[localstack.ManagedProcess, str]:
@@ -680,8 +695,35 @@ def write_routes(path: Path, fast_url: str, ts: localstack.TorchServeEndpoints |
     path.write_text(yaml.safe_dump(routes, sort_keys=False), encoding="utf-8")
 
 
+def start_auth_gateway(stack: localstack.Stack, workdir: Path, routes: Path, env: dict[str, str]) -> AuthGateway:
+    """The second gateway: the same routes and settings, plus client authentication (one tenant granted every
+    model, no rate limit: what is measured is the check itself)."""
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from gateway.auth.keys import add_key
+
+    auth_dir = workdir / "auth"
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(signing.public_key()))
+    (auth_dir / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "bench", "alg": "RS256"}]}))
+    (auth_dir / "auth.yaml").write_text(yaml.safe_dump({
+        "jwt": {"jwks_file": str(auth_dir / "jwks.json"), "algorithms": ["RS256"], "audience": "bench"},
+        "tenants": {"bench": {"models": "*"}}}))
+    key = add_key(auth_dir / "keys.yaml", "bench")
+    token = pyjwt.encode({"tenant": "bench", "aud": "bench", "exp": int(time.time()) + 24 * 3600}, signing,
+                         algorithm="RS256", headers={"kid": "bench"})
+    grpc_port = localstack.free_port()
+    auth_env = {**env, "GATEWAY_GRPC_PORT": str(grpc_port), "GATEWAY_AUTH_FILE": str(auth_dir / "auth.yaml"),
+                "GATEWAY_AUTH_KEYS_FILE": str(auth_dir / "keys.yaml")}
+    proc, url = stack.add_started(localstack.start_gateway(workdir / "gateway_auth", routes, env=auth_env))
+    return AuthGateway(url, proc, f"127.0.0.1:{grpc_port}", {"authorization": f"Bearer {key}"},
+                       {"authorization": f"Bearer {token}"})
+
+
 def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[str, str] | None = None,
-                     baseline_repo: Path | None = None) -> Endpoints:
+                     baseline_repo: Path | None = None, auth: bool = False) -> Endpoints:
     """Fast backend, TorchServe and TF Serving in parallel, then the gateway. A real backend that fails to
     start is reported and its scenarios skipped; the fast backend or the gateway failing is fatal."""
     failures: dict[str, str] = {}
@@ -735,9 +777,13 @@ def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[s
             print(f"WARNING: the {framework} reference proxy did not start: {exc}", file=sys.stderr, flush=True)
     if baseline_repo is not None:
         others["baseline"] = stack.add_started(start_baseline_gateway(baseline_repo, routes, workdir / "baseline", env))
+    auth_gateway = start_auth_gateway(stack, workdir, routes, env) if auth else None
+    if auth_gateway is not None:
+        others["gateway_auth"] = (auth_gateway.proc, auth_gateway.url)
     return Endpoints(fast_url, fast_proc, gw_url, gw_proc, ts, ts_proc, tf, tf_proc, failures,
                      fast_grpc_target=fast_grpc_target, fast_grpc_proc=fast_grpc_proc,
-                     gateway_grpc_target=f"127.0.0.1:{grpc_port}" if grpc_port else "", others=others)
+                     gateway_grpc_target=f"127.0.0.1:{grpc_port}" if grpc_port else "", others=others,
+                     auth=auth_gateway)
 
 
 # --------------------------------------------------------------------------------------------
@@ -790,6 +836,8 @@ def build_scenarios(ep: Endpoints) -> list[Scenario]:
             scenario.gateways = [twin for t in scenario.gateways for twin in (t, *baseline_twin(t, ep))]
     if ep.gateway_grpc_target:
         out += build_grpc_scenarios(ep, tf_kind)
+    if ep.auth is not None:
+        add_auth_targets(out, ep.auth)
     return out
 
 
@@ -817,6 +865,20 @@ def baseline_twin(target: Target, ep: Endpoints) -> list[Target]:
         return []
     url = ep.others["baseline"][1] + target.url.removeprefix(ep.gateway_url)
     return [Target(f"{target.label} [baseline]", "gateway", url, target.body, target.headers, process="baseline")]
+
+
+def add_auth_targets(scenarios: list[Scenario], auth: AuthGateway) -> None:
+    """The fast scenarios' gateway rows once more, through the gateway with authentication on: an API key, a JWT."""
+    for scenario in scenarios:
+        if scenario.key not in ("fast_tf_predict", "fast_v2_translate", "grpc_fast_tf_predict"):
+            continue
+        plain = scenario.gateways[0]
+        grpc_front = bool(plain.grpc_method)
+        base = auth.grpc_target if grpc_front else auth.url
+        url = base if grpc_front else plain.url.replace(plain.url.split("/v", 1)[0], auth.url, 1)
+        for what, headers in (("API key", auth.key_headers), ("JWT", auth.jwt_headers)):
+            scenario.gateways.append(Target(f"{plain.label} + {what}", "gateway", url, plain.body,
+                                            {**plain.headers, **headers}, plain.grpc_method, process="gateway_auth"))
 
 
 GRPC_SCENARIOS = ("grpc_fast_tf_predict", "grpc_fast_v2_translate", "grpc_tfserving_affine", "grpc_torchserve_scale")
@@ -1114,6 +1176,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="extra environment for the gateway process (repeatable), e.g. GATEWAY_GRPC_PORT=0")
     p.add_argument("--baseline-repo", type=Path, help="also run the gateway of this checkout (e.g. main's) and "
                                                       "measure it beside this one on every REST path")
+    p.add_argument("--auth", action="store_true",
+                   help="also run a gateway with client authentication on and measure the fast scenarios through it "
+                        "with an API key and with a JWT, beside the gateway without it")
     p.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     p.add_argument("--workdir", type=Path, help="where the processes' logs go (default: a temporary directory, "
                                                 "removed at the end)")
@@ -1185,7 +1250,7 @@ def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoa
         t0 = time.monotonic()
         print("starting the fast backends (REST, gRPC), TorchServe, TF Serving and the gateway ...", flush=True)
         ep = start_everything(stack, workdir, args.gateway_env,
-                              args.baseline_repo.resolve() if args.baseline_repo else None)
+                              args.baseline_repo.resolve() if args.baseline_repo else None, auth=args.auth)
         tf_kind = ("real binary" if ep.tf.real_binary else "stand-in") if ep.tf else "not started"
         print(f"  started in {time.monotonic() - t0:.1f} s: gateway {ep.gateway_url} + gRPC "
               f"{ep.gateway_grpc_target or 'off'} (pid {ep.gateway_proc.pgid}), fast backend {ep.fast_url}, "
@@ -1195,6 +1260,9 @@ def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoa
               flush=True)
         if not ep.gateway_grpc_target:
             print("NOTE: the gateway's gRPC front is off (GATEWAY_GRPC_PORT=0): no gRPC scenarios.", flush=True)
+        if ep.auth is not None:
+            print(f"  gateway with client authentication on: {ep.auth.url} + gRPC {ep.auth.grpc_target} (pid "
+                  f"{ep.auth.proc.pgid}); its rows are marked '+ API key' / '+ JWT'", flush=True)
 
         scenarios = build_scenarios(ep)
         wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]

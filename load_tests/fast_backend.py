@@ -13,7 +13,8 @@ REST API for the gateway's TF adapter:
 
 Anything else answers 404 ``{"error": ...}``.  The answer does not depend on the input (8 rows of 3 floats).
 
-Run: ``python load_tests/fast_backend.py --port 9000`` (uvicorn, httptools, uvloop, 1 worker, no access log).
+Run: ``python load_tests/fast_backend.py --port 9000`` (uvicorn, httptools, uvloop, 1 worker, no access log);
+``--tls-cert/--tls-key`` serve HTTPS, ``--client-ca`` also requires a client certificate it signed (mutual TLS).
 """
 
 from __future__ import annotations
@@ -106,11 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (and --tls-key)")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--client-ca", help="require a client certificate signed by this CA (mutual TLS)")
     args = parser.parse_args(argv)
+    import ssl
+
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, workers=1, loop="uvloop", http="httptools",
-                lifespan="off", access_log=False, log_level="warning")
+                lifespan="off", access_log=False, log_level="warning", ssl_certfile=args.tls_cert,
+                ssl_keyfile=args.tls_key, ssl_ca_certs=args.client_ca,
+                ssl_cert_reqs=ssl.CERT_REQUIRED if args.client_ca else ssl.CERT_NONE)
 
 
 if __name__ == "__main__":

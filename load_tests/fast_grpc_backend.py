@@ -16,7 +16,8 @@ gateway's own messages (:mod:`gateway.protos.tf_serving_pb2`):
 Other methods answer UNIMPLEMENTED (grpc's default for an unknown method).
 
 Run: ``python load_tests/fast_grpc_backend.py --port 9500`` (one process, one grpc.aio server, uvloop when
-``--loop uvloop``; the default asyncio loop otherwise).
+``--loop uvloop``; the default asyncio loop otherwise); ``--tls-cert/--tls-key`` serve TLS, ``--client-ca`` requires a
+client certificate it signed (mutual TLS).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import pathlib
 import signal
 from typing import Any
 
@@ -113,10 +115,15 @@ def handlers() -> tuple[grpc.GenericRpcHandler, ...]:
     )
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, tls: tuple[bytes, bytes, bytes | None] | None = None) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
     server.add_generic_rpc_handlers(handlers())
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:  # (certificate, key, client CA): with a client CA, mutual TLS
+        cert, key, client_ca = tls
+        bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None))
     if bound == 0:
         raise SystemExit(f"could not bind {host}:{port}")
     await server.start()
@@ -135,14 +142,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--tls-cert", help="serve TLS with this certificate (and --tls-key)")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--client-ca", help="require a client certificate signed by this CA (mutual TLS)")
     args = parser.parse_args(argv)
+    tls = None
+    if args.tls_cert:
+        read = pathlib.Path.read_bytes
+        tls = (read(pathlib.Path(args.tls_cert)), read(pathlib.Path(args.tls_key)),
+               read(pathlib.Path(args.client_ca)) if args.client_ca else None)
     factory = None
     if args.loop == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(args.host, args.port))
+        runner.run(serve(args.host, args.port, tls))
 
 
 if __name__ == "__main__":

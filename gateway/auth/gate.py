@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -66,6 +67,7 @@ class AuthGate:
         self.open_health = "health" in settings.auth_open
         self.open_metrics = "metrics" in settings.auth_open
         self.policy, self.keys = self._read()  # at start: an invalid file stops the process
+        self._known: dict[bytes | None, str] = {}  # header value -> tenant, for API keys already checked
         self.jwt = self._verifier(self.policy)
         self.buckets = buckets if buckets is not None else Buckets(settings.ratelimit_file)
         self._seen = self._stats()
@@ -78,6 +80,9 @@ class AuthGate:
 
     def authenticate(self, authorization: bytes | None, api_key: bytes | None) -> Tenant:
         """The caller's tenant from ``Authorization: Bearer <API key or JWT>`` or ``x-api-key: <API key>``."""
+        known = self._known.get(authorization if authorization is not None else api_key)
+        if known is not None:  # an API key checked before, sent the same way: the hot path
+            return self.policy.tenants[known]
         if authorization is not None:
             scheme, _, credential = authorization.strip().partition(b" ")
             credential = credential.strip()
@@ -93,6 +98,9 @@ class AuthGate:
         entry = self.keys.lookup(credential)
         if entry is None:
             raise self._refuse("invalid", "invalid credentials: unknown API key")
+        header = authorization if authorization is not None else api_key
+        if header == (b"Bearer " + credential if authorization is not None else credential):
+            self._known[header] = entry.tenant  # canonical forms only: at most two per valid key
         return self.policy.tenants[entry.tenant]
 
     def authenticate_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Tenant:
@@ -226,7 +234,14 @@ class AuthGate:
             self.metrics.rate_limit(tenant="*", model=model, rps=rate.rps, burst=rate.burst)
 
     async def start(self) -> None:
-        jwt = self.policy.jwt
+        policy, jwt = self.policy, self.policy.jwt
+        log.info("client authentication on: %d tenant(s) from %s, %d API key(s) from %s%s; open without "
+                 "credentials: %s; rate limits %s", len(policy.tenants), policy.source, len(self.keys.entries),
+                 self.settings.auth_keys_file or "no keys file",
+                 "" if jwt is None else
+                 f", JWTs ({', '.join(jwt.algorithms)}) from {jwt.jwks_file or _shown(jwt.jwks_url)}",
+                 ", ".join(sorted(self.settings.auth_open)) or "nothing",
+                 "shared by the workers" if self.settings.ratelimit_file else "in this process")
         if jwt is not None and jwt.jwks_url is not None:
             await self._fetch()  # a failure is logged: tokens are refused (401) until a fetch succeeds
         self._task = asyncio.create_task(self._watch(), name="auth-watch")
@@ -267,6 +282,7 @@ class AuthGate:
         url_changed = policy.jwt is not None and policy.jwt.jwks_url is not None and (
             self.policy.jwt is None or self.policy.jwt.jwks_url != policy.jwt.jwks_url)
         self.policy, self.keys, self.jwt = policy, keys, verifier
+        self._known = {}
         self._seen = self._stats()
         self._export_limits()
         log.info("auth policy applied from %s: %d tenant(s), %d API key(s)%s", policy.source, len(policy.tenants),
@@ -289,10 +305,10 @@ class AuthGate:
                 document = orjson.loads(await resp.read())
             count = verifier.use(document)
         except (aiohttp.ClientError, TimeoutError, ValueError, orjson.JSONDecodeError) as exc:
-            log.error("auth: JWKS from %s not refreshed (%s); %s", jwt.jwks_url, exc or type(exc).__name__,
+            log.error("auth: JWKS from %s not refreshed (%s); %s", _shown(jwt.jwks_url), exc or type(exc).__name__,
                       "the previous keys stay" if verifier.loaded else "tokens are refused until it is fetched")
             return
-        log.info("auth: %d signing key(s) from %s", count, jwt.jwks_url)
+        log.info("auth: %d signing key(s) from %s", count, _shown(jwt.jwks_url))
 
 
 def _jwks_file(path: Path) -> dict[str, Any]:
@@ -305,6 +321,12 @@ def _jwks_file(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: not a JWKS (a JSON object with keys)")
     return document
+
+
+def _shown(url: str | None) -> str:
+    """A URL for the log: without user info or query (either may carry a credential)."""
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def _stat(path: Path | None) -> tuple[int, int, int]:

@@ -410,3 +410,52 @@ async def _until(check: Any, timeout: float = 10.0) -> None:
 
 def test_keyring_of_an_empty_salt_knows_nothing() -> None:
     assert KeyRing(b"", ()).lookup(b"anything") is None
+
+
+# --- a JWKS URL -----------------------------------------------------------------------------------------------------
+
+async def test_a_jwks_url_is_fetched_refreshed_and_a_dead_one_times_out(tmp_path: Path, issuer: Issuer) -> None:
+    from aiohttp import web
+
+    served: dict[str, Any] = {"jwks": {"keys": [k for k in issuer.jwks()["keys"] if k["kid"] == "rsa-1"]}}
+    hits = []
+
+    async def jwks(request: web.Request) -> web.Response:
+        hits.append(time.monotonic())
+        return web.json_response(served["jwks"])
+
+    async def never(request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    app.router.add_get("/hang", never)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)  # the hanging handler is not waited for
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    policy = tmp_path / "policy.yaml"
+    try:
+        for path, expect_rsa in (("/jwks.json", True), ("/hang", False)):
+            doc = policy_doc()
+            doc["jwt"] = {"jwks_url": f"http://127.0.0.1:{port}{path}", "algorithms": ["RS256", "ES256"],
+                          "issuer": issuer.issuer, "audience": issuer.audience, "refresh_s": 0.3, "timeout_s": 0.5}
+            policy.write_text(yaml.safe_dump(doc))
+            gate = AuthGate(Settings(auth_file=policy, auth_reload_s=0.05), Metrics())
+            started = time.monotonic()
+            await gate.start()
+            try:
+                assert time.monotonic() - started < 3  # a dead URL costs at most its timeout
+                assert (_tenant(gate, issuer.token("team-a")) == "team-a") == expect_rsa
+                if not expect_rsa:
+                    continue
+                assert _tenant(gate, issuer.token("team-a", alg="ES256")) is None  # not served yet
+                served["jwks"] = issuer.jwks()  # the issuer adds its EC key: picked up within refresh_s
+                await _until(lambda g=gate: _tenant(g, issuer.token("team-a", alg="ES256")) == "team-a")
+                assert len(hits) >= 2
+            finally:
+                await gate.stop()
+    finally:
+        await runner.cleanup()
