@@ -118,15 +118,16 @@ class GatewayProcess:
     async def _share_rates(self, store: EtcdRouteStore, every_s: float = 5.0) -> None:
         """Rate limits over several replicas: each takes 1/N of every rate, N the live hosts (gateway/auth/
         ratelimit.py), re-counted from the presence keys every few seconds; an unreachable etcd keeps the last N."""
+        from gateway.auth.ratelimit import live_hosts
         from gateway.etcd.client import EtcdUnavailable
         from gateway.etcd.replicas import EtcdFleet
 
         fleet = EtcdFleet(store.client, store.prefix)
         while True:
             with contextlib.suppress(EtcdUnavailable):
-                hosts = {r.get("host") for r in await fleet.replicas()}
+                replicas = await fleet.replicas()
                 if self.auth is not None:
-                    self.auth.buckets.set_replicas(len(hosts))
+                    self.auth.buckets.set_replicas(live_hosts(replicas))
             await asyncio.sleep(every_s)
 
     def advertise_url(self) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from gateway.errors import ConfigError
+from gateway.routes.schema import read_yaml
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -105,13 +106,7 @@ def parse_keys(raw: Any, source: str, tenants: Mapping[str, object]) -> KeyRing:
 
 
 def load_keys(path: Path, tenants: Mapping[str, object]) -> KeyRing:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the API keys file: {exc.strerror}") from exc
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not a valid keys file (YAML): {type(exc).__name__}") from exc
-    return parse_keys(raw, str(path), tenants)
+    return parse_keys(read_yaml(path, "the API keys file"), str(path), tenants)
 
 
 def add_key(path: Path, tenant: str, key_id: str | None = None) -> str:

@@ -27,9 +27,10 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.auth.tenants import Rate
 
@@ -37,6 +38,12 @@ log = logging.getLogger("gateway.auth")
 
 SLOTS = 16_384  # 512 KiB; a policy's buckets are a few hundred at most
 _SLOT = struct.Struct("<Qdd")  # fingerprint (0: free), tokens, last refill (monotonic seconds)
+
+
+def live_hosts(replicas: Sequence[Mapping[str, Any]]) -> int:
+    """How many replicas share the rates: the distinct hosts among the live processes' presence records (the
+    workers of one host share one bucket table, so they count once)."""
+    return max(1, len({str(r.get("host") or r.get("id")) for r in replicas}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ file, the field path and what is wrong.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,9 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from gateway.errors import ConfigError
+from gateway.routes.schema import FieldParser, read_yaml
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 ANY_MODEL = "*"
@@ -107,22 +106,12 @@ class Policy:
 
 
 def load_policy(path: Path) -> Policy:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the auth policy: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_policy(raw, str(path))
+    return parse_policy(read_yaml(path, "the auth policy"), str(path))
 
 
 def parse_policy(raw: Any, source: str) -> Policy:
     p = _Parser(source)
-    top = p.mapping(raw, "", {"tenants", "jwt", "model_limits"}, required={"tenants"})
+    top = p.mapping(raw, "", allowed={"tenants", "jwt", "model_limits"}, required={"tenants"})
     tenants = {p.name(name, f"tenants.{name}"): p.tenant(name, spec)
                for name, spec in p.mapping(top["tenants"], "tenants").items()}
     if not tenants:
@@ -139,23 +128,9 @@ def parse_policy(raw: Any, source: str) -> Policy:
     return Policy(tenants=tenants, model_limits=limits, jwt=jwt, source=source, by_claim=by_claim)
 
 
-class _Parser:
+class _Parser(FieldParser):
     def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, path: str, what: str) -> None:
-        raise ConfigError(f"{self.source}: {path or '<top level>'}: {what}")
-
-    def mapping(self, value: Any, path: str, allowed: set[str] | None = None, *,
-                required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, got {_kind(value)}")
-        out = {str(k): v for k, v in value.items()}
-        for key in sorted(required - out.keys()):
-            self.fail(_join(path, key), "is required")
-        for key in sorted(out.keys() - (allowed if allowed is not None else out.keys())):
-            self.fail(_join(path, key), f"unknown field (allowed: {', '.join(sorted(allowed or ()))})")
-        return out
+        super().__init__(source, os.environ)
 
     def name(self, value: Any, path: str) -> str:
         if not isinstance(value, str) or not _NAME.match(value):
@@ -167,7 +142,7 @@ class _Parser:
             self.fail(path, f"must be true or false, got {value!r}")
         return bool(value)
 
-    def number(self, value: Any, path: str, *, minimum: float = 0.0) -> float:
+    def quantity(self, value: Any, path: str, *, minimum: float = 0.0) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > minimum:
             self.fail(path, f"must be a number > {minimum:g}, got {value!r}")
         return float(value)
@@ -179,8 +154,8 @@ class _Parser:
         return frozenset(str(v) for v in value)
 
     def rate(self, value: Any, path: str) -> Rate:
-        m = self.mapping(value, path, {"rps", "burst"}, required={"rps"})
-        rps = self.number(m["rps"], f"{path}.rps")
+        m = self.mapping(value, path, allowed={"rps", "burst"}, required={"rps"})
+        rps = self.quantity(m["rps"], f"{path}.rps")
         burst = m.get("burst", max(1, round(rps)))
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             self.fail(f"{path}.burst", f"must be an integer >= 1, got {burst!r}")
@@ -189,7 +164,7 @@ class _Parser:
     def tenant(self, name: str, spec: Any) -> Tenant:
         path = f"tenants.{name}"
         m = self.mapping(spec if spec is not None else {}, path,
-                         {"models", "overrides", "metrics", "rate", "jwt_claims"}, required={"models"})
+                         allowed={"models", "overrides", "metrics", "rate", "jwt_claims"}, required={"models"})
         models = m["models"]
         grants = EVERYTHING
         if models != ANY_MODEL:
@@ -203,7 +178,7 @@ class _Parser:
                       jwt_claims=claims)
 
     def grant(self, spec: Any, path: str) -> Grant:
-        m = self.mapping(spec if spec is not None else {}, path, {"versions", "variants", "rate"})
+        m = self.mapping(spec if spec is not None else {}, path, allowed={"versions", "variants", "rate"})
         versions = None
         if "versions" in m:
             versions = self.strings(m["versions"], f"{path}.versions")
@@ -217,8 +192,9 @@ class _Parser:
 
     def jwt(self, spec: Any) -> JwtConfig:
         path = "jwt"
-        m = self.mapping(spec, path, {"jwks_file", "jwks_url", "algorithms", "issuer", "audience", "tenant_claim",
-                                      "leeway_s", "refresh_s", "timeout_s"}, required={"algorithms"})
+        m = self.mapping(spec, path, allowed={"jwks_file", "jwks_url", "algorithms", "issuer", "audience",
+                                              "tenant_claim", "leeway_s", "refresh_s", "timeout_s"},
+                         required={"algorithms"})
         if ("jwks_file" in m) == ("jwks_url" in m):
             self.fail(path, "needs exactly one of jwks_file or jwks_url")
         algorithms = sorted(self.strings(m["algorithms"], f"{path}.algorithms"))
@@ -236,9 +212,9 @@ class _Parser:
             issuer=self.text(m.get("issuer"), f"{path}.issuer"), audience=self.text(m.get("audience"),
                                                                                    f"{path}.audience"),
             tenant_claim=self.text(m.get("tenant_claim"), f"{path}.tenant_claim") or "tenant",
-            leeway_s=self.number(m.get("leeway_s", 30.0), f"{path}.leeway_s", minimum=-1e-9),
-            refresh_s=self.number(m.get("refresh_s", 300.0), f"{path}.refresh_s"),
-            timeout_s=self.number(m.get("timeout_s", 5.0), f"{path}.timeout_s"))
+            leeway_s=self.quantity(m.get("leeway_s", 30.0), f"{path}.leeway_s", minimum=-1e-9),
+            refresh_s=self.quantity(m.get("refresh_s", 300.0), f"{path}.refresh_s"),
+            timeout_s=self.quantity(m.get("timeout_s", 5.0), f"{path}.timeout_s"))
 
     def text(self, value: Any, path: str) -> str | None:
         if value is None:
@@ -247,10 +223,3 @@ class _Parser:
             self.fail(path, "must be a non-empty string")
         return str(value)
 
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__

@@ -113,21 +113,25 @@ class RoutesConfig:
 
 def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RoutesConfig:
     """Read and validate a routes file; `${VAR}` and `${VAR:-default}` in strings come from the environment."""
+    return parse_routes(read_yaml(path, "routes file"), str(path), os.environ if environ is None else environ)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A configuration file's YAML (the routes, the auth policy, the API keys); ConfigError naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read routes file: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_routes(raw, str(path), os.environ if environ is None else environ)
 
 
 def parse_routes(raw: Any, source: str, environ: Mapping[str, str]) -> RoutesConfig:
-    p = _Parser(source, environ)
+    p = FieldParser(source, environ)
     top = p.mapping(raw, "", required={"backends", "models"}, allowed={"revision", "backends", "models"})
     revision = p.integer(top.get("revision", 0), "revision", minimum=0)
     backends = {
@@ -139,7 +143,10 @@ def parse_routes(raw: Any, source: str, environ: Mapping[str, str]) -> RoutesCon
     return RoutesConfig(revision=revision, backends=backends, models=models, source=source)
 
 
-class _Parser:
+class FieldParser:
+    """Checks a parsed document field by field; every refusal names the source, the field path and what is wrong
+    (the routes here; the auth policy, gateway/auth/tenants.py, builds on it)."""
+
     def __init__(self, source: str, environ: Mapping[str, str]) -> None:
         self.source = source
         self.environ = environ

@@ -1,5 +1,6 @@
 """Smoke test of load_tests/bench_overhead.py: it starts its whole stack, measures every scenario (REST and gRPC,
-each direct and through the gateway) and cleans up.
+each direct and through the gateway, and with --auth the fast ones through a gateway with client authentication)
+and cleans up; and of load_tests/bench_auth.py.
 
 No timing thresholds: speed targets are not unit tests. This only checks that every path is measured, that
 each one served requests, and that none of them answered an error.
@@ -20,12 +21,12 @@ REST_SCENARIOS = {"fast_tf_predict", "fast_v2_translate", "tfserving_affine", "t
 GRPC_SCENARIOS = {"grpc_fast_tf_predict", "grpc_fast_v2_translate", "grpc_tfserving_affine", "grpc_torchserve_scale"}
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_bench_overhead_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=150,
+        [sys.executable, str(BENCH), "--quick", "--auth", "--json", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=270,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
     doc = json.loads(out.read_text())
@@ -49,11 +50,15 @@ def test_bench_overhead_quick(tmp_path: Path) -> None:
             if m["role"] == "gateway":
                 assert m["ratio_rps"] is not None and m["ratio_rps"] > 0, where
                 assert m["gateway_cpu_us_per_req"] is not None, where
+    authenticated = {(m["scenario"], m["target"].rsplit(" + ", 1)[1]) for s in doc["scenarios"]
+                     for m in s["measurements"] if m["target"].endswith((" + API key", " + JWT"))}
+    assert authenticated == {(key, what) for key in ("fast_tf_predict", "fast_v2_translate", "grpc_fast_tf_predict")
+                             for what in ("API key", "JWT")}, authenticated
     assert doc["gateway"]["rss_kb_after_warmup"] > 0
     assert doc["gateway"]["rss_kb_end"] > 0
     # Every process group the benchmark started is gone.
-    assert set(doc["process_groups"]) == {"gateway", "fast", "fast_grpc", "torchserve", "tfserving", "raw_proxy",
-                                          "fastapi_proxy"}
+    assert set(doc["process_groups"]) == {"gateway", "gateway_auth", "fast", "fast_grpc", "torchserve", "tfserving",
+                                          "raw_proxy", "fastapi_proxy"}
     reference = {m["target"] for m in scenarios["fastapi_vs_raw"]["measurements"]}
     assert {"raw ASGI + aiohttp", "FastAPI route + aiohttp", "gateway /v1 (pass-through)"} <= reference, reference
     for name, pgid in doc["process_groups"].items():
@@ -84,3 +89,12 @@ def _live_members(pgid: int) -> list[int]:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             live.append(int(entry.name))
     return live
+
+
+def test_bench_auth_runs(tmp_path: Path) -> None:
+    out = tmp_path / "auth.json"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "load_tests" / "bench_auth.py"), "--seconds", "0.05",
+                           "--json", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["case"]: r["us_per_call"] for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 11 and all(us > 0 for us in rows.values()), rows

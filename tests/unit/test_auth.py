@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.auth.gate import AuthGate
 from gateway.auth.keys import KeyRing, add_key, key_digest, load_keys
-from gateway.auth.ratelimit import Buckets, create_table
+from gateway.auth.ratelimit import Buckets, create_table, live_hosts
 from gateway.auth.tenants import Rate, load_policy, parse_policy
 from gateway.errors import ConfigError, PermissionDenied, RateLimited, Unauthenticated
 from gateway.metrics import Metrics
@@ -344,6 +344,11 @@ def test_buckets_refill_at_their_rate() -> None:
     buckets.set_replicas(2)  # half of every rate and burst: 1 token at once, at 10/s
     time.sleep(0.3)
     assert buckets.take(rate) is None and buckets.take(rate) is not None
+
+
+def test_replicas_are_counted_by_host() -> None:
+    workers = [{"id": f"pod-a-{pid}", "host": "pod-a"} for pid in (1, 2)] + [{"id": "pod-b-1", "host": "pod-b"}]
+    assert live_hosts(workers) == 2 and live_hosts([]) == 1
 
 
 def _take_many(path: str, n: int, out: Any) -> None:
