@@ -174,6 +174,8 @@ def access_line(call: Exchange, protocol: str, code: str, seconds: float, receiv
         "backend": t.backend if t else None, "protocol": protocol, "status": code,
         "duration_s": round(seconds, 6), "backend_s": round(call.backend_s, 6), "request_bytes": received,
         "response_bytes": sent}
+    if call.caller is not None:  # client authentication on: the tenant's name (never its credential)
+        line["tenant"] = call.caller.name
     return dumps(line).decode()
 
 

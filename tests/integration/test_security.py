@@ -177,7 +177,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory, torchserve: localstack.Torc
            "GATEWAY_TLS_CERT_FILE": str(cert_file), "GATEWAY_TLS_KEY_FILE": str(key_file),
            "GATEWAY_ADMIN_TLS_CERT_FILE": str(admin_cert), "GATEWAY_ADMIN_TLS_KEY_FILE": str(admin_key),
            "GATEWAY_TLS_RELOAD_S": "0.2", "GATEWAY_AUTH_RELOAD_S": "0.2", "GATEWAY_ROUTES_POLL_S": "0.2",
-           "GATEWAY_LOG_LEVEL": "debug"}
+           "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_ACCESS_LOG_SAMPLE": "1"}
     try:
         proc, url = localstack.start_gateway(work / "gateway", routes_file, env=env, ca_file=ca_file)
     except BaseException:
@@ -577,10 +577,10 @@ def test_no_secret_in_logs_metrics_or_error_bodies(secure: Secure) -> None:
         secrets_used[f"private key {path.name}"] = "".join(path.read_text().splitlines()[1:-1])[:64]
     log = s.log_file.read_text(errors="replace")
     places = {"gateway log": log, "/metrics": metrics, "error bodies": "\n".join(s.bodies)}
-    assert "client authentication on: 5 tenant(s)" in log
+    assert "client authentication on: 5 tenant(s)" in log and '"status":"401"' in log and '"tenant":"team-a"' in log
     assert len(s.bodies) > 50 and "gateway_auth_refusals_total" in metrics
     found = [(what, where) for what, value in secrets_used.items() for where, text in places.items()
              if value and value in text]
-    print(f"\nscanned {len(log):,} bytes of gateway log (debug), {len(metrics):,} of /metrics and {len(s.bodies)} "
-          f"error bodies/details/headers for {len(secrets_used)} secrets: {len(found)} found")
+    print(f"\nscanned {len(log):,} bytes of gateway log (debug, access log on), {len(metrics):,} of /metrics and "
+          f"{len(s.bodies)} error bodies/details/headers for {len(secrets_used)} secrets: {len(found)} found")
     assert found == [], found
