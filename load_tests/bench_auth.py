@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def first_key() -> None:
             gate.keys._verified.clear()
+            gate._known.clear()
             gate.authenticate(key, None)
 
         def first_jwt(credential: bytes) -> Callable[[], object]:

@@ -68,6 +68,7 @@ class AuthGate:
         self.open_metrics = "metrics" in settings.auth_open
         self.policy, self.keys = self._read()  # at start: an invalid file stops the process
         self._known: dict[bytes | None, str] = {}  # header value -> tenant, for API keys already checked
+        self._limits: dict[tuple[str, str], tuple[list[tuple[str, Rate]], list[str]]] = {}  # (tenant, model)
         self.jwt = self._verifier(self.policy)
         self.buckets = buckets if buckets is not None else Buckets(settings.ratelimit_file)
         self._seen = self._stats()
@@ -169,14 +170,10 @@ class AuthGate:
         if not inference:
             return
         model = route.model.name
-        wanted: list[tuple[str, Rate]] = []
-        scopes: list[str] = []
-        for scope, key, rate in (("tenant", f"t\0{tenant.name}", tenant.rate),
-                                 ("tenant_model", f"tm\0{tenant.name}\0{model}", grant.rate),
-                                 ("model", f"m\0{model}", self.policy.model_limits.get(model))):
-            if rate is not None:
-                wanted.append((key, rate))
-                scopes.append(scope)
+        limits = self._limits.get((tenant.name, model))
+        if limits is None:
+            limits = self._limits[(tenant.name, model)] = self._buckets_of(tenant, grant, model)
+        wanted, scopes = limits
         refusal = self.buckets.take(wanted) if wanted else None
         if refusal is None:
             self.metrics.tenant_request(tenant.name)
@@ -188,6 +185,18 @@ class AuthGate:
         raise RateLimited(f"rate limited: over {whose} of {rate.rps:g} requests/s (burst {rate.burst}); retry after "
                           f"{refusal.retry_after_s:.2g} s", retry_after_s=refusal.retry_after_s, limit=refusal.limit,
                           remaining=0, reset_s=refusal.reset_s)
+
+    def _buckets_of(self, tenant: Tenant, grant: Grant, model: str) -> tuple[list[tuple[str, Rate]], list[str]]:
+        """The buckets an inference of ``tenant`` on ``model`` takes from (once per pair and policy)."""
+        wanted: list[tuple[str, Rate]] = []
+        scopes: list[str] = []
+        for scope, key, rate in (("tenant", f"t\0{tenant.name}", tenant.rate),
+                                 ("tenant_model", f"tm\0{tenant.name}\0{model}", grant.rate),
+                                 ("model", f"m\0{model}", self.policy.model_limits.get(model))):
+            if rate is not None:
+                wanted.append((key, rate))
+                scopes.append(scope)
+        return wanted, scopes
 
     def _deny(self, tenant: Tenant, message: str) -> PermissionDenied:
         self.metrics.auth_refusal(tenant=tenant.name, reason="forbidden")
@@ -282,7 +291,7 @@ class AuthGate:
         url_changed = policy.jwt is not None and policy.jwt.jwks_url is not None and (
             self.policy.jwt is None or self.policy.jwt.jwks_url != policy.jwt.jwks_url)
         self.policy, self.keys, self.jwt = policy, keys, verifier
-        self._known = {}
+        self._known, self._limits = {}, {}
         self._seen = self._stats()
         self._export_limits()
         log.info("auth policy applied from %s: %d tenant(s), %d API key(s)%s", policy.source, len(policy.tenants),

@@ -18,7 +18,6 @@ usual round robin) and errs on the strict side otherwise: a tenant whose traffic
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import logging
@@ -97,7 +96,10 @@ class Buckets:
         """One token from every bucket named, or from none (the first that has none refuses)."""
         share = self.share
         limits = [(key, rate.rps * share, max(1.0, rate.burst * share)) for key, rate in wanted]
-        with self._locked():
+        fd = self._fd
+        if fd is not None:  # one lock around the whole read-modify-write of this request's buckets
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
             now = time.monotonic()
             table = self._table
             slots: list[tuple[int, int, float]] = []
@@ -115,18 +117,10 @@ class Buckets:
                 slots.append((fingerprint, slot, tokens))
             for fingerprint, slot, tokens in slots:
                 _SLOT.pack_into(table, slot, fingerprint, tokens - 1.0, now)
-        return None
-
-    @contextlib.contextmanager
-    def _locked(self):  # type: ignore[no-untyped-def]
-        if self._fd is None:
-            yield
-            return
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            if fd is not None:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+        return None
 
     def _slot(self, key: str) -> tuple[int, int] | None:
         """(fingerprint, byte offset) of the key's slot; claimed on first use (under the lock)."""
