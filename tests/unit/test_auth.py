@@ -464,3 +464,22 @@ async def test_a_jwks_url_is_fetched_refreshed_and_a_dead_one_times_out(tmp_path
                 await gate.stop()
     finally:
         await runner.cleanup()
+
+
+def test_gateway_auth_add_key_cli(tmp_path: Path, files: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    keys = tmp_path / "new-keys.yaml"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "auth", "add-key", str(keys), *args,
+                               "--policy", str(files["policy"])], capture_output=True, text=True, timeout=60)
+
+    made = cli("team-a")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("mgw_") and "shown once" in made.stderr and key not in keys.read_text()
+    assert load_keys(keys, load_policy(files["policy"]).tenants).lookup(key.encode()) is not None
+    refused = cli("nobody")
+    assert refused.returncode == 1 and "no tenant 'nobody'" in refused.stderr

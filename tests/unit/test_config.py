@@ -143,3 +143,36 @@ def test_tfserving_model_config_file() -> None:
     assert parse(raw).backends["tf"].model_config_file == Path("/srv/tf/models.config")
     assert parse(raw, {"TF_CONFIG": ""}).backends["tf"].model_config_file is None  # empty: none
     assert parse(raw, {"TF_CONFIG": "/etc/tf.config"}).backends["tf"].model_config_file == Path("/etc/tf.config")
+
+
+def test_security_settings_round_trip_and_refusals() -> None:
+    from gateway.settings import Settings
+
+    settings = Settings(auth_file=Path("/a.yaml"), auth_keys_file=Path("/k.yaml"), auth_open=frozenset({"health"}),
+                        auth_reload_s=2.0, ratelimit_file=Path("/t"), tls_cert_file=Path("/c"),
+                        tls_key_file=Path("/k"),
+                        admin_tls_cert_file=Path("/ac"), admin_tls_key_file=Path("/ak"), tls_reload_s=3.0)
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env({"GATEWAY_AUTH_OPEN": ""}).auth_open == frozenset()
+    default = Settings.from_env({})
+    assert default.auth_open == frozenset({"health", "metrics"}) and default.auth_file is None
+    with pytest.raises(SystemExit, match="'readiness' is not one of health, metrics"):
+        Settings.from_env({"GATEWAY_AUTH_OPEN": "health,readiness"})
+    with pytest.raises(SystemExit, match="GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together"):
+        Settings.from_env({"GATEWAY_TLS_CERT_FILE": "/c"})
+
+
+def test_backend_tls() -> None:
+    raw = with_change("backends.tf.tls", {"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem"})
+    with pytest.raises(ConfigError, match=r"backends\.tf\.url: .* must be https:// when tls is set"):
+        parse(raw)
+    raw["backends"]["tf"]["url"] = "https://tf-serving:8501"
+    tls = parse(raw).backends["tf"].tls
+    assert tls is not None and (tls.ca_file, tls.cert_file, tls.key_file) == (Path("/ca.pem"), Path("/c.pem"),
+                                                                              Path("/k.pem"))
+    raw["backends"]["tf"]["tls"] = {"cert_file": "/c.pem"}
+    with pytest.raises(ConfigError, match=r"backends\.tf\.tls: cert_file and key_file go together"):
+        parse(raw)
+    raw["backends"]["tf"]["tls"] = {"ca_file": "/ca.pem", "pin": "x"}
+    with pytest.raises(ConfigError, match=r"backends\.tf\.tls\.pin: unknown field"):
+        parse(raw)
