@@ -34,6 +34,10 @@ A bad request raises ``PredictionException(message, 400)``; TorchServe then answ
 ``connection: close``). TorchServe fails a whole batch on an exception, so when
 it hands over more than one request, an invalid one gets its own 400 status and a body of the same shape
 while the valid ones in the batch still get their 200 answers.
+
+It runs on TorchServe's Python, which is 3.9 in the official 0.12.0 images that docker compose and the Helm chart
+build on (deploy/torchserve/Dockerfile): nothing newer than Python 3.9 here (ruff's target for this file;
+tests/deploy/test_torchserve_image.py checks with vermin).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def _check_elements(name: str, datatype: str, flat: list[Any]) -> None:
     """Reject elements whose JSON type does not fit the datatype (numpy would coerce silently)."""
     for item in flat:
         if datatype in _FLOAT_TYPES:
-            ok = isinstance(item, int | float) and not isinstance(item, bool)
+            ok = isinstance(item, (int, float)) and not isinstance(item, bool)
         elif datatype in _INT_TYPES:
             ok = isinstance(item, int) and not isinstance(item, bool)
         elif datatype == "BOOL":
@@ -139,7 +143,7 @@ def _onnx_runner(path: str, input_names: list[str], output_names: list[str]) -> 
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return list(session.run(output_names, dict(zip(input_names, arrays, strict=True))))
+        return list(session.run(output_names, dict(zip(input_names, arrays))))  # one array per input name
 
     return run
 
@@ -219,7 +223,7 @@ class V2Service:
         ):
             raise BadRequest(f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
         want = spec["shape"]
-        if len(shape) != len(want) or any(w != -1 and w != d for d, w in zip(shape, want, strict=True)):
+        if len(shape) != len(want) or any(w != -1 and w != d for d, w in zip(shape, want)):
             raise BadRequest(f"input '{name}': shape {shape} is not compatible with the model's shape {want}")
         if "data" not in tensor:
             raise BadRequest(f"input '{name}': missing 'data'")
@@ -277,7 +281,10 @@ class V2Service:
     # -- inference -------------------------------------------------------------------------------------
 
     def _run(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.run_model(arrays), strict=True))
+        results = self.run_model(arrays)
+        if len(results) != len(self.output_names):
+            raise ValueError(f"the model returned {len(results)} outputs, its signature names {self.output_names}")
+        return dict(zip(self.output_names, results))
 
     # -- images ----------------------------------------------------------------------------------------
 
