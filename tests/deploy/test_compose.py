@@ -101,6 +101,14 @@ def test_images_are_pinned_and_the_gpu_override_switches_both_model_servers(cpu:
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}], name
         assert "deploy" not in cpu["services"][name]
     assert set(gpu["services"]) == set(cpu["services"])
+    # TorchServe: derived from the official image of the same tag (deploy/torchserve/Dockerfile), the GPU one too.
+    for files, variant in ((cpu, "cpu"), (gpu, "gpu")):
+        ts = files["services"]["torchserve"]
+        assert ts["image"] == f"model-gateway-torchserve:0.12.0-{variant}"
+        assert ts["build"]["context"] == str(REPO / "deploy" / "torchserve")
+        assert ts["build"]["args"] == {"TORCHSERVE_IMAGE": f"pytorch/torchserve:0.12.0-{variant}"}
+    dockerfile = (REPO / "deploy/torchserve/Dockerfile").read_text()
+    assert f"ARG TORCHSERVE_IMAGE={cpu['services']['torchserve']['build']['args']['TORCHSERVE_IMAGE']}\n" in dockerfile
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,6 +1,7 @@
-"""Where a Docker engine runs (the `docker` SDK finds one): the image is built and inspected, the compose stack
-serves inference on both real model servers and Prometheus scrapes all three, and the TF Serving contract tests
-run against the official tensorflow/serving image. Without an engine every test here skips: "no Docker engine"."""
+"""Where a Docker engine runs (the `docker` SDK finds one): the gateway image and the derived TorchServe image are
+built and inspected, the compose stack serves inference on both real model servers (the digits models too, a PNG
+through TorchServe's handler) and Prometheus scrapes all three, and the TF Serving contract tests run against the
+official tensorflow/serving image. Without an engine every test here skips: "no Docker engine"."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ import requests
 import yaml
 
 from gateway.dev import localstack
+from tests.deploy.test_torchserve_image import HANDLER_PYTHON
 from tests.deploy.tools import REPO, tool
 
 IMAGE_SIZE_LIMIT = 250 * 1000 * 1000  # the README's target, bytes as `docker images` counts them
 COMPOSE_TIMEOUT_S = 900
 X3 = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
+DIGIT_PNG = REPO / "examples" / "digits" / "7.png"
 
 
 def _find_engine() -> tuple[docker.DockerClient | None, str]:
@@ -117,6 +120,35 @@ def test_compose_stack_serves_inference_on_both_model_servers(stack: dict[str, s
         r = client.post("/predictions/scale/1", json=X3)  # TorchServe with token auth, through the shared key file
         assert r.status_code == 200, r.text
     assert httpx.get(f"{stack['admin']}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_compose_stack_serves_the_digits_models_and_a_png(stack: dict[str, str]) -> None:
+    """TorchServe's image has what the digits archives need: ONNX Runtime (digits_onnx) and Pillow (a PNG body)."""
+    heldout = json.loads((REPO / "model_repo" / "digits" / "heldout.json").read_text())
+    pixels, label = heldout["images"][0], heldout["labels"][0]
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": pixels}]}
+    with httpx.Client(base_url=stack["gateway"], timeout=30) as client:
+        for model, backend in (("digits_onnx", "torchserve"), ("digits_torch", "torchserve"), ("digits", None)):
+            r = client.post(f"/v2/models/{model}/infer", json=body, headers={"x-user-id": "engine-test"})
+            assert r.status_code == 200, (model, r.text)
+            assert backend is None or r.headers["x-backend"] == backend
+            probabilities = r.json()["outputs"][0]["data"]
+            assert max(range(10), key=probabilities.__getitem__) == label, (model, probabilities)
+        for model in ("digits_torch", "digits_onnx"):
+            r = client.post(f"/predictions/{model}", content=DIGIT_PNG.read_bytes(),
+                            headers={"content-type": "image/png"})
+            assert r.status_code == 200 and r.json()["label"] == "7", (model, r.text)
+
+
+def test_torchserve_image_runs_the_handlers_python_and_imports_its_additions(engine: docker.DockerClient,
+                                                                             stack: dict[str, str]) -> None:
+    """The handler is checked for HANDLER_PYTHON (vermin): the image built by compose must not be older."""
+    image = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["torchserve"]["image"]
+    probe = "import sys, onnxruntime, PIL.Image; print('%d.%d' % sys.version_info[:2])"
+    out = engine.containers.run(image, entrypoint=["python", "-c", probe], user="10001:10001", read_only=True,
+                                remove=True)
+    version = tuple(int(part) for part in out.decode().strip().split("."))
+    assert version >= tuple(int(part) for part in HANDLER_PYTHON.split(".")), version
 
 
 def test_compose_prometheus_scrapes_all_three_and_grafana_is_provisioned(stack: dict[str, str]) -> None:
