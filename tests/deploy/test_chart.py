@@ -6,6 +6,7 @@ assertions on what the rendered objects must say."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 from helm_python import _native
 
+from gateway.dev.devstack import TF_MODELS, TORCHSERVE_MODELS
+from gateway.settings import Settings
 from tests.deploy.tools import REPO, tool
 
 CHART = REPO / "deploy" / "k8s"
@@ -27,7 +30,20 @@ NAMESPACE = "serving"
 RELEASE = "mg"
 FULLNAME = "mg-model-gateway"
 VALUES_FILES = {"default": None, "cpu": "values-cpu.yaml", "gpu": "values-gpu.yaml",
-                "monitoring": "values-monitoring.yaml"}
+                "monitoring": "values-monitoring.yaml", "ha": "values-ha.yaml"}
+#: Renders that no single values file spells out, linted, validated and scanned like the files: the README's
+#: production install (three files together), and several replicas on an external etcd with mutual TLS and a user.
+EXTERNAL_ETCD = {
+    "gateway": {"replicas": 3, "routeStore": {"type": "etcd", "etcd": {
+        "endpoints": ["etcd-a.db.svc:2379", "etcd-b.db.svc:2379", "etcd-c.db.svc:2379"], "prefix": "/team-a/gateway",
+        "tls": {"enabled": True, "secretName": "etcd-client-tls", "clientCertificate": True},
+        "auth": {"user": "gateway", "passwordSecret": "etcd-gateway", "passwordKey": "pw"},
+        "timeoutSeconds": 3, "leaseTTLSeconds": 6}},
+        "guards": {"prometheusUrl": "http://prometheus.monitoring.svc:9090", "timeoutSeconds": 4},
+        "admin": {"allowedNamespaces": ["ops"]}}}
+VALUES: dict[str, str | tuple[str, ...] | dict[str, Any] | None] = {
+    **VALUES_FILES, "gpu-monitoring-ha": ("values-gpu.yaml", "values-monitoring.yaml", "values-ha.yaml"),
+    "external-etcd": EXTERNAL_ETCD}
 PROMETHEUS_OPERATOR_APIS = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
                             "monitoring.coreos.com/v1/PrometheusRule"]
 CRD_MODELS = {"ServiceMonitor": prometheus_operator.ServiceMonitor,
@@ -42,19 +58,42 @@ CHECKOV_SKIPS = {
 Docs = list[dict[str, Any]]
 
 
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Values files given one after another (-f a -f b): maps merge, everything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def values_of(name: str) -> dict[str, Any] | None:
-    file = VALUES_FILES[name]
-    return None if file is None else yaml.safe_load((CHART / file).read_text())
+    source = VALUES[name]
+    if isinstance(source, dict):
+        return json.loads(json.dumps(source))
+    if source is None:
+        return None
+    merged: dict[str, Any] = {}
+    for file in (source,) if isinstance(source, str) else source:
+        merged = _merged(merged, yaml.safe_load((CHART / file).read_text()))
+    return merged
 
 
-def render(chart: helm.Chart, values: dict[str, Any] | None, *, crds: bool = False) -> Docs:
-    """The manifests of a release (NOTES.txt left out), as the cluster would receive them.
-
-    Capabilities (kube version, the prometheus-operator's API groups) need the SDK's native render options."""
+def _render_files(chart: helm.Chart, values: dict[str, Any] | None, *, crds: bool = False) -> dict[str, str]:
+    """Every rendered template by path. Capabilities (kube version, the prometheus-operator's API groups) need the
+    SDK's native render options."""
     opts: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "kube_version": f"v{KUBE_VERSION}"}
     if crds:
         opts["api_versions"] = PROMETHEUS_OPERATOR_APIS
-    out = json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
+    return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))  # type: ignore[no-any-return]
+
+
+def notes(chart: helm.Chart, values: dict[str, Any] | None) -> str:
+    return next(text for path, text in _render_files(chart, values).items() if path.endswith("NOTES.txt"))
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None, *, crds: bool = False) -> Docs:
+    """The manifests of a release (NOTES.txt left out), as the cluster would receive them."""
+    out = _render_files(chart, values, crds=crds)
     docs: Docs = []
     for path, text in sorted(out.items()):
         if not path.endswith("NOTES.txt"):
@@ -72,6 +111,11 @@ def container(deployment: dict[str, Any], name: str | None = None) -> dict[str, 
     return next(c for c in containers if name is None or c["name"] == name)
 
 
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    """A container's environment: each variable's value, or its valueFrom."""
+    return {e["name"]: e["value"] if "value" in e else e["valueFrom"] for e in c["env"]}
+
+
 @pytest.fixture(scope="module")
 def chart() -> Iterator[helm.Chart]:
     with helm.Chart.load(CHART) as loaded:  # keep the native handle alive while rendering
@@ -80,13 +124,13 @@ def chart() -> Iterator[helm.Chart]:
 
 @pytest.fixture(scope="module")
 def rendered(chart: helm.Chart) -> dict[str, Docs]:
-    return {name: render(chart, values_of(name), crds=name == "monitoring") for name in VALUES_FILES}
+    return {name: render(chart, values_of(name), crds="monitoring" in name) for name in VALUES}
 
 
 # ----------------------------------------------------------------------------- validators
 
 
-@pytest.mark.parametrize("name", list(VALUES_FILES))
+@pytest.mark.parametrize("name", list(VALUES))
 def test_helm_lint_strict(name: str) -> None:
     report = helm.lint(CHART, values_of(name), strict=True, kube_version=f"v{KUBE_VERSION}", namespace=NAMESPACE)
     problems = [m for m in report["messages"] if m["severity"] >= 2]
@@ -97,7 +141,12 @@ def test_values_schema_refuses_unknown_keys_and_wrong_types(chart: helm.Chart) -
     chart.validate_schema(values_of("gpu"))
     for bad, where in (({"gateway": {"replicaz": 3}}, "replicaz"), ({"tfserving": {"gpu": "one"}}, "/tfserving/gpu"),
                        ({"modelStorage": {"source": "s3"}}, "/modelStorage/source"),
-                       ({"gateway": {"admin": {"allowedNamespaces": ["Bad_NS"]}}}, "allowedNamespaces")):
+                       ({"gateway": {"admin": {"allowedNamespaces": ["Bad_NS"]}}}, "allowedNamespaces"),
+                       ({"gateway": {"routeStore": {"type": "consul"}}}, "/gateway/routeStore/type"),
+                       # a URL where host:port belongs: the scheme comes from tls.enabled
+                       ({"gateway": {"routeStore": {"etcd": {"endpoints": ["http://e:2379"]}}}}, "endpoints"),
+                       ({"gateway": {"routeStore": {"etcd": {"leaseTTLSeconds": 1}}}}, "leaseTTLSeconds"),
+                       ({"etcd": {"replicas": 2}}, "/etcd/replicas")):
         with pytest.raises(helm.HelmValuesError, match=where):
             chart.validate_schema(bad)
 
@@ -131,7 +180,7 @@ def test_schema_covers_every_value_and_refuses_the_rest(chart: helm.Chart) -> No
         node(path)
         described = node(path[:-1]) if path else schema
         assert described is not None
-    for name in VALUES_FILES:
+    for name in VALUES:
         for path in _value_paths(values_of(name) or {}):
             node(path)
 
@@ -144,7 +193,7 @@ def test_every_manifest_is_valid_kubernetes_1_32_strict(rendered: dict[str, Docs
                 continue  # no schema in kubernetes-validate: checked against the CRD models below
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
             checked += 1
-    assert checked >= 4 * 15
+    assert checked >= len(VALUES) * 15
 
 
 def test_strict_validation_catches_a_misplaced_field(rendered: dict[str, Docs]) -> None:
@@ -162,9 +211,11 @@ def _crd_check(doc: dict[str, Any]) -> None:
 
 def test_prometheus_operator_objects_match_their_crds_and_need_them(chart: helm.Chart,
                                                                     rendered: dict[str, Docs]) -> None:
-    for doc in rendered["monitoring"]:  # the PrometheusRule too, once deploy/prometheus/rules/ has rules
-        if doc["kind"] in CRD_MODELS:
-            _crd_check(doc)
+    crd_objects = [doc for name, docs in rendered.items() if "monitoring" in name for doc in docs
+                   if doc["kind"] in CRD_MODELS]
+    assert len(crd_objects) == 4
+    for doc in crd_objects:
+        _crd_check(doc)
     monitor = find(rendered["monitoring"], "ServiceMonitor", "metrics")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     endpoints = {e["port"]: e["path"] for e in monitor["spec"]["endpoints"]}
@@ -210,6 +261,7 @@ def test_gpu_limits_nodes_and_runtime_class_on_both_model_servers(rendered: dict
 
 
 def test_image_tags_match_docker_compose() -> None:
+    """The same model server images as compose: TorchServe's is the derived one (onnxruntime, Pillow) it builds."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     gpu = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())["services"]
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -217,6 +269,9 @@ def test_image_tags_match_docker_compose() -> None:
         repository = defaults[component]["image"]["repository"]
         assert compose[component]["image"] == f"{repository}:{values_of('cpu')[component]['image']['tag']}"  # type: ignore[index]
         assert gpu[component]["image"] == f"{repository}:{values_of('gpu')[component]['image']['tag']}"  # type: ignore[index]
+    assert defaults["torchserve"]["image"]["repository"] == "model-gateway-torchserve"
+    assert gpu["torchserve"]["build"]["args"]["TORCHSERVE_IMAGE"] == (
+        f"pytorch/torchserve:{defaults['torchserve']['image']['tag']}")
 
 
 def test_model_server_probes_mean_models_loaded(rendered: dict[str, Docs]) -> None:
@@ -228,7 +283,7 @@ def test_model_server_probes_mean_models_loaded(rendered: dict[str, Docs]) -> No
     assert tf["startupProbe"]["failureThreshold"] * tf["startupProbe"]["periodSeconds"] == 600
     ts = container(find(rendered["gpu"], "Deployment", "torchserve"))
     for probe in ("startupProbe", "readinessProbe"):
-        assert ts[probe]["exec"]["command"] == ["python", "/etc/torchserve/ready.py", "mlp", "scale"]
+        assert ts[probe]["exec"]["command"] == ["python", "/etc/torchserve/ready.py", *defaults["torchserve"]["models"]]
     gateway = container(find(rendered["gpu"], "Deployment", "gateway"), "gateway")
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -240,7 +295,7 @@ def test_grace_period_exceeds_drain_plus_the_longest_backend_call(chart: helm.Ch
     routes = yaml.safe_load((REPO / "deploy/compose/routes.yaml").read_text())
     longest = max(float(b.get("timeout_s", 30)) for b in routes["backends"].values())
     spec = find(rendered["default"], "Deployment", "gateway")["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in container({"spec": {"template": {"spec": spec}}}, "gateway")["env"]}
+    env = env_of(container({"spec": {"template": {"spec": spec}}}, "gateway"))
     assert spec["terminationGracePeriodSeconds"] > float(env["GATEWAY_DRAIN_S"]) + longest
     slow = {"gateway": {"drainSeconds": 30}}
     slow_spec = find(render(chart, slow), "Deployment", "gateway")["spec"]["template"]["spec"]
@@ -254,8 +309,15 @@ def test_pdb_hpa_and_anti_affinity_keep_replicas_apart_and_up(chart: helm.Chart,
     selector = find(docs, "Deployment", "gateway")["spec"]["selector"]["matchLabels"]
     pdb = find(docs, "PodDisruptionBudget", "gateway")
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
-    hpa = find(docs, "HorizontalPodAutoscaler", "gateway")
-    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["scaleTargetRef"]["name"] == f"{FULLNAME}-gateway"
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]  # one replica on the file store
+    assert find(docs, "Deployment", "gateway")["spec"]["replicas"] == 1
+    ha = rendered["ha"]
+    hpa = find(ha, "HorizontalPodAutoscaler", "gateway")
+    assert hpa["spec"]["minReplicas"] >= 3 and hpa["spec"]["scaleTargetRef"]["name"] == f"{FULLNAME}-gateway"
+    assert "replicas" not in find(ha, "Deployment", "gateway")["spec"]  # the HPA owns it
+    # Preferred, not required: the HPA may scale past the number of nodes.
+    assert "preferredDuringSchedulingIgnoredDuringExecution" in find(ha, "Deployment", "gateway")["spec"]["template"][
+        "spec"]["affinity"]["podAntiAffinity"]
     affinity = find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
     assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
@@ -276,13 +338,15 @@ def test_admin_port_is_not_exposed(rendered: dict[str, Docs]) -> None:
         assert not [d for d in docs if d["kind"] == "Ingress"]
         policy = find(docs, "NetworkPolicy", "gateway")
         admin_rules = [r for r in policy["spec"]["ingress"] if {"port": "admin", "protocol": "TCP"} in r["ports"]]
-        assert len(admin_rules) == 1 and admin_rules[0]["from"] == [
-            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}}], name
+        by_namespace = [r for r in admin_rules if "namespaceSelector" in r["from"][0]]
+        allowed = (values_of(name) or {}).get("gateway", {}).get("admin", {}).get("allowedNamespaces") or [NAMESPACE]
+        assert len(by_namespace) == 1 and by_namespace[0]["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}} for ns in allowed], name
         assert all(r.get("from") for r in admin_rules)
         token = find(docs, "Secret", "admin")
         assert set(token["data"]) == {"token"}
         gateway = container(find(docs, "Deployment", "gateway"), "gateway")
-        env = {e["name"]: e["value"] for e in gateway["env"]}
+        env = env_of(gateway)
         assert env["GATEWAY_ADMIN_TOKEN_FILE"] == "/etc/gateway/admin/token"
 
 
@@ -317,7 +381,7 @@ def test_model_servers_are_headless_and_reached_by_the_gateway_per_pod(rendered:
     docs = rendered["default"]
     for component in ("tfserving", "torchserve"):
         assert find(docs, "Service", component)["spec"]["clusterIP"] == "None"
-    env = {e["name"]: e["value"] for e in container(find(docs, "Deployment", "gateway"), "gateway")["env"]}
+    env = env_of(container(find(docs, "Deployment", "gateway"), "gateway"))
     assert env["TFSERVING_GRPC_TARGET"] == f"dns:///{FULLNAME}-tfserving:8500"
     assert env["TORCHSERVE_URL"] == f"http://{FULLNAME}-torchserve:8080"
     assert "TORCHSERVE_KEY_FILE" not in env  # no token auth across pods unless a shared volume is given
@@ -336,7 +400,7 @@ def test_torchserve_token_auth_needs_a_shared_claim(chart: helm.Chart, rendered:
     assert work["persistentVolumeClaim"]["claimName"] == "keys"
     assert ts["containers"][0]["workingDir"] == "/srv/torchserve"
     gateway = find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in gateway["containers"][0]["env"]}
+    env = env_of(gateway["containers"][0])
     assert env["TORCHSERVE_KEY_FILE"] == "/srv/torchserve/key_file.json"
     keys = next(v for v in gateway["volumes"] if v["name"] == "torchserve-keys")
     assert keys["persistentVolumeClaim"] == {"claimName": "keys", "readOnly": True}
@@ -371,10 +435,203 @@ def test_helm_test_hook_sends_inference_through_the_gateway(rendered: dict[str, 
     job = find(rendered["default"], "Job", "test")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
     test = container({"spec": job["spec"]})
-    env = {e["name"]: e["value"] for e in test["env"]}
+    env = env_of(test)
     assert env["GATEWAY_URL"] == f"http://{FULLNAME}-gateway:8000"
-    assert [r["model"] for r in json.loads(env["REQUESTS"])] == ["affine", "scale"]
+    assert [r["model"] for r in json.loads(env["REQUESTS"])] == ["affine", "scale", "digits_onnx"]
     assert "/v2/models/" in test["args"][0]
+
+
+# ----------------------------------------------------------------------------- several replicas: the route store
+
+
+def _subset(labels: dict[str, str], of: dict[str, str]) -> bool:
+    return all(of.get(key) == value for key, value in labels.items())
+
+
+def _admits(policy: dict[str, Any], port: str, labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy lets pods with these labels (same namespace) in on this named port."""
+    return any({"port": port, "protocol": "TCP"} in rule["ports"] and any(
+        "podSelector" in peer and _subset(peer["podSelector"]["matchLabels"], labels) for peer in rule.get("from", []))
+        for rule in policy["spec"]["ingress"])
+
+
+def _pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    return doc["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("values", "refusal"), [
+    ({"gateway": {"replicas": 3}}, "gateway.replicas is 3 with the file route store"),
+    ({"gateway": {"autoscaling": {"enabled": True}}},
+     "gateway.replicas is 1 and gateway.autoscaling is on with the file route store"),
+], ids=["replicas", "hpa"])
+def test_several_replicas_on_the_file_store_are_refused_unless_accepted(chart: helm.Chart, values: dict[str, Any],
+                                                                       refusal: str) -> None:
+    with pytest.raises(helm.HelmError, match=re.escape(refusal)):
+        render(chart, values)
+    accepted = {"gateway": {**values["gateway"], "routeStore": {"acceptSingleWriter": True}}}
+    gateway = container(find(render(chart, accepted), "Deployment", "gateway"), "gateway")
+    assert "GATEWAY_ROUTES_STORE" not in env_of(gateway)
+    assert "SINGLE WRITER (gateway.routeStore.acceptSingleWriter)" in notes(chart, accepted)
+
+
+def test_one_replica_on_the_file_store_says_where_its_changes_live(chart: helm.Chart) -> None:
+    text = notes(chart, None)
+    assert "Routes: one replica on its own copy of the routes ConfigMap" in text and "SINGLE WRITER" not in text
+
+
+@pytest.mark.parametrize(("values", "refusal"), [
+    ({"gateway": {"routeStore": {"type": "etcd"}}},
+     "gateway.routeStore.type=etcd needs gateway.routeStore.etcd.endpoints"),
+    ({"etcd": {"enabled": True}}, "which the file store does not use"),
+    ({"gateway": {"routeStore": {"type": "etcd", "etcd": {"endpoints": ["e:2379"]}}}, "etcd": {"enabled": True}},
+     "not both"),
+    ({"gateway": {"routeStore": {"type": "etcd", "etcd": {"tls": {"enabled": True}}}}, "etcd": {"enabled": True}},
+     "the bundled etcd (etcd.enabled) has no TLS and no users"),
+    ({"gateway": {"routeStore": {"type": "etcd", "etcd": {"endpoints": ["e:2379"],
+                                                           "tls": {"enabled": True, "clientCertificate": True}}}}},
+     "clientCertificate needs tls.secretName"),
+    ({"gateway": {"routeStore": {"type": "etcd", "etcd": {"endpoints": ["e:2379"], "auth": {"user": "gw"}}}}},
+     "auth.user needs auth.passwordSecret"),
+], ids=["no-members", "unused-bundle", "both", "bundled-tls", "cert-without-secret", "user-without-password"])
+def test_route_store_settings_that_cannot_work_are_refused(chart: helm.Chart, values: dict[str, Any],
+                                                           refusal: str) -> None:
+    with pytest.raises(helm.HelmError, match=re.escape(refusal)):
+        render(chart, values)
+
+
+def test_bundled_etcd_is_a_statefulset_of_three_behind_a_headless_service_and_a_pdb(rendered: dict[str, Docs]) -> None:
+    docs = rendered["ha"]
+    sts, svc, pdb = (find(docs, kind, "etcd") for kind in ("StatefulSet", "Service", "PodDisruptionBudget"))
+    spec, name, service = sts["spec"], sts["metadata"]["name"], svc["metadata"]["name"]
+    assert spec["replicas"] == 3 and spec["podManagementPolicy"] == "Parallel" and spec["serviceName"] == service
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    selector = spec["selector"]["matchLabels"]
+    assert svc["spec"]["selector"] == selector == pdb["spec"]["selector"]["matchLabels"]
+    assert _subset(selector, _pod_labels(sts)) and pdb["spec"]["maxUnavailable"] == 1
+    etcd = container(sts)
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in etcd["args"])
+    hosts = [f"{name}-{i}.{service}.{NAMESPACE}.svc" for i in range(3)]  # the pods' stable DNS names
+    assert args["initial-cluster"] == ",".join(f"{name}-{i}=http://{host}:2380" for i, host in enumerate(hosts))
+    assert args["name"] == "$(POD_NAME)" and env_of(etcd)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert args["initial-advertise-peer-urls"] == f"http://$(POD_NAME).{service}.{NAMESPACE}.svc:2380"
+    assert args["initial-cluster-state"] == "new"
+    ports = {p["name"]: p["containerPort"] for p in etcd["ports"]}
+    assert ports == {"client": 2379, "peer": 2380, "metrics": 2381}
+    assert {p["targetPort"]: p["port"] for p in svc["spec"]["ports"]} == ports
+    (mount,) = etcd["volumeMounts"]
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == mount["name"] and args["data-dir"].startswith(mount["mountPath"] + "/")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert etcd["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+    assert not [d for d in rendered["default"] + rendered["external-etcd"] if d["metadata"]["name"].endswith("-etcd")]
+
+
+def test_ha_gateway_replicas_share_the_bundled_etcd_and_forward_to_the_leader(rendered: dict[str, Docs]) -> None:
+    docs = rendered["ha"]
+    deployment = find(docs, "Deployment", "gateway")
+    spec = deployment["spec"]["template"]["spec"]
+    gateway = container(deployment, "gateway")
+    env = env_of(gateway)
+    # The gateway's own settings parser reads the store the chart wrote: the bundled members, by their DNS names.
+    settings = Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    sts = find(docs, "StatefulSet", "etcd")
+    members = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.{NAMESPACE}.svc:2379" for i in range(3)]
+    assert settings.etcd is not None and settings.etcd.endpoints == tuple(members)
+    assert settings.etcd.prefix == "/model-gateway" and not settings.etcd.tls and settings.etcd.lease_ttl_s == 10
+    # The routes ConfigMap is the seed, read where it is mounted: no copy, no initContainer, nothing to write.
+    mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+    assert env["GATEWAY_ROUTES_FILE"] == f"{mounts['routes']}/routes.yaml"
+    routes = next(v for v in spec["volumes"] if v["name"] == "routes")
+    assert routes["configMap"]["name"] == find(docs, "ConfigMap", "routes")["metadata"]["name"]
+    assert "initContainers" not in spec and "state" not in mounts
+    assert "checksum/routes" not in deployment["spec"]["template"]["metadata"].get("annotations", {})
+    # Every replica's admin API on the pod's address, one token for all: forwarded rollout writes carry it.
+    assert env["GATEWAY_ADMIN_HOST"] == "0.0.0.0"
+    names = [e["name"] for e in gateway["env"]]
+    assert names.index("POD_IP") < names.index("GATEWAY_ADMIN_ADVERTISE_URL")  # $(POD_IP) expands only then
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    admin_port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "admin")
+    assert env["GATEWAY_ADMIN_ADVERTISE_URL"] == f"http://$(POD_IP):{admin_port}"
+    token = next(v for v in spec["volumes"] if v["name"] == "admin-token")
+    assert token["secret"]["secretName"] == find(docs, "Secret", "admin")["metadata"]["name"]
+    assert env["GATEWAY_ADMIN_TOKEN_FILE"].startswith(mounts["admin-token"] + "/")
+    # values-monitoring.yaml adds the guards' Prometheus (every replica's metrics).
+    assert "GATEWAY_GUARDS_PROMETHEUS_URL" not in env
+    monitored = env_of(container(find(rendered["monitoring"], "Deployment", "gateway"), "gateway"))
+    assert monitored["GATEWAY_GUARDS_PROMETHEUS_URL"] == "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    # The README's production install: all of the above at once.
+    production = rendered["gpu-monitoring-ha"]
+    combined = env_of(container(find(production, "Deployment", "gateway"), "gateway"))
+    assert combined["GATEWAY_ROUTES_STORE"] == env["GATEWAY_ROUTES_STORE"]
+    assert combined["GATEWAY_GUARDS_PROMETHEUS_URL"] == monitored["GATEWAY_GUARDS_PROMETHEUS_URL"]
+    assert find(production, "StatefulSet", "etcd") and find(production, "ServiceMonitor", "metrics")
+
+
+def test_external_etcd_with_mutual_tls_and_a_password_file(rendered: dict[str, Docs], tmp_path: Path) -> None:
+    docs = rendered["external-etcd"]
+    deployment = find(docs, "Deployment", "gateway")
+    spec = deployment["spec"]["template"]["spec"]
+    gateway = container(deployment, "gateway")
+    env = env_of(gateway)
+    assert deployment["spec"]["replicas"] == 3 and "GATEWAY_ETCD_PASSWORD" not in env  # a file, never a value
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["etcd-tls"]["secret"]["secretName"] == "etcd-client-tls"
+    assert volumes["etcd-auth"]["secret"]["secretName"] == "etcd-gateway"
+    assert volumes["etcd-auth"]["secret"]["items"] == [{"key": "pw", "path": "pw"}]
+    # Stand every *_FILE up where its Secret would be mounted, and let the gateway's own settings parser read them.
+    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
+    local = {}
+    for key, value in env.items():
+        if key.startswith("GATEWAY_ETCD_") and key.endswith("_FILE"):
+            directory, _, file = value.rpartition("/")
+            assert mounts[directory] in ("etcd-tls", "etcd-auth"), key
+            assert file in ({"ca.crt", "tls.crt", "tls.key"} if mounts[directory] == "etcd-tls" else {"pw"}), key
+            local[key] = tmp_path / file
+            local[key].write_text(f"{file} contents\n")
+    settings = Settings.from_env({**{k: v for k, v in env.items() if isinstance(v, str)},
+                                  **{k: str(v) for k, v in local.items()}})
+    etcd = settings.etcd
+    assert etcd is not None
+    assert etcd.endpoints == ("etcd-a.db.svc:2379", "etcd-b.db.svc:2379", "etcd-c.db.svc:2379")
+    assert etcd.prefix == "/team-a/gateway" and etcd.tls
+    assert etcd.ca_file and etcd.cert_file and etcd.key_file
+    assert etcd.user == "gateway" and etcd.password == "pw contents"
+    assert (etcd.timeout_s, etcd.lease_ttl_s) == (3, 6)
+    assert settings.guards_prometheus_url == "http://prometheus.monitoring.svc:9090"
+    assert settings.guards_prometheus_timeout_s == 4
+
+
+def test_network_policies_let_replicas_reach_each_other_and_etcd(rendered: dict[str, Docs]) -> None:
+    docs = rendered["ha"]
+    gateway, etcd = _pod_labels(find(docs, "Deployment", "gateway")), _pod_labels(find(docs, "StatefulSet", "etcd"))
+    tester = _pod_labels({"spec": find(docs, "Job", "test")["spec"]})
+    to_gateway, to_etcd = find(docs, "NetworkPolicy", "gateway"), find(docs, "NetworkPolicy", "etcd")
+    assert _subset(to_gateway["spec"]["podSelector"]["matchLabels"], gateway)
+    assert _subset(to_etcd["spec"]["podSelector"]["matchLabels"], etcd)
+    assert _admits(to_gateway, "admin", gateway) and not _admits(to_gateway, "admin", tester)
+    assert _admits(to_etcd, "client", gateway) and not _admits(to_etcd, "client", tester)
+    assert _admits(to_etcd, "peer", etcd) and not _admits(to_etcd, "peer", gateway)
+    # With allowedNamespaces elsewhere (external-etcd's values) the replicas still reach each other.
+    external = find(rendered["external-etcd"], "NetworkPolicy", "gateway")
+    assert _admits(external, "admin", _pod_labels(find(rendered["external-etcd"], "Deployment", "gateway")))
+    # The file store needs no pod-to-pod admin traffic.
+    assert not _admits(find(rendered["default"], "NetworkPolicy", "gateway"), "admin", gateway)
+
+
+def test_torchserve_loads_the_local_stacks_archives_from_the_models_image(rendered: dict[str, Docs]) -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    archives = [archive for _name, _version, archive in TORCHSERVE_MODELS]
+    assert defaults["torchserve"]["archives"] == archives
+    assert sorted(defaults["torchserve"]["models"]) == sorted({name for name, _v, _a in TORCHSERVE_MODELS})
+    assert defaults["tfserving"]["models"] == list(TF_MODELS)
+    ts = find(rendered["default"], "Deployment", "torchserve")["spec"]["template"]["spec"]
+    args = ts["containers"][0]["args"]
+    assert args[args.index("--models") + 1:] == archives
+    # The models image holds all of model_repo/torchserve, the digits archives included.
+    assert "COPY model_repo/torchserve /models/torchserve\n" in (REPO / "Dockerfile").read_text()
+    assert all((REPO / "model_repo" / "torchserve" / archive).is_file() for archive in archives)
+    (init,) = ts["initContainers"]
+    assert init["command"] == ["sh", "-c", "cp -R /models/torchserve/. /target/"]
 
 
 # ----------------------------------------------------------------------------- files that land later

@@ -175,3 +175,61 @@ prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: {{ .path }}
 {{- end }}
 {{- end -}}
+
+{{/* The shared route store (etcd) is on: gateway.routeStore.type etcd, its members external or bundled. */}}
+{{- define "model-gateway.etcdStore" -}}
+{{- if eq .Values.gateway.routeStore.type "etcd" }}true{{ end -}}
+{{- end -}}
+
+{{/* Refuses what cannot work as one gateway: several replicas on the file store (each its own routes), an etcd store
+with no members, a bundled etcd nobody uses or one given TLS/auth settings it does not have. */}}
+{{- define "model-gateway.checkRouteStore" -}}
+{{- $g := .Values.gateway -}}
+{{- $s := $g.routeStore -}}
+{{- if eq $s.type "file" -}}
+{{- if and (or $g.autoscaling.enabled (gt (int $g.replicas) 1)) (not $s.acceptSingleWriter) -}}
+{{- fail (printf "gateway.replicas is %d%s with the file route store: each replica would keep its own routes, and an admin change, instant switch or rollout would reach only the pod that took the call. Share the routes through etcd: gateway.routeStore.type=etcd with gateway.routeStore.etcd.endpoints (an operated etcd) or etcd.enabled=true (the bundled one; see values-ha.yaml). To run several replicas on their own copies knowingly, set gateway.routeStore.acceptSingleWriter=true." (int $g.replicas) (ternary " and gateway.autoscaling is on" "" $g.autoscaling.enabled)) -}}
+{{- end -}}
+{{- if .Values.etcd.enabled -}}
+{{- fail "etcd.enabled deploys an etcd for the route store, which the file store does not use: set gateway.routeStore.type=etcd" -}}
+{{- end -}}
+{{- else -}}
+{{- if and .Values.etcd.enabled $s.etcd.endpoints -}}
+{{- fail "gateway.routeStore.etcd.endpoints and etcd.enabled are both set: point the gateway at an external etcd or at the bundled one, not both" -}}
+{{- end -}}
+{{- if not (or .Values.etcd.enabled $s.etcd.endpoints) -}}
+{{- fail "gateway.routeStore.type=etcd needs gateway.routeStore.etcd.endpoints (host:port of each member of an external etcd) or etcd.enabled=true (the bundled one)" -}}
+{{- end -}}
+{{- if and .Values.etcd.enabled (or $s.etcd.tls.enabled $s.etcd.auth.user) -}}
+{{- fail "the bundled etcd (etcd.enabled) has no TLS and no users: gateway.routeStore.etcd.tls and .auth are for an external etcd" -}}
+{{- end -}}
+{{- if and $s.etcd.tls.clientCertificate (not $s.etcd.tls.secretName) -}}
+{{- fail "gateway.routeStore.etcd.tls.clientCertificate needs tls.secretName (a Secret with tls.crt and tls.key)" -}}
+{{- end -}}
+{{- if and $s.etcd.auth.user (not $s.etcd.auth.passwordSecret) -}}
+{{- fail "gateway.routeStore.etcd.auth.user needs auth.passwordSecret (the password is read from a file, never an env value)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The bundled etcd's members, by their stable names under its headless Service. */}}
+{{- define "model-gateway.etcdMembers" -}}
+{{- $name := include "model-gateway.component" (dict "root" . "component" "etcd") -}}
+{{- $members := list -}}
+{{- range $i := until (int .Values.etcd.replicas) -}}
+{{- $members = append $members (printf "%s-%d.%s.%s.svc" $name $i $name $.Release.Namespace) -}}
+{{- end -}}
+{{- join "," $members -}}
+{{- end -}}
+
+{{/* GATEWAY_ROUTES_STORE: etcd[s]://member,member.../prefix (settings.py's EtcdSettings.parse). */}}
+{{- define "model-gateway.routeStoreURL" -}}
+{{- $e := .Values.gateway.routeStore.etcd -}}
+{{- $endpoints := $e.endpoints -}}
+{{- if not $endpoints -}}
+{{- range (include "model-gateway.etcdMembers" . | splitList ",") -}}
+{{- $endpoints = append $endpoints (printf "%s:2379" .) -}}
+{{- end -}}
+{{- end -}}
+{{- printf "%s://%s/%s" (ternary "etcds" "etcd" $e.tls.enabled) (join "," $endpoints) (trimAll "/" $e.prefix) -}}
+{{- end -}}
