@@ -5,23 +5,35 @@ Every front (REST and gRPC) decodes its client's request, then calls this module
 ``passthrough`` hands a front the backend as a capability (gateway/backends/base.py) when the body can go to it
 unchanged, and ``forward`` makes that call; ``measure`` records the request once the front has answered. What is
 measured is decided here: a request that was routed as an inference, whatever its front, method or outcome.
+Every backend call goes through ``calling``: refused at once when the backend has no endpoint to call (or moved to
+its experiment's failover variant when routed), admitted or shed (gateway/admission.py), counted in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway import tracing
+from gateway.admission import Admission
 from gateway.backends.base import Backend
+from gateway.backends.endpoints import NoEndpoint
 from gateway.backends.registry import Backends
 from gateway.codecs.jsonio import dumps
 from gateway.deadline import set_deadline
-from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, GatewayError, InvalidArgument
+from gateway.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    InvalidArgument,
+    Overloaded,
+)
 from gateway.metrics import Metrics
 from gateway.routes.store import RouteStore
 from gateway.routes.table import NO_HINTS, Hints, Route, RouteTable
@@ -109,7 +121,8 @@ class DataPlane:
     """Transport-neutral: every front, REST and gRPC, calls these methods."""
 
     def __init__(self, store: RouteStore, backends: Backends, metrics: Metrics, shadows: Shadows,
-                 telemetry: Telemetry | None = None, auth: AuthGate | None = None) -> None:
+                 telemetry: Telemetry | None = None, auth: AuthGate | None = None,
+                 admission: Admission | None = None) -> None:
         self.store = store
         self.backends = backends
         self.metrics = metrics
@@ -117,8 +130,11 @@ class DataPlane:
         self.telemetry = telemetry or Telemetry(metrics)
         self.inflight = InFlight(metrics, self.telemetry)
         self.auth = auth  # client authentication on: the fronts authenticate, resolve checks grants and rates
+        self.admission = admission or Admission(metrics)  # gateway/admission.py
         self._routes_applied(store.current)  # the revision every worker serves: a retire waits for it
         store.on_swap.append(self._routes_applied)
+        self.admission.sync(store.current)
+        store.on_swap.append(self.admission.sync)
         store.on_refused.append(lambda _: metrics.routes_reloaded(False))
         self.draining = False  # SIGTERM received: not ready, connections closed after their request (lifecycle.py)
 
@@ -173,12 +189,15 @@ class DataPlane:
         if self.auth is not None and exchange is not None:  # the control plane's own calls have no exchange
             permit = self.auth.permit(exchange.caller, ref, hints)
         # One read of `current` per request: a routes swap mid-request never mixes tables.
+        table = self.store.current
         if self.telemetry.tracing is None:
-            route = self.store.current.resolve(ref, hints)
+            route = table.resolve(ref, hints)
         else:
             with self.telemetry.routing():
-                route = self.store.current.resolve(ref, hints)
-        if permit is not None:
+                route = table.resolve(ref, hints)
+        if route.variant:
+            route = self._failover(table, route)
+        if permit is not None:  # on the route that serves it (a failover variant's too)
             permit.admit(route, inference)
         if exchange is not None:
             exchange.route = route
@@ -193,15 +212,43 @@ class DataPlane:
                     "key_hash": route.key_hash}).decode())
         return route
 
+    def _failover(self, table: RouteTable, route: Route) -> Route:
+        """While the variant's backend has no endpoint to call, its experiment's failover variant (when it has one
+        that can take the call)."""
+        failover = table.failover(route)
+        if failover is None or self.backends.available(route.backend) or not self.backends.available(
+                failover.backend):
+            return route
+        return failover
+
     def backend(self, route: Route) -> Backend:
         return self.backends.get(route.backend)
+
+    @contextlib.asynccontextmanager
+    async def calling(self, route: Route) -> AsyncIterator[Backend]:
+        """The route's backend, for one call: refused at once while it has no endpoint to call, then admitted
+        (gateway/admission.py) and counted in flight."""
+        backend = self.backend(route)
+        try:
+            if not backend.endpoints.available():
+                raise NoEndpoint(f"backend '{route.backend.name}' has no endpoint to call: "
+                                 f"{backend.endpoints.why_none()}")
+            async with self.admission.admit(route):
+                with self.inflight.calling(route):
+                    yield backend
+        except GatewayError as exc:
+            exchange = current.get()
+            if exchange is not None and exchange.route is route:  # not a shadow's call
+                # The error log counts storms by it, the access log shows it (gateway/telemetry.py).
+                exchange.cause = type(exc).__name__ + (f":{exc.reason}" if isinstance(exc, Overloaded) else "")
+            raise
 
     async def infer(self, request: InferRequest, route: Route) -> InferResponse:
         schema = await self.input_schema(route, request.signature_name)
         if schema is not None:
             check_inputs(request, schema)
-        with self.inflight.calling(route):
-            response = await self.backend(route).infer(route.target, request)
+        async with self.calling(route) as backend:
+            response = await backend.infer(route.target, request)
         outputs = select_outputs(response.outputs, request.output_names)
         answer = InferResponse(outputs=outputs, model_name=route.target.logical_model,
                                model_version=route.target.logical_version, id=request.id)
@@ -217,8 +264,9 @@ class DataPlane:
 
         async def call() -> InferResponse:
             set_deadline(None)  # the client's deadline is the primary's, not the shadow's
-            with self.telemetry.shadow(parent, shadow), self.inflight.calling(shadow):
-                response = await self.backend(shadow).infer(shadow.target, request)
+            with self.telemetry.shadow(parent, shadow):
+                async with self.calling(shadow) as backend:
+                    response = await backend.infer(shadow.target, request)
             return InferResponse(outputs=select_outputs(response.outputs, request.output_names))
 
         self.shadows.submit(model=route.model.name, primary_version=route.target.logical_version,
@@ -242,8 +290,9 @@ class DataPlane:
         return backend if isinstance(backend, capability) else None
 
     async def forward(self, route: Route, call: Callable[[], Awaitable[T]]) -> T:
-        """A pass-through call (a body already in the backend's protocol, never decoded), counted in flight."""
-        with self.inflight.calling(route):
+        """A pass-through call (a body already in the backend's protocol, never decoded), admitted and counted in
+        flight as ``infer``'s."""
+        async with self.calling(route):
             return await call()
 
     async def status(self, route: Route) -> ModelStatus:
@@ -260,8 +309,9 @@ class DataPlane:
 
 def backend_failure(exc: BaseException) -> tuple[str, str] | None:
     """(kind, code) of a failed backend call, as the adapters tagged it; an error the gateway raised itself before
-    sending (a request it could not encode) or a cancelled call is not the backend's failure: None."""
-    if not isinstance(exc, GatewayError):
+    sending (a request it could not encode, no endpoint to send it to, a call it shed) or a cancelled call is not
+    the backend's failure: None."""
+    if not isinstance(exc, GatewayError) or isinstance(exc, NoEndpoint | Overloaded):
         return None
     if exc.backend_failure is not None:
         return exc.backend_failure
@@ -270,6 +320,14 @@ def backend_failure(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, BackendError | BackendUnavailable):
         return ("status", "")  # an answer it could not use
     return None
+
+
+def longest_call_s(table: RouteTable) -> float:
+    """The longest a client can wait for one inference with these routes: a model's queue, its backend's queue and
+    call (gateway/admission.py; retries stay inside the call's timeout)."""
+    longest = max((b.longest_call_s for b in table.backends.values()), default=0.0)
+    models = (m.admission.max_wait_s for m in table.models.values() if m.admission is not None)
+    return longest + max(models, default=0.0)
 
 
 def check_inputs(request: InferRequest, schema: ModelSchema) -> None:

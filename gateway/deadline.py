@@ -25,3 +25,9 @@ def timeout_for(backend_timeout_s: float) -> float:
     if remaining <= 0:
         raise BackendTimeout("the client's deadline passed before the backend was called")
     return min(backend_timeout_s, remaining)
+
+
+def remaining_s() -> float | None:
+    """What is left of the client's deadline (None: no deadline)."""
+    deadline = _DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()

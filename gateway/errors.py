@@ -16,6 +16,8 @@
     │   └── RateLimited                   a tenant's or a model's rate (Retry-After, RateLimit-*)
     ├── BackendError                  502 INTERNAL            the backend failed (5xx, unreadable answer)
     ├── BackendUnavailable            503 UNAVAILABLE         down, refusing, or the target is not loaded
+    │   ├── BackendBusy                   (the backend said it cannot take more now: its queue is full)
+    │   └── Overloaded                    (the gateway's own admission control refused it: Retry-After)
     ├── BackendTimeout                504 DEADLINE_EXCEEDED
     └── ControlError                  500                     the control plane: admin API, routes writes, rollouts
         ├── InvalidChange             400                     a change or spec that cannot be applied
@@ -152,6 +154,22 @@ class BackendUnavailable(GatewayError):
 
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class BackendBusy(BackendUnavailable):
+    """The backend answered that it cannot take more now (TorchServe's full job queue)."""
+
+
+class Overloaded(BackendUnavailable):
+    """The gateway refused the call itself to protect a backend (admission control: its calls in flight and its
+    queue are full, or the call waited in the queue too long). REST answers carry Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: int = 1, reason: str = "") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.reason = reason  # queue_full | wait_timeout
+        self.headers = (("retry-after", str(retry_after_s)),)
+        self.trailers = (("grpc-retry-pushback-ms", str(retry_after_s * 1000)),)  # grpc's retry policy honours it
 
 
 class BackendTimeout(GatewayError):

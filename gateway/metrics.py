@@ -97,7 +97,7 @@ class Metrics:
                                    "agree when every element is within tolerance and every argmax agrees.",
                                    (*SHADOW_LABELS, "result"), registry=reg)
         self.assignments = Counter("gateway_assignments", "Experiment assignments by variant and how the "
-                                   "variant was chosen (sticky, random, override, default).",
+                                   "variant was chosen (sticky, random, override, default, failover).",
                                    ("model", "experiment", "variant", "how"), registry=reg)
         self.inflight = Gauge("gateway_inflight_requests", "Backend calls in flight, by backend target (a "
                               "version is retired only once its count is 0 in every worker).",
@@ -188,6 +188,32 @@ class Metrics:
                                       ("tenant", "model"), registry=reg, multiprocess_mode="livemax")
         self._auth_children: dict[tuple[str, ...], Counter] = {}
         self._admitted: dict[str, Counter] = {}
+        # Staying up under load (gateway/admission.py, gateway/backends/endpoints.py, gateway/api/connections.py).
+        self.admission_queue_length = Gauge("gateway_admission_queue_length", "Calls waiting for a call slot, by "
+                                            "scope (backend, model) and its name, summed over workers.",
+                                            ("scope", "name"), registry=reg, multiprocess_mode="livesum")
+        self.admission_limit_value = Gauge("gateway_admission_limit", "Calls in flight a worker lets through, by "
+                                           "scope and name (moves when adaptive).", ("scope", "name"), registry=reg,
+                                           multiprocess_mode="liveall")
+        self.admission_wait_seconds = Histogram("gateway_admission_wait_seconds", "Time admitted calls waited for "
+                                                "their call slots, by backend.", ("backend",), registry=reg,
+                                                buckets=DURATION_BUCKETS)
+        self.admission_refusals = Counter("gateway_admission_refused", "Calls refused by admission control, by "
+                                          "scope, name and reason (queue_full, wait_timeout).",
+                                          ("scope", "name", "reason"), registry=reg)
+        self.endpoints = Gauge("gateway_backend_endpoints", "A backend's endpoints by state (available, ejected, "
+                               "unhealthy), as one worker sees them.", ("backend", "state"), registry=reg,
+                               multiprocess_mode="liveall")
+        self.ejections = Counter("gateway_backend_ejections", "Endpoints ejected after consecutive failures.",
+                                 ("backend",), registry=reg)
+        self.retries = Counter("gateway_backend_retries", "Retries of calls that never reached a backend, by result: "
+                               "sent, or not sent (no_budget, no_time, no_endpoint).", ("backend", "result"),
+                               registry=reg)
+        self.connections_closed = Counter("gateway_connections_closed", "Client connections the gateway refused or "
+                                          "closed on its own, by listener and reason (refused, header_timeout, "
+                                          "body_timeout, idle).", ("listener", "reason"), registry=reg)
+        self.connections_open = Gauge("gateway_connections_open", "Open client connections by listener, summed "
+                                      "over workers.", ("listener",), registry=reg, multiprocess_mode="livesum")
         self._request_children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._shadow_children: dict[tuple[str, ...], Counter] = {}
         self._comparison_children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram, Counter, Counter]] = {}
@@ -338,6 +364,33 @@ class Metrics:
             for name, gauge in self.rollout_guards.items():
                 value = guards.get(name)
                 gauge.labels(model).set(math.nan if value is None else value)
+
+    def admission_queue(self, scope: str, name: str, waiting: int) -> None:
+        self.admission_queue_length.labels(scope, name).set(waiting)
+
+    def admission_limit(self, scope: str, name: str, limit: int) -> None:
+        self.admission_limit_value.labels(scope, name).set(limit)
+
+    def admission_wait(self, backend: str, seconds: float) -> None:
+        self.admission_wait_seconds.labels(backend).observe(seconds)
+
+    def admission_refused(self, scope: str, name: str, reason: str) -> None:
+        self.admission_refusals.labels(scope, name, reason).inc()
+
+    def endpoint_ejected(self, backend: str) -> None:
+        self.ejections.labels(backend).inc()
+
+    def backend_retry(self, backend: str, result: str) -> None:
+        self.retries.labels(backend, result).inc()
+
+    def endpoint_states(self, states: dict[str, dict[str, int]]) -> None:
+        """{backend: {state: endpoints}}: this worker's view now."""
+        for backend, counts in states.items():
+            for state, n in counts.items():
+                self.endpoints.labels(backend, state).set(n)
+
+    def connection_closed(self, listener: str, reason: str) -> None:
+        self.connections_closed.labels(listener, reason).inc()
 
     def inflight_child(self, backend: str, model: str, version: str) -> Gauge:
         return self.inflight.labels(backend, model, version)

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import math
 import os
 import signal
 import socket
@@ -21,10 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import tracing
 from gateway.admin.listener import AdminSeat
+from gateway.admission import Admission
 from gateway.api.asgi import Receive, Scope, Send
+from gateway.api.connections import STATE_KEY, ConnectionGuard, raise_fd_limit
 from gateway.api.rest import RestApp
 from gateway.backends.registry import Backends
 from gateway.dataplane import DataPlane
+from gateway.events import Storms
 from gateway.lifecycle import install_sigterm_drain
 from gateway.metrics import Metrics
 from gateway.routes.schema import load_routes
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
     from gateway.routes.etcd_store import EtcdRouteStore
 
 log = logging.getLogger("gateway")
-TICK_S = 5.0  # process metrics and the error log's summaries
+TICK_S = 5.0  # process and endpoint metrics, the descriptor budget, the summaries of log storms
 
 
 class GatewayProcess:
@@ -57,6 +61,8 @@ class GatewayProcess:
         self.store: RouteStore | None = None
         self.presence: Presence | None = None  # this process's lease-bound key (etcd store only)
         self.auth: AuthGate | None = None  # client authentication (GATEWAY_AUTH_FILE)
+        self.storms = Storms()  # operational log lines that come in storms (gateway/events.py)
+        self.connections: ConnectionGuard | None = None  # the REST listener's limits (gateway/api/connections.py)
         self._drain_task: asyncio.Task[None] | None = None
         self._ticks: asyncio.Task[None] | None = None
         self._replicas_task: asyncio.Task[None] | None = None
@@ -65,22 +71,28 @@ class GatewayProcess:
         settings = self.settings
         store = self.store = open_store(settings)
         await store.open()
-        backends = Backends()
+        metrics = Metrics()
+        storms = self.storms
+        backends = Backends(metrics, not_ejected=storms.storm(logging.getLogger("gateway.backends"),
+                                                              "endpoints not ejected (max_ejected_percent)"),
+                            no_budget=storms.storm(logging.getLogger("gateway.backends"), "retries over budget"))
+        backends.sync(store.current)
         for config in store.current.backends.values():
             backends.get(config)
-        metrics = Metrics()
         telemetry = Telemetry(metrics, access_log_sample=settings.access_log_sample, tracing=tracing.from_env())
         if settings.auth_file is not None:
             from gateway.auth.gate import AuthGate  # only when authentication is on
 
             self.auth = AuthGate(settings, metrics)
             await self.auth.start()
+        admission = Admission(metrics, storms.storm(logging.getLogger("gateway.admission"), "calls refused"))
         plane = self.plane = DataPlane(store, backends, metrics,
                                        Shadows(metrics, max_pending=settings.shadow_max_pending), telemetry,
-                                       auth=self.auth)
-        store.on_swap.append(lambda table: backends.retire_unused(table.backends.values()))
+                                       auth=self.auth, admission=admission)
+        store.on_swap.append(backends.sync)
         await store.start(settings.routes_poll_s)
-        self._ticks = asyncio.create_task(self._tick(plane))
+        self.connections = ConnectionGuard(settings, storms, metrics, listeners=2 if settings.grpc_port else 1)
+        self._ticks = asyncio.create_task(self._tick(plane, self.connections))
         if settings.etcd is not None:
             await self._present(store)  # type: ignore[arg-type]  # open_store built the etcd store
             if self.auth is not None and self.auth.policy.limited:
@@ -144,14 +156,19 @@ class GatewayProcess:
         scheme = "https" if settings.admin_tls_cert_file is not None else "http"
         return f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.admin_port}"
 
-    @staticmethod
-    async def _tick(plane: DataPlane) -> None:
+    async def _tick(self, plane: DataPlane, connections: ConnectionGuard) -> None:
         """Every few seconds in every worker: this process's CPU and memory into the metrics (a scrape reads one
-        worker), the state of the gRPC backend channels, the error log's summary of a storm."""
+        worker), the state of the gRPC backend channels and of the backends' endpoints, the open connections and
+        the descriptor budget, the summaries of log storms (errors, refusals)."""
         while True:
-            plane.metrics.sample_process()
-            plane.metrics.channel_states(plane.backends.channel_states())
+            metrics = plane.metrics
+            metrics.sample_process()
+            metrics.channel_states(plane.backends.channel_states())
+            metrics.endpoint_states(plane.backends.endpoint_states())
+            metrics.connections_open.labels("rest").set(connections.open)
+            connections.tick()
             plane.telemetry.tick()
+            self.storms.flush()
             await asyncio.sleep(TICK_S)
 
     def _admin_service(self, token: bytes) -> Admin:
@@ -211,6 +228,7 @@ class GatewayProcess:
                 await self._ticks
         if self.auth is not None:
             await self.auth.stop()
+        self.storms.flush(force=True)
         if self.plane is not None:
             await self.plane.shadows.close()
             await self.plane.backends.close()
@@ -230,9 +248,9 @@ class GatewayApp:
             assert rest is not None, "the ASGI server must run the lifespan"
             await rest(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
+            await self.lifespan(scope, receive, send)
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -241,6 +259,8 @@ class GatewayApp:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                if "state" in scope:  # uvicorn's app state: every REST connection's protocol reads its guard there
+                    scope["state"][STATE_KEY] = self.process.connections
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.process.stop()
@@ -260,6 +280,8 @@ def serve(settings: Settings) -> None:
     if settings.etcd is None or settings.routes_file.exists():  # with etcd the file only seeds an empty store
         load_routes(settings.routes_file)
     settings = _check_security(settings)
+    soft, _ = raise_fd_limit()  # inherited by the workers; their connection limits stay below it
+    log.info("open file limit %d", soft)
     os.environ.update(settings.to_env())  # uvicorn's factory (in every worker) rebuilds Settings from these
     if settings.workers > 1:
         _multiprocess_metrics_dir()
@@ -267,7 +289,10 @@ def serve(settings: Settings) -> None:
         signal.signal(signal.SIGHUP, _sighup_single_worker)
     uvicorn.run(
         "gateway.server:create_app", factory=True, host=settings.host, port=settings.port,
-        workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
+        workers=settings.workers, loop="uvloop", lifespan="on",
+        # uvicorn's httptools protocol plus read timeouts and a connection limit (gateway/api/connections.py).
+        http="gateway.api.connections:GuardedHttpToolsProtocol",
+        timeout_keep_alive=math.ceil(settings.keepalive_timeout_s),
         log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
         # SIGHUP to this (master) process restarts the workers one by one; a new worker must finish its startup
         # (routes, backend clients, gRPC listener) within this before the old one is stopped, else the restart

@@ -76,6 +76,14 @@ class Settings:
     log_level: str = "info"
     # SIGTERM: seconds not-ready (Connection: close on every answer) before the listener closes (gateway/lifecycle.py)
     drain_s: float = 5.0
+    # Connection hygiene on both listeners (gateway/api/connections.py). A kept-alive connection stays open this long
+    # idle: above what clients and load balancers use (aiohttp 15 s, most LBs 60 s), so the client closes first and
+    # never sends a request into a connection the server is closing.
+    keepalive_timeout_s: float = 75.0
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (slowloris, idle new connections)
+    body_timeout_s: float = 30.0  # longest pause while a request body is read
+    max_connections: int = 10_000  # per listener and worker; lowered to fit the file descriptor limit
+    grpc_max_streams: int = 128  # concurrent calls on one gRPC connection (more wait in the client)
     # Admin API (gateway/admin/): its own listener and token; never opened without a token; 0 = off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 8002
@@ -122,6 +130,11 @@ class Settings:
             access_log_sample=_float(env, "GATEWAY_ACCESS_LOG_SAMPLE", d.access_log_sample),
             log_level=env.get("GATEWAY_LOG_LEVEL", d.log_level).lower(),
             drain_s=_float(env, "GATEWAY_DRAIN_S", d.drain_s),
+            keepalive_timeout_s=_float(env, "GATEWAY_KEEPALIVE_TIMEOUT_S", d.keepalive_timeout_s),
+            header_timeout_s=_float(env, "GATEWAY_HEADER_TIMEOUT_S", d.header_timeout_s),
+            body_timeout_s=_float(env, "GATEWAY_BODY_TIMEOUT_S", d.body_timeout_s),
+            max_connections=_int(env, "GATEWAY_MAX_CONNECTIONS", d.max_connections),
+            grpc_max_streams=_int(env, "GATEWAY_GRPC_MAX_STREAMS", d.grpc_max_streams),
             admin_host=env.get("GATEWAY_ADMIN_HOST", d.admin_host),
             admin_port=_int(env, "GATEWAY_ADMIN_PORT", d.admin_port),
             admin_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
@@ -153,6 +166,10 @@ class Settings:
             "GATEWAY_SHADOW_MAX_PENDING": str(self.shadow_max_pending),
             "GATEWAY_ACCESS_LOG_SAMPLE": str(self.access_log_sample),
             "GATEWAY_LOG_LEVEL": self.log_level, "GATEWAY_DRAIN_S": str(self.drain_s), **admin,
+            "GATEWAY_KEEPALIVE_TIMEOUT_S": str(self.keepalive_timeout_s),
+            "GATEWAY_HEADER_TIMEOUT_S": str(self.header_timeout_s), "GATEWAY_BODY_TIMEOUT_S": str(self.body_timeout_s),
+            "GATEWAY_MAX_CONNECTIONS": str(self.max_connections),
+            "GATEWAY_GRPC_MAX_STREAMS": str(self.grpc_max_streams),
             "GATEWAY_ROUTES_STORE": self.routes_store,
             **({"GATEWAY_ADMIN_ADVERTISE_URL": self.admin_advertise_url} if self.admin_advertise_url else {}),
             **({"GATEWAY_GUARDS_PROMETHEUS_URL": self.guards_prometheus_url} if self.guards_prometheus_url else {}),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.codecs.jsonio import dumps
+from gateway.events import Storm
 from gateway.metrics import Metrics
 from gateway.routes.table import Route
 from gateway.tracing import Span, Tracing
@@ -48,6 +48,7 @@ class Exchange:
     span: Span | None = None  # its trace span, when tracing is on
     start_ns: int = 0  # wall clock at the start, for the decode span
     caller: Tenant | None = None  # who the front authenticated (client authentication on: gateway/auth/)
+    cause: str = ""  # the class of the error its backend call ended with (the error log counts by it)
 
 
 # The request being handled (each request runs in its own task, so each has its own).
@@ -91,7 +92,7 @@ class Telemetry:
                                  received=received, sent=sent, trace_id=trace_id)
         server_error = is_server_error(code)
         if server_error:
-            self.errors.record(route, protocol, code, detail)
+            self.errors.record(route, protocol, code, detail, call.cause)
         logged = call.inference or code not in ("200", "OK")  # inference calls and every failure, no probes
         if logged and self.access_log_sample and (self.access_log_sample >= 1
                                                   or random.random() < self.access_log_sample):
@@ -173,40 +174,23 @@ def access_line(call: Exchange, protocol: str, code: str, seconds: float, receiv
         "version": t.logical_version if t else None, "variant": (route.variant or None) if route else None,
         "backend": t.backend if t else None, "protocol": protocol, "status": code,
         "duration_s": round(seconds, 6), "backend_s": round(call.backend_s, 6), "request_bytes": received,
-        "response_bytes": sent}
+        "response_bytes": sent, "error": call.cause or None}
     if call.caller is not None:  # client authentication on: the tenant's name (never its credential)
         line["tenant"] = call.caller.name
     return dumps(line).decode()
 
 
-class ErrorStorms:
-    """Server errors go to the log as warnings, at most ``per_window`` lines per window; the rest are counted and
-    summed up in one line when the window ends: a storm of 503s is visible, and cannot flood the log."""
+class ErrorStorms(Storm):
+    """Server errors go to the log as warnings, at most ``per_window`` lines per window; the rest are counted by
+    code, model, backend and cause (the error's class) and summed up in one line when the window ends
+    (gateway/events.py): a storm of 503s is visible, and cannot flood the log."""
 
     def __init__(self, per_window: int, window_s: float) -> None:
-        self.per_window = per_window
-        self.window_s = window_s
-        self._window_start = time.monotonic()
-        self._logged = 0
-        self._suppressed: Counter[tuple[str, str]] = Counter()
+        super().__init__(error_log, "server errors", window_s, per_window)
 
-    def record(self, route: Route | None, protocol: str, code: str, detail: str) -> None:
-        self.flush()
-        model = route.target.logical_model if route is not None else "-"
-        if self._logged < self.per_window:
-            self._logged += 1
-            where = (f"model {model} version {route.target.logical_version} on backend {route.target.backend}"
-                     if route is not None else "no model")
-            error_log.warning("%s %s (%s): %s", protocol, code, where, detail or "server error")
-        else:
-            self._suppressed[(model, code)] += 1
-
-    def flush(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._window_start < self.window_s:
-            return
-        if self._suppressed:
-            counts = ", ".join(f"model {m} {c} x{n}" for (m, c), n in self._suppressed.most_common())
-            error_log.warning("%d more server errors in the last %.0f s (not logged one by one): %s",
-                              sum(self._suppressed.values()), now - self._window_start, counts)
-        self._window_start, self._logged, self._suppressed = now, 0, Counter()
+    def record(self, route: Route | None, protocol: str, code: str, detail: str, cause: str = "") -> None:
+        t = route.target if route is not None else None
+        where = (f"model {t.logical_model} version {t.logical_version} on backend {t.backend}" if t is not None
+                 else "no model")
+        counted = f"{code} model {t.logical_model if t else '-'} backend {t.backend if t else '-'}"
+        self.note(f"{counted} {cause}".rstrip(), f"{protocol} {code} ({where}): {detail or 'server error'}")

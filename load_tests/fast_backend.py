@@ -13,6 +13,8 @@ REST API for the gateway's TF adapter:
 
 Anything else answers 404 ``{"error": ...}``.  The answer does not depend on the input (8 rows of 3 floats).
 
+``--delay-s`` makes every predict answer that much later (a slow model, for the tests of slow calls).
+
 Run: ``python load_tests/fast_backend.py --port 9000`` (uvicorn, httptools, uvloop, 1 worker, no access log);
 ``--tls-cert/--tls-key`` serve HTTPS, ``--client-ca`` also requires a client certificate it signed (mutual TLS).
 """
@@ -20,6 +22,7 @@ Run: ``python load_tests/fast_backend.py --port 9000`` (uvicorn, httptools, uvlo
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,6 +74,15 @@ def _model_and_version(rest: str) -> tuple[str, str]:
     return parts[0], "1"
 
 
+def make_app(delay_s: float = 0.0) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            await asyncio.sleep(delay_s)
+        await app(scope, receive, send)
+
+    return slow_app if delay_s > 0 else app
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return  # no lifespan handling needed (run with lifespan="off")
@@ -110,12 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (and --tls-key)")
     parser.add_argument("--tls-key")
     parser.add_argument("--client-ca", help="require a client certificate signed by this CA (mutual TLS)")
+    parser.add_argument("--delay-s", type=float, default=0.0, help="answer every predict this much later")
     args = parser.parse_args(argv)
     import ssl
 
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, loop="uvloop", http="httptools",
+    uvicorn.run(make_app(args.delay_s), host=args.host, port=args.port, workers=1, loop="uvloop", http="httptools",
                 lifespan="off", access_log=False, log_level="warning", ssl_certfile=args.tls_cert,
                 ssl_keyfile=args.tls_key, ssl_ca_certs=args.client_ca,
                 ssl_cert_reqs=ssl.CERT_REQUIRED if args.client_ca else ssl.CERT_NONE)

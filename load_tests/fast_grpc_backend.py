@@ -15,6 +15,8 @@ gateway's own messages (:mod:`gateway.protos.tf_serving_pb2`):
 
 Other methods answer UNIMPLEMENTED (grpc's default for an unknown method).
 
+``--delay-s`` makes every Predict answer that much later (a slow model, for the tests of timeouts and slow calls).
+
 Run: ``python load_tests/fast_grpc_backend.py --port 9500`` (one process, one grpc.aio server, uvloop when
 ``--loop uvloop``; the default asyncio loop otherwise); ``--tls-cert/--tls-key`` serve TLS, ``--client-ca`` requires a
 client certificate it signed (mutual TLS).
@@ -99,14 +101,25 @@ async def get_model_status(request: tfs.GetModelStatusRequest, context: Context)
     return status_response(request)
 
 
-def handlers() -> tuple[grpc.GenericRpcHandler, ...]:
+def slowed(fn: Any, delay_s: float) -> Any:
+    if delay_s <= 0:
+        return fn
+
+    async def slow(request: Any, context: Context) -> Any:
+        await asyncio.sleep(delay_s)
+        return await fn(request, context)
+
+    return slow
+
+
+def handlers(delay_s: float = 0.0) -> tuple[grpc.GenericRpcHandler, ...]:
     def typed(method: svc.Method[Any, Any], fn: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=method.request.FromString,
                                                    response_serializer=method.response.SerializeToString)
 
     return (
         grpc.method_handlers_generic_handler(svc.PREDICTION_SERVICE, {
-            svc.TF_PREDICT.name: grpc.unary_unary_rpc_method_handler(predict),  # no (de)serializers: bytes
+            svc.TF_PREDICT.name: grpc.unary_unary_rpc_method_handler(slowed(predict, delay_s)),  # bytes in and out
             svc.TF_GET_MODEL_METADATA.name: typed(svc.TF_GET_MODEL_METADATA, get_model_metadata),
         }),
         grpc.method_handlers_generic_handler(svc.MODEL_SERVICE, {
@@ -115,9 +128,10 @@ def handlers() -> tuple[grpc.GenericRpcHandler, ...]:
     )
 
 
-async def serve(host: str, port: int, tls: tuple[bytes, bytes, bytes | None] | None = None) -> None:
+async def serve(host: str, port: int, tls: tuple[bytes, bytes, bytes | None] | None = None,
+                delay_s: float = 0.0) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
-    server.add_generic_rpc_handlers(handlers())
+    server.add_generic_rpc_handlers(handlers(delay_s))
     if tls is None:
         bound = server.add_insecure_port(f"{host}:{port}")
     else:  # (certificate, key, client CA): with a client CA, mutual TLS
@@ -145,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-cert", help="serve TLS with this certificate (and --tls-key)")
     parser.add_argument("--tls-key")
     parser.add_argument("--client-ca", help="require a client certificate signed by this CA (mutual TLS)")
+    parser.add_argument("--delay-s", type=float, default=0.0, help="answer every Predict this much later")
     args = parser.parse_args(argv)
     tls = None
     if args.tls_cert:
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(args.host, args.port, tls))
+        runner.run(serve(args.host, args.port, tls, args.delay_s))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gateway import __version__
 from gateway.api import tf_compat
+from gateway.api.connections import grpc_options
 from gateway.api.v2_rest import PLATFORMS
 from gateway.backends.base import DescribesTFSignaturesProto, PassesTFPredict
 from gateway.codecs import tf_proto, v2_grpc
 from gateway.codecs.tf_json import DEFAULT_SIGNATURE
-from gateway.dataplane import DataPlane, check_specs
+from gateway.dataplane import DataPlane, check_specs, longest_call_s
 from gateway.deadline import set_deadline
 from gateway.errors import GatewayError, InvalidArgument, MalformedRequest
 from gateway.lifecycle import grpc_max_connection_age_s, stop_listening
@@ -28,7 +29,7 @@ from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.protos import v2_pb2 as v2
 from gateway.protos.reflection import public_pool
-from gateway.routes.table import Hints, Route
+from gateway.routes.table import Hints, Route, RouteTable
 from gateway.settings import Settings
 from gateway.types import ModelRef
 
@@ -44,12 +45,15 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Impl = Callable[[Any, Context], Awaitable[Any]]
 
 
-def served_by(context: Context, route: Route) -> None:
+def served_by_metadata(route: Route) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata naming what served the call (the REST fronts' response headers), on answers and errors."""
     t = route.target
-    metadata = [("x-model-name", t.logical_model), ("x-model-version", t.logical_version), ("x-backend", t.backend)]
-    if route.variant:
-        metadata.append(("x-model-variant", route.variant))
-    context.set_trailing_metadata(tuple(metadata))
+    metadata = (("x-model-name", t.logical_model), ("x-model-version", t.logical_version), ("x-backend", t.backend))
+    return (*metadata, ("x-model-variant", route.variant)) if route.variant else metadata
+
+
+def served_by(context: Context, route: Route) -> None:
+    context.set_trailing_metadata(served_by_metadata(route))
 
 
 def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str, plane: DataPlane,
@@ -74,7 +78,8 @@ def _unary(method: svc.Method[Any, Any], impl: Impl, protocol: str, plane: DataP
             return response
         except GatewayError as exc:
             code, detail = exc.grpc_code, exc.message
-            await context.abort(exc.grpc_code, exc.message[:MAX_DETAILS], trailing_metadata=exc.trailers)
+            served = served_by_metadata(exchange.route) if exchange.route is not None else ()
+            await context.abort(exc.grpc_code, exc.message[:MAX_DETAILS], trailing_metadata=(*served, *exc.trailers))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the client went away: its backend call is cancelled with it
             raise
@@ -250,6 +255,7 @@ class GrpcFront:
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.grace_s: float | None = None  # how long a call may run on after its connection's age GOAWAY
 
     async def start(self) -> None:
         limit = self.settings.max_body_bytes
@@ -257,16 +263,16 @@ class GrpcFront:
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            *grpc_options(self.settings, listeners=2),  # gateway/api/connections.py
         ]
         age_s = grpc_max_connection_age_s(self.settings.drain_s)
         if age_s is not None:  # connections move away within a drain (gateway/lifecycle.py)
-            # A call still running this long after its connection's age GOAWAY is cancelled: longer than any
-            # backend timeout in the routes at start.
-            longest = max((b.timeout_s for b in self.plane.store.current.backends.values()), default=0.0)
+            # A call still running this long after its connection's age GOAWAY is cancelled: longer than the
+            # longest call the routes at start allow (gateway/dataplane.py: longest_call_s), so none is cut.
+            self.grace_s = max(MAX_CALL_S, 2 * longest_call_s(self.plane.store.current))
             options += [("grpc.max_connection_age_ms", int(age_s * 1000)),
-                        ("grpc.max_connection_age_grace_ms", int(max(MAX_CALL_S, 2 * longest) * 1000))]
+                        ("grpc.max_connection_age_grace_ms", int(self.grace_s * 1000))]
+        self.plane.store.on_swap.append(self._check_grace)
         server = grpc.aio.server(options=options)
         v2_servicer, tf_servicer = V2Servicer(self.plane, self), TFServingServicer(self.plane)
         server.add_generic_rpc_handlers((
@@ -292,6 +298,14 @@ class GrpcFront:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
         log.info("gRPC listening on %s:%d%s", self.settings.host, self.port, " (TLS)" if cert is not None else "")
+
+    def _check_grace(self, table: RouteTable) -> None:
+        """New routes whose longest call outlasts the connections' grace (fixed when the listener started)."""
+        longest = longest_call_s(table)
+        if self.grace_s is not None and longest > self.grace_s:
+            log.warning("routes revision %s allows calls of %.0f s (queue wait + timeout), longer than the %.0f s a "
+                        "gRPC call may run after its connection's age GOAWAY (set at start): longer calls can be cut "
+                        "until the gateway restarts", table.revision, longest, self.grace_s)
 
     async def begin_drain(self) -> None:
         """Turn not-ready (health NOT_SERVING, ServerReady false); half-way through the drain stop accepting

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
+from gateway.backends.endpoints import EndpointPool
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
@@ -19,6 +20,7 @@ from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus,
 
 class Backend(Protocol):
     config: BackendConfig
+    endpoints: EndpointPool  # its inference endpoints: balanced, health-checked, ejected (endpoints.py)
 
     async def infer(self, target: Target, request: InferRequest) -> InferResponse:
         """Translate, send, and translate back; raises GatewayError subclasses only."""

@@ -1,4 +1,9 @@
-"""The gRPC channel every gRPC backend adapter uses; the one place gRPC status codes become gateway errors."""
+"""The gRPC channels every gRPC backend adapter uses; the one place gRPC status codes become gateway errors.
+
+``GrpcEndpoints`` makes inference calls on one channel per endpoint of the backend (chosen, retried and ejected by
+its EndpointPool, gateway/backends/endpoints.py); ``GrpcChannel`` is one channel to one address (management APIs,
+and each of those endpoints). A failed call says whether it left: ``Unsent`` (no connection: safe to send
+elsewhere), ``Dropped`` (the connection broke mid-call)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import grpc
 from google.protobuf.message import Message
 
 from gateway import tracing
+from gateway.backends.endpoints import Dropped, Endpoint, EndpointCloser, EndpointPool, Unsent
 from gateway.deadline import timeout_for
 from gateway.errors import (
     BackendError,
@@ -63,8 +69,10 @@ def channel_target(address: str) -> str:
     return address if address.startswith(_SCHEMES) or "://" in address else f"dns:///{address}"
 
 
-def channel_options(config: BackendConfig) -> list[tuple[str, Any]]:
+def channel_options(config: BackendConfig, authority: str | None = None) -> list[tuple[str, Any]]:
+    """``authority``: the name an address was resolved from (the :authority the backend sees)."""
     return [
+        *((("grpc.default_authority", authority),) if authority else ()),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.lb_policy_name", "round_robin"),
@@ -84,10 +92,12 @@ class GrpcChannel:
     """One grpc.aio channel to one backend address, opened lazily in the running loop (a channel belongs to
     the loop it was created in) and closed by the adapter's close()."""
 
-    def __init__(self, config: BackendConfig, address: str, refine: Refine | None = None) -> None:
+    def __init__(self, config: BackendConfig, address: str, refine: Refine | None = None,
+                 authority: str | None = None) -> None:
         self.config = config
         self.address = address
         self.refine = refine
+        self.authority = authority
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._callables: dict[tuple[str, bool, bool], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
@@ -95,14 +105,14 @@ class GrpcChannel:
     def _open(self) -> grpc.aio.Channel:
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
-            tls = self.config.tls
+            tls, options = self.config.tls, channel_options(self.config, self.authority)
             if tls is None:
-                self._channel = grpc.aio.insecure_channel(channel_target(self.address),
-                                                          options=channel_options(self.config))
-            else:  # TLS, mutual when the backend's tls names the gateway's certificate
+                self._channel = grpc.aio.insecure_channel(channel_target(self.address), options=options)
+            else:  # TLS, mutual when the backend's tls names the gateway's certificate; the certificate is checked
+                # against the name the address was resolved from (the channel's authority)
                 self._channel = grpc.aio.secure_channel(
                     channel_target(self.address), channel_credentials(tls.ca_file, tls.cert_file, tls.key_file),
-                    options=channel_options(self.config))
+                    options=options)
             self._loop, self._callables = loop, {}
         return self._channel
 
@@ -151,6 +161,9 @@ class GrpcChannel:
         return str(self._channel.get_state(try_to_connect=False).name)
 
     def error(self, code: grpc.StatusCode, details: str, where: str, limit: float) -> GatewayError:
+        lost = connection_failure(code, details)
+        if lost is not None:
+            return lost(f"backend '{self.config.name}' is unreachable: {details}")
         refined = self.refine(code, details, where) if self.refine is not None else None
         return refined or map_status(code, details, backend=self.config.name, where=where, limit=limit)
 
@@ -160,18 +173,78 @@ class GrpcChannel:
             await channel.close()
 
 
+# grpc-core reports its own connection failures as UNAVAILABLE, as a backend's own answer would be; the details
+# tell them apart. Before the call left: no connection (refused, unreachable, timed out, unresolvable), or a stream
+# the server refused. After: the connection was lost under the call.
+_UNSENT = ("failed to connect", "connection refused", "dns resolution failed", "unreachable", "no route to host",
+           "connection attempt timed out", "refused_stream", "refused stream", "name resolution")
+_DROPPED = ("socket closed", "connection reset", "broken pipe", "goaway received", "connection closed")
+
+
 def failure_kind(code: grpc.StatusCode, details: str) -> tuple[str, str]:
     """A failed call as the metrics count it: the channel's own deadline and connection failures, or the code
-    the backend answered with (grpc-core reports both on the client as UNAVAILABLE; its details tell them apart)."""
+    the backend answered with."""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ("timeout", "")
-    if code == grpc.StatusCode.UNAVAILABLE and any(s in details.lower() for s in _CONNECT_FAILURES):
+    if connection_failure(code, details) is not None:
         return ("connect", "")
     return ("status", code.name)
 
 
-_CONNECT_FAILURES = ("failed to connect", "connection refused", "dns resolution failed", "socket closed",
-                     "connection reset", "unreachable", "connection attempt timed out")
+def connection_failure(code: grpc.StatusCode, details: str) -> type[Unsent] | type[Dropped] | None:
+    """Unsent or Dropped when grpc says the connection failed (not the backend), else None."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    text = details.lower()
+    if any(s in text for s in _UNSENT):
+        return Unsent
+    if any(s in text for s in _DROPPED):
+        return Dropped
+    return None
+
+
+class GrpcEndpoints:
+    """A backend's inference calls over gRPC: one channel per endpoint of its pool, each call on the endpoint the
+    pool picks (``call`` has GrpcChannel.call's signature)."""
+
+    def __init__(self, config: BackendConfig, endpoints: EndpointPool, refine: Refine | None = None) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.refine = refine
+        self._channels: dict[str, GrpcChannel] = {}
+        self._closer = EndpointCloser(self._close_endpoint, grace_s=config.timeout_s + 1)
+        endpoints.on_removed.append(self._closer)
+
+    def channel(self, ep: Endpoint) -> GrpcChannel:
+        found = self._channels.get(ep.address)
+        if found is None:
+            found = self._channels[ep.address] = GrpcChannel(self.config, ep.address, self.refine, ep.host)
+        return found
+
+    async def call(self, method: Method[Req, Resp], request: Req | bytes, *, where: str = "",
+                   timeout_s: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> Resp:
+        async def attempt(ep: Endpoint, limit: float) -> Resp:
+            return await self.channel(ep).call(method, request, where=where, timeout_s=limit, metadata=metadata)
+
+        return await self.endpoints.call(attempt, timeout_s)
+
+    async def call_raw(self, method: Method[Any, Any], request: bytes, *, where: str = "",
+                       timeout_s: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> bytes:
+        async def attempt(ep: Endpoint, limit: float) -> bytes:
+            return await self.channel(ep).call_raw(method, request, where=where, timeout_s=limit, metadata=metadata)
+
+        return await self.endpoints.call(attempt, timeout_s)
+
+    async def _close_endpoint(self, ep: Endpoint) -> None:
+        channel = self._channels.pop(ep.address, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        self._closer.cancel()
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
 
 
 def map_status(code: grpc.StatusCode, details: str, *, backend: str, where: str = "",

@@ -1,5 +1,6 @@
-"""The backend clients of one process, keyed by their config: created on first use, retired after a routes change
-no longer uses them, closed together on shutdown."""
+"""The backend clients of one process, keyed by their config: created on first use, told which models the routes
+send them (their health checks ask for those), retired after a routes change no longer uses them, closed together
+on shutdown."""
 
 from __future__ import annotations
 
@@ -8,22 +9,51 @@ from collections import Counter
 from collections.abc import Iterable
 
 from gateway.backends.base import Backend
+from gateway.backends.endpoints import PoolObserver
+from gateway.events import Storm
 from gateway.routes.schema import BackendConfig
+from gateway.routes.table import RouteTable
 
 
 class Backends:
     """Backend clients keyed by their whole config, so a routes change to a URL or timeout gets a new client
     (a client is never reused for a config it was not built for). Closed together on shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: PoolObserver | None = None, not_ejected: Storm | None = None,
+                 no_budget: Storm | None = None) -> None:
         self._clients: dict[BackendConfig, Backend] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._models: dict[str, tuple[str, ...]] = {}  # backend name -> the models the routes send there
+        self.observer = observer
+        self.storms = (not_ejected, no_budget)
 
     def get(self, config: BackendConfig) -> Backend:
         client = self._clients.get(config)
         if client is None:
             client = self._clients[config] = _create(config)
+            pool = client.endpoints
+            pool.observer, (pool.not_ejected, pool.no_budget) = self.observer, self.storms
+            pool.models = self._models.get(config.name, ())
+            pool.start()
         return client
+
+    def sync(self, table: RouteTable) -> None:
+        """A new routes table: every backend learns the models it serves; clients no longer used retire."""
+        served: dict[str, set[str]] = {}
+        for model in table.models.values():
+            for version in model.versions.values():
+                served.setdefault(version.backend, set()).add(version.model)
+        self._models = {name: tuple(sorted(models)) for name, models in served.items()}
+        for config, client in self._clients.items():
+            client.endpoints.models = self._models.get(config.name, ())
+        self.retire_unused(table.backends.values())
+
+    def available(self, config: BackendConfig) -> bool:
+        """Whether a call to that backend can go anywhere now (an endpoint neither ejected nor failing its checks)."""
+        return self.get(config).endpoints.available()
+
+    def endpoint_states(self) -> dict[str, dict[str, int]]:
+        return {config.name: client.endpoints.states() for config, client in self._clients.items()}
 
     def retire_unused(self, active: Iterable[BackendConfig]) -> None:
         """After a routes change: clients built for configs the new table no longer uses are closed once the

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from gateway.backends.base import DescribesTFSignatures, PassesTFRest
+from gateway.backends.endpoints import Endpoint, EndpointPool
 from gateway.backends.http import HttpClient, HttpResult
 from gateway.codecs import tf_json
 from gateway.codecs.jsonio import loads
@@ -37,18 +38,30 @@ class Signatures:
 class TFServingBackend(PassesTFRest, DescribesTFSignatures):
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
-        self.http = HttpClient(config)
+        self.endpoints = EndpointPool(config, config.inference_urls, probe=self._probe)
+        self.http = HttpClient(config, self.endpoints)
         # SignatureDefs per (model, version): a loaded TF Serving version never changes its graph.
         self.signatures = Signatures()
         self._metadata: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def _url(self, target: Target, suffix: str = "") -> str:
-        return f"{self.config.url}/v1/models/{target.model}/versions/{target.version}{suffix}"
+    @staticmethod
+    def _path(target: Target, suffix: str = "") -> str:
+        return f"/v1/models/{target.model}/versions/{target.version}{suffix}"
+
+    async def _probe(self, ep: Endpoint, limit: float) -> bool:
+        """Serving when a model the routes send here has an AVAILABLE version there (asked in turn until one has);
+        with no model routed here yet, when it answers at all."""
+        for model in self.endpoints.models or ("",):
+            result = await self.http.send("GET", f"{ep.address}/v1/models/{model}", body=None, headers=None,
+                                          limit=limit, host=ep.host)
+            if not model or (result.status == 200 and b'"AVAILABLE"' in result.body):
+                return True
+        return False
 
     async def infer(self, target: Target, request: InferRequest) -> InferResponse:
         signature = request.signature_name or tf_json.DEFAULT_SIGNATURE
         schema = await self.schema(target, signature)
-        result = await self.http.request("POST", self._url(target, ":predict"),
+        result = await self.http.call("POST", self._path(target, ":predict"),
                                          body=tf_json.encode_backend_request(request), headers=_JSON)
         self._raise_for_status(result, target)
         try:
@@ -58,13 +71,13 @@ class TFServingBackend(PassesTFRest, DescribesTFSignatures):
         return InferResponse(outputs=outputs)
 
     async def forward_tf_rest(self, target: Target, verb: str, body: bytes) -> bytes:
-        result = await self.http.request("POST", self._url(target, f":{verb}"), body=body, headers=_JSON)
+        result = await self.http.call("POST", self._path(target, f":{verb}"), body=body, headers=_JSON)
         self._raise_for_status(result, target)
         return result.body
 
     async def status(self, target: Target) -> ModelStatus:
         try:
-            result = await self.http.request("GET", self._url(target))
+            result = await self.http.call("GET", self._path(target))
         except GatewayError as exc:
             return ModelStatus(version=target.version, state="UNKNOWN", error_message=exc.message)
         if result.status != 200:
@@ -84,7 +97,7 @@ class TFServingBackend(PassesTFRest, DescribesTFSignatures):
         key = (target.model, target.version)
         cached = self._metadata.get(key)
         if cached is None:
-            result = await self.http.request("GET", self._url(target, "/metadata"))
+            result = await self.http.call("GET", self._path(target, "/metadata"))
             self._raise_for_status(result, target)
             try:
                 doc = loads(result.body)
@@ -111,6 +124,7 @@ class TFServingBackend(PassesTFRest, DescribesTFSignatures):
         raise error
 
     async def close(self) -> None:
+        await self.endpoints.close()
         await self.http.close()
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.backends.base import DescribesTFSignatures, DescribesTFSignaturesProto, PassesTFPredict
-from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
+from gateway.backends.endpoints import Dropped, Endpoint, EndpointPool, Unsent
+from gateway.backends.grpc_channel import GrpcEndpoints, TargetNotLoaded
 from gateway.backends.tfserving import Signatures
 from gateway.codecs import tf_proto
-from gateway.errors import BackendError, GatewayError
+from gateway.errors import BackendError, BackendTimeout, GatewayError
 from gateway.protos import services as svc
 from gateway.protos import tf_serving_pb2 as tfs
 from gateway.routes.schema import BackendConfig
@@ -20,7 +21,8 @@ class TFServingGrpcBackend(PassesTFPredict, DescribesTFSignatures, DescribesTFSi
         if config.grpc_target is None:
             raise ValueError(f"backend '{config.name}' has no grpc_target")
         self.config = config
-        self.channel = GrpcChannel(config, config.grpc_target)
+        self.endpoints = EndpointPool(config, config.inference_targets, probe=self._probe)
+        self.channel = GrpcEndpoints(config, self.endpoints)
         # Metadata per (model, version): a loaded TF Serving version never changes its graph.
         self.signatures = Signatures()
         self._metadata: dict[tuple[str, str], tfs.GetModelMetadataResponse] = {}
@@ -48,6 +50,24 @@ class TFServingGrpcBackend(PassesTFPredict, DescribesTFSignatures, DescribesTFSi
         patch.model_spec.version.value = int(target.version)
         return await self.channel.call_raw(svc.TF_PREDICT, request + patch.SerializeToString(),
                                            where=self._where(target))
+
+    async def _probe(self, ep: Endpoint, limit: float) -> bool:
+        """Serving when a model the routes send here has an AVAILABLE version there (asked in turn until one has);
+        with no model routed here yet, when it answers at all."""
+        channel = self.channel.channel(ep)
+        for model in self.endpoints.models or ("",):
+            try:
+                resp = await channel.call(svc.TF_GET_MODEL_STATUS, tfs.GetModelStatusRequest(
+                    model_spec=tfs.ModelSpec(name=model)), where="probe", timeout_s=limit)
+            except (Unsent, Dropped, BackendTimeout):
+                raise
+            except GatewayError:
+                if not model:
+                    return True  # an answer: it serves
+                continue
+            if any(s.state == tfs.ModelVersionStatus.AVAILABLE for s in resp.model_version_status):
+                return True
+        return False
 
     async def status(self, target: Target) -> ModelStatus:
         try:
@@ -79,5 +99,6 @@ class TFServingGrpcBackend(PassesTFPredict, DescribesTFSignatures, DescribesTFSi
                                             tf_proto.signature_schema)
 
     async def close(self) -> None:
+        await self.endpoints.close()
         await self.channel.close()
 

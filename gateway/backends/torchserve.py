@@ -6,18 +6,13 @@ import json
 from typing import Any
 
 from gateway.backends.base import PassesPredictions
+from gateway.backends.endpoints import Endpoint, EndpointPool
 from gateway.backends.http import HttpClient, HttpResult
+from gateway.backends.torchserve_errors import answer_error
 from gateway.backends.torchserve_keys import KeyRefresher, TokenFile, bearer, refused_key
 from gateway.codecs import v2_json
 from gateway.codecs.jsonio import loads
-from gateway.errors import (
-    BackendError,
-    BackendUnavailable,
-    GatewayError,
-    InvalidArgument,
-    PayloadTooLarge,
-    error_for_status,
-)
+from gateway.errors import BackendError, GatewayError
 from gateway.routes.schema import BackendConfig
 from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus, Target
 
@@ -25,22 +20,31 @@ from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus,
 class TorchServeBackend(PassesPredictions):
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
-        self.http = HttpClient(config)
+        self.endpoints = EndpointPool(config, config.inference_urls, probe=self._probe)
+        self.http = HttpClient(config, self.endpoints)
         self.keys = KeyRefresher(config, TokenFile(config.token_file), self.http)
 
     async def _call(self, kind: str, method: str, url: str, body: bytes | None = None,
                     content_type: str | None = None) -> HttpResult:
-        """One call with the right bearer key (a refused key is refreshed once: gateway/backends/torchserve_keys.py)."""
-        extra = {"Content-Type": content_type} if content_type else {}
+        """One management call with the right bearer key (a refused key is refreshed once:
+        gateway/backends/torchserve_keys.py)."""
         return await self.keys.call(kind, lambda key: self.http.request(
-            method, url, body=body, headers={**bearer(key), **extra}), refused_key)
+            method, url, body=body, headers={**bearer(key), **_type(content_type)}), refused_key)
 
-    def _predictions_url(self, target: Target) -> str:
-        return f"{self.config.url}/predictions/{target.model}/{target.version}"
+    async def _predict(self, target: Target, body: bytes, content_type: str) -> HttpResult:
+        """/predictions on one of the inference endpoints, with the inference key."""
+        path = f"/predictions/{target.model}/{target.version}"
+        return await self.keys.call("inference", lambda key: self.http.call(
+            "POST", path, body=body, headers={**bearer(key), **_type(content_type)}), refused_key)
+
+    async def _probe(self, ep: Endpoint, limit: float) -> bool:
+        """TorchServe's /ping: 200 while it serves (Healthy, or Partial Healthy with some workers down)."""
+        result = await self.keys.call("inference", lambda key: self.http.send(
+            "GET", f"{ep.address}/ping", body=None, headers=bearer(key), limit=limit, host=ep.host), refused_key)
+        return result.status == 200
 
     async def infer(self, target: Target, request: InferRequest) -> InferResponse:
-        result = await self._call("inference", "POST", self._predictions_url(target),
-                                  v2_json.encode_request(request), "application/json")
+        result = await self._predict(target, v2_json.encode_request(request), "application/json")
         self._raise_for_status(result, target)
         try:
             response = v2_json.decode_response(result.body)
@@ -49,8 +53,7 @@ class TorchServeBackend(PassesPredictions):
         return response
 
     async def forward_predictions(self, target: Target, body: bytes, content_type: str) -> tuple[bytes, str]:
-        result = await self._call("inference", "POST", self._predictions_url(target), body,
-                                  content_type or "application/octet-stream")
+        result = await self._predict(target, body, content_type or "application/octet-stream")
         self._raise_for_status(result, target)
         return result.body, result.content_type
 
@@ -80,22 +83,15 @@ class TorchServeBackend(PassesPredictions):
     def _status_error(self, result: HttpResult, target: Target) -> GatewayError:
         kind, message = _error_fields(result)
         where = f"backend '{self.config.name}' model '{target.model}' version {target.version}"
-        if result.status == 404:
-            return BackendUnavailable(f"{where} is not registered: {message}")
-        if result.status == 400 and kind == "InvalidKeyException":
-            return BackendUnavailable(f"{where}: TorchServe refused the gateway's token: {message}")
-        if result.status == 400:
-            return InvalidArgument(message)
-        if result.status == 413:
-            return PayloadTooLarge(f"{where}: {message}")
-        if result.status == 503 and kind == "ServiceUnavailableException":
-            return BackendUnavailable(f"{where}: {message}")
-        if result.status >= 500:
-            return BackendError(f"{where} failed: {message}")
-        return error_for_status(result.status, f"{where}: {message}")
+        return answer_error(where, result.status, kind, message)
 
     async def close(self) -> None:
+        await self.endpoints.close()
         await self.http.close()
+
+
+def _type(content_type: str | None) -> dict[str, str]:
+    return {"Content-Type": content_type} if content_type else {}
 
 
 def _error_fields(result: HttpResult) -> tuple[str, str]:

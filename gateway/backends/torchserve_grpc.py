@@ -3,24 +3,22 @@ data[i]["body"]), status via ManagementAPIsService/DescribeModel; token auth as 
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 
 import grpc
+from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from gateway.backends.base import PassesPredictions
-from gateway.backends.grpc_channel import GrpcChannel, TargetNotLoaded
+from gateway.backends.endpoints import Endpoint, EndpointPool
+from gateway.backends.grpc_channel import GrpcChannel, GrpcEndpoints, TargetNotLoaded
 from gateway.backends.http import HttpClient
 from gateway.backends.torchserve import described_status
+from gateway.backends.torchserve_errors import GRPC_AS_HTTP, NO_WORKER, answer_error, grpc_details
 from gateway.backends.torchserve_keys import KeyRefresher, TokenFile
 from gateway.codecs import v2_json
-from gateway.errors import (
-    BackendError,
-    BackendUnavailable,
-    GatewayError,
-    InvalidArgument,
-    PayloadTooLarge,
-)
+from gateway.errors import BackendError, GatewayError
 from gateway.protos import services as svc
 from gateway.protos import torchserve_inference_pb2 as tsi
 from gateway.protos import torchserve_management_pb2 as tsm
@@ -29,10 +27,9 @@ from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus,
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
-
-# TorchServe's gRPC error details end with a line naming the Java exception, e.g.
-# "Model version: 9 does not exist for model: scale\norg.pytorch.serve.archive.model.ModelVersionNotFoundException".
-_NOT_REGISTERED = frozenset({"ModelNotFoundException", "ModelVersionNotFoundException"})
+# Codes that are TorchServe's answer even when its details name no exception (grpc's own failures never use them).
+_ANSWERS = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                      grpc.StatusCode.UNAUTHENTICATED})
 
 
 class TorchServeGrpcBackend(PassesPredictions):
@@ -40,7 +37,8 @@ class TorchServeGrpcBackend(PassesPredictions):
         if config.grpc_target is None:
             raise ValueError(f"backend '{config.name}' has no grpc_target")
         self.config = config
-        self.inference = GrpcChannel(config, config.grpc_target, refine=self._refine)
+        self.endpoints = EndpointPool(config, config.inference_targets, probe=self._probe)
+        self.inference = GrpcEndpoints(config, self.endpoints, refine=self._refine)
         self.management = (None if config.grpc_management_target is None
                            else GrpcChannel(config, config.grpc_management_target, refine=self._refine))
         self.http = HttpClient(config)  # only for key rotation (REST management API)
@@ -50,8 +48,8 @@ class TorchServeGrpcBackend(PassesPredictions):
     def _where(target: Target) -> str:
         return f"model '{target.model}' version {target.version}"
 
-    async def _call(self, kind: str, channel: GrpcChannel, method: svc.Method[Req, Resp], request: Req,
-                    where: str) -> Resp:
+    async def _call(self, kind: str, channel: GrpcChannel | GrpcEndpoints, method: svc.Method[Req, Resp],
+                    request: Req, where: str) -> Resp:
         """One call with the `kind` bearer key (a refused key is refreshed once: backends/torchserve_keys.py)."""
         return await self.keys.call(kind, lambda key: channel.call(
             method, request, where=where, metadata=() if key is None else (("authorization", f"Bearer {key}"),)))
@@ -94,28 +92,28 @@ class TorchServeGrpcBackend(PassesPredictions):
         # TorchServe does not describe tensors; the routes file's schema is the source for its models.
         return None
 
+    async def _probe(self, ep: Endpoint, limit: float) -> bool:
+        """TorchServe's Ping on that endpoint: serving while its health says Healthy (or Partial Healthy)."""
+        channel = self.inference.channel(ep)
+        resp = await self.keys.call("inference", lambda key: channel.call(
+            svc.TS_PING, empty_pb2.Empty(), where="ping", timeout_s=limit,
+            metadata=() if key is None else (("authorization", f"Bearer {key}"),)))
+        try:
+            status = str(json.loads(resp.health).get("status", ""))
+        except (ValueError, AttributeError):
+            return False
+        return status.endswith("Healthy") and status != "Unhealthy"
+
     def _refine(self, code: grpc.StatusCode, details: str, where: str) -> GatewayError | None:
-        """TorchServe's codes, read with the Java exception named on the last line of the details."""
-        message, _, exception = details.rpartition("\n")
-        if not message or not exception.startswith(("org.pytorch.", "java.")):
-            message, exception = details, ""
-        kind = exception.rpartition(".")[2]
-        at = f"backend '{self.config.name}' {where}"
-        if kind in _NOT_REGISTERED or code == grpc.StatusCode.NOT_FOUND:
-            # Predictions answers INTERNAL for an unknown model or version, DescribeModel NOT_FOUND.
-            return TargetNotLoaded(f"{at} is not registered: {message}")
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return InvalidArgument(message)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and kind:
-            return PayloadTooLarge(f"{at}: {message}")
-        if code == grpc.StatusCode.UNAVAILABLE and kind == "ServiceUnavailableException":
-            return BackendUnavailable(f"{at}: {message}")
-        if kind:
-            # A handler that failed (503 InternalServerException over REST, UNAVAILABLE here), a worker that died.
-            return BackendError(f"{at} failed: {message}")
-        return None
+        """TorchServe's answers read as over REST (gateway/backends/torchserve_errors.py); None: not TorchServe's
+        own answer (no exception named, no known code), for the generic status mapping."""
+        message, kind = grpc_details(details)
+        if not kind and NO_WORKER not in message and code not in _ANSWERS:
+            return None
+        return answer_error(f"backend '{self.config.name}' {where}", GRPC_AS_HTTP.get(code, 500), kind, message)
 
     async def close(self) -> None:
+        await self.endpoints.close()
         await self.inference.close()
         if self.management is not None:
             await self.management.close()

@@ -185,8 +185,8 @@ class EtcdRouteStore(RouteStore):
                 table = table if table is not None else await asyncio.to_thread(self._parse, found.value)
             except Exception as exc:
                 self.applied_mod_revision = found.mod_revision  # refused once, not again on every re-read
-                log.error("routes document at etcd revision %d refused, previous table (revision %s) keeps "
-                          "serving: %s", found.mod_revision, self.current.revision, exc)
+                log.error("routes document at etcd revision %d refused by worker pid %d, previous table (revision "
+                          "%s) keeps serving: %s", found.mod_revision, os.getpid(), self.current.revision, exc)
                 self._refused(exc)
                 return False
             self.applied_mod_revision, self.applied_at = found.mod_revision, time.time()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -18,6 +18,7 @@ from gateway.types import V2_TO_NUMPY, BackendKind, ModelSchema, TensorSpec, Tra
 BACKEND_KINDS: tuple[BackendKind, ...] = ("tfserving", "torchserve")
 TRANSPORTS: tuple[Transport, ...] = ("rest", "grpc")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+T = TypeVar("T")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -29,6 +30,52 @@ class BackendTLS:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checks of each inference endpoint (TorchServe's ping, TF Serving's model status)."""
+
+    interval_s: float = 5.0
+    timeout_s: float = 1.0
+    unhealthy_after: int = 2  # failed probes in a row take an endpoint out
+    healthy_after: int = 1  # passed probes in a row bring it back (and end an ejection early)
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierEjection:
+    """Passive ejection of an endpoint after consecutive failures of its own (no connection, no answer in time,
+    connection lost), as Envoy's outlier detection with its defaults: out for base_ejection_s x times ejected, at
+    most max_ejection_s; at most max_ejected_percent of the endpoints at once (at least one)."""
+
+    consecutive_failures: int = 5
+    base_ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+    max_ejected_percent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """Retries of a call that never reached a backend (no connection, a refused stream), on another endpoint,
+    within a budget (Envoy's retry_budget: a share of the calls in flight, plus a minimum) and the call's timeout."""
+
+    attempts: int = 2  # retries after the first try
+    budget_percent: float = 20.0
+    min_concurrency: int = 3
+    on_timeout: bool = False  # also retry a try that ran out of per_try_timeout_s (the backend may still work on it)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Admission control: at most max_inflight calls at once (per worker), at most max_queue more waiting, each at
+    most max_wait_s; the rest are refused at once (503 + Retry-After / UNAVAILABLE). ``adaptive``: the limit moves
+    between min_inflight and max_inflight with the backend's latency (a gradient limit)."""
+
+    max_inflight: int
+    max_queue: int
+    max_wait_s: float
+    adaptive: bool = False
+    min_inflight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +94,37 @@ class BackendConfig:
     model_store: Path | None = None
     timeout_s: float = 30.0
     connect_timeout_s: float = 2.0
-    max_connections: int = 256
+    max_connections: int = 256  # per endpoint
     tls: BackendTLS | None = None  # TLS / mutual TLS to the backend (gRPC: a secure channel)
+    # Several inference endpoints (url / grpc_target given as lists); `url` and `grpc_target` are the first.
+    urls: tuple[str, ...] = ()
+    grpc_targets: tuple[str, ...] = ()
+    dns_refresh_s: float = 5.0  # host names are resolved to every address this often (0: connect by name)
+    per_try_timeout_s: float | None = None  # each try's limit (default timeout_s)
+    health_check: HealthCheck | None = HealthCheck()
+    outlier_ejection: OutlierEjection = OutlierEjection()
+    retries: Retries = Retries()
+    admission: Admission | None = None  # None: the defaults (admission_policy)
+
+    @property
+    def inference_urls(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
+
+    @property
+    def inference_targets(self) -> tuple[str, ...]:
+        return self.grpc_targets or ((self.grpc_target,) if self.grpc_target else ())
+
+    @property
+    def admission_policy(self) -> Admission:
+        """The backend's admission, or the default: as many calls in flight as connections, as many waiting, each
+        waiting at most the backend's timeout."""
+        return self.admission or Admission(max_inflight=self.max_connections, max_queue=self.max_connections,
+                                           max_wait_s=self.timeout_s)
+
+    @property
+    def longest_call_s(self) -> float:
+        """The longest a client may wait for one call: the queue, then the call (its retries stay inside it)."""
+        return self.admission_policy.max_wait_s + self.timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +157,7 @@ class Experiment:
     sticky_key: StickyKey | None = None
     fallback: str = "random"  # requests without the sticky key: "random" (weighted) or "default"
     log_assignments: bool = False
+    failover: str | None = None  # the variant that takes a variant's requests while its backend has no endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +178,7 @@ class ModelConfig:
     experiment: Experiment | None = None
     shadow: Shadow | None = None
     allow_overrides: bool = True  # x-model-variant / x-model-version request headers (QA)
+    admission: Admission | None = None  # a limit of its own, inside its backends'
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +308,8 @@ class FieldParser:
         self.name(name, path)
         allowed = {"kind", "url", "management_url", "token_file", "timeout_s", "connect_timeout_s",
                    "max_connections", "transport", "grpc_target", "grpc_management_target", "model_config_file",
-                   "model_store", "tls"}
+                   "model_store", "tls", "dns_refresh_s", "per_try_timeout_s", "health_check", "outlier_ejection",
+                   "retries", "admission"}
         m = self.mapping(spec, path, required={"kind", "url"}, allowed=allowed)
         kind = self.string(m["kind"], f"{path}.kind")
         if kind not in BACKEND_KINDS:
@@ -243,7 +322,8 @@ class FieldParser:
         transport = self.string(m.get("transport", "rest"), f"{path}.transport")
         if transport not in TRANSPORTS:
             self.fail(f"{path}.transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}")
-        grpc_target = self.target_address(m.get("grpc_target"), f"{path}.grpc_target")
+        grpc_targets = self.listed(m.get("grpc_target"), f"{path}.grpc_target", self.target_address)
+        grpc_target = grpc_targets[0] if grpc_targets else None
         if transport == "grpc" and grpc_target is None:
             self.fail(f"{path}.grpc_target", "is required when transport is grpc (host:port)")
         grpc_management = self.target_address(m.get("grpc_management_target"), f"{path}.grpc_management_target")
@@ -254,24 +334,45 @@ class FieldParser:
         model_store = self.backend_path(m.get("model_store"), f"{path}.model_store", kind, "torchserve",
                                         "TorchServe's model store")
         tls = None if m.get("tls") is None else self.tls(m["tls"], f"{path}.tls")
-        url = self.url(m["url"], f"{path}.url")
-        if tls is not None and transport == "rest" and not url.startswith("https://"):
-            self.fail(f"{path}.url", f"{url!r} must be https:// when tls is set (transport rest)")
+        urls = self.listed(m["url"], f"{path}.url", self.url)
+        timeout_s = self.number(m.get("timeout_s", 30.0), f"{path}.timeout_s")
+        max_connections = self.integer(m.get("max_connections", 256), f"{path}.max_connections", minimum=1)
+        per_try = None if m.get("per_try_timeout_s") is None else self.number(m["per_try_timeout_s"],
+                                                                               f"{path}.per_try_timeout_s")
+        if per_try is not None and per_try > timeout_s:
+            self.fail(f"{path}.per_try_timeout_s", f"{per_try:g} is longer than timeout_s ({timeout_s:g}), which "
+                                                   "bounds every try and retry together")
+        refresh = m.get("dns_refresh_s", 5.0)
+        if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh < 0:
+            self.fail(f"{path}.dns_refresh_s", f"must be seconds >= 0 (0: connect by name), got {refresh!r}")
+        if tls is not None and transport == "rest":
+            for url in urls:
+                if not url.startswith("https://"):
+                    self.fail(f"{path}.url", f"{url!r} must be https:// when tls is set (transport rest)")
         return BackendConfig(
             name=name,
             kind=kind,  # type: ignore[arg-type]
             transport=transport,  # type: ignore[arg-type]
             grpc_target=grpc_target,
             grpc_management_target=grpc_management,
-            url=url, tls=tls,
+            grpc_targets=grpc_targets if len(grpc_targets) > 1 else (),
+            urls=urls if len(urls) > 1 else (),
+            dns_refresh_s=float(refresh),
+            per_try_timeout_s=per_try,
+            health_check=self.health_check(m.get("health_check", {}), f"{path}.health_check"),
+            outlier_ejection=self.outlier_ejection(m.get("outlier_ejection", {}), f"{path}.outlier_ejection"),
+            retries=self.retries(m.get("retries", {}), f"{path}.retries"),
+            admission=None if m.get("admission") is None else self.admission(m["admission"], f"{path}.admission",
+                                                                              defaults=(max_connections, timeout_s)),
+            url=urls[0], tls=tls,
             management_url=None if m.get("management_url") is None
             else self.url(m["management_url"], f"{path}.management_url"),
             token_file=None if token is None else Path(self.string(token, f"{path}.token_file")),
             model_config_file=model_config_file,
             model_store=model_store,
-            timeout_s=self.number(m.get("timeout_s", 30.0), f"{path}.timeout_s"),
+            timeout_s=timeout_s,
             connect_timeout_s=self.number(m.get("connect_timeout_s", 2.0), f"{path}.connect_timeout_s"),
-            max_connections=self.integer(m.get("max_connections", 256), f"{path}.max_connections", minimum=1),
+            max_connections=max_connections,
         )
 
     def tls(self, spec: Any, path: str) -> BackendTLS:
@@ -280,6 +381,80 @@ class FieldParser:
         if ("cert_file" in files) != ("key_file" in files):
             self.fail(path, "cert_file and key_file go together (the gateway's certificate for mutual TLS)")
         return BackendTLS(**files)
+
+    def listed(self, value: Any, path: str, one: Callable[[Any, str], T | None]) -> tuple[T, ...]:
+        """One value or a non-empty list of them (a backend's endpoints)."""
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            found = one(value, path)
+            return () if found is None else (found,)
+        if not value:
+            self.fail(path, "must not be an empty list")
+        items = [one(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        out = tuple(item for item in items if item is not None)
+        if len(set(out)) != len(out):
+            self.fail(path, "lists the same endpoint twice")
+        return out
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(path, f"must be true or false, got {value!r}")
+        return bool(value)
+
+    def percent(self, value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            self.fail(path, f"must be a percentage between 0 and 100, got {value!r}")
+        return float(value)
+
+    def health_check(self, spec: Any, path: str) -> HealthCheck | None:
+        if spec is False:
+            return None
+        d = HealthCheck()
+        m = self.mapping(spec, path, allowed={"interval_s", "timeout_s", "unhealthy_after", "healthy_after"})
+        return HealthCheck(interval_s=self.number(m.get("interval_s", d.interval_s), f"{path}.interval_s"),
+                           timeout_s=self.number(m.get("timeout_s", d.timeout_s), f"{path}.timeout_s"),
+                           unhealthy_after=self.integer(m.get("unhealthy_after", d.unhealthy_after),
+                                                        f"{path}.unhealthy_after", minimum=1),
+                           healthy_after=self.integer(m.get("healthy_after", d.healthy_after),
+                                                      f"{path}.healthy_after", minimum=1))
+
+    def outlier_ejection(self, spec: Any, path: str) -> OutlierEjection:
+        d = OutlierEjection()
+        m = self.mapping(spec, path, allowed={"consecutive_failures", "base_ejection_s", "max_ejection_s",
+                                              "max_ejected_percent"})
+        out = OutlierEjection(
+            consecutive_failures=self.integer(m.get("consecutive_failures", d.consecutive_failures),
+                                              f"{path}.consecutive_failures", minimum=0),
+            base_ejection_s=self.number(m.get("base_ejection_s", d.base_ejection_s), f"{path}.base_ejection_s"),
+            max_ejection_s=self.number(m.get("max_ejection_s", d.max_ejection_s), f"{path}.max_ejection_s"),
+            max_ejected_percent=self.percent(m.get("max_ejected_percent", d.max_ejected_percent),
+                                             f"{path}.max_ejected_percent"))
+        if out.max_ejection_s < out.base_ejection_s:
+            self.fail(f"{path}.max_ejection_s", f"{out.max_ejection_s:g} is shorter than base_ejection_s "
+                                                f"({out.base_ejection_s:g})")
+        return out
+
+    def retries(self, spec: Any, path: str) -> Retries:
+        d = Retries()
+        m = self.mapping(spec, path, allowed={"attempts", "budget_percent", "min_concurrency", "on_timeout"})
+        return Retries(attempts=self.integer(m.get("attempts", d.attempts), f"{path}.attempts", minimum=0),
+                       budget_percent=self.percent(m.get("budget_percent", d.budget_percent), f"{path}.budget_percent"),
+                       min_concurrency=self.integer(m.get("min_concurrency", d.min_concurrency),
+                                                    f"{path}.min_concurrency", minimum=0),
+                       on_timeout=self.boolean(m.get("on_timeout", d.on_timeout), f"{path}.on_timeout"))
+
+    def admission(self, spec: Any, path: str, defaults: tuple[int, float]) -> Admission:
+        """``defaults``: (max_inflight, max_wait_s) when not given (the backend's max_connections and timeout)."""
+        m = self.mapping(spec, path, allowed={"max_inflight", "max_queue", "max_wait_s", "adaptive", "min_inflight"})
+        limit = self.integer(m.get("max_inflight", defaults[0]), f"{path}.max_inflight", minimum=1)
+        floor = self.integer(m.get("min_inflight", 1), f"{path}.min_inflight", minimum=1)
+        if floor > limit:
+            self.fail(f"{path}.min_inflight", f"{floor} is above max_inflight ({limit})")
+        return Admission(max_inflight=limit,
+                         max_queue=self.integer(m.get("max_queue", limit), f"{path}.max_queue", minimum=0),
+                         max_wait_s=self.number(m.get("max_wait_s", defaults[1]), f"{path}.max_wait_s"),
+                         adaptive=self.boolean(m.get("adaptive", False), f"{path}.adaptive"), min_inflight=floor)
 
     def backend_path(self, value: Any, path: str, kind: str, owner: str, what: str) -> Path | None:
         """An absolute path that only ``owner`` backends have (``what`` names it in messages); an empty value (an
@@ -298,7 +473,7 @@ class FieldParser:
         self.name(name, path)
         m = self.mapping(spec, path, required={"versions"},
                          allowed={"versions", "default_version", "labels", "schema", "experiment", "shadow",
-                                  "allow_overrides"})
+                                  "allow_overrides", "admission"})
         raw_versions = self.mapping(m["versions"], f"{path}.versions")
         if not raw_versions:
             self.fail(f"{path}.versions", "must list at least one version")
@@ -333,12 +508,17 @@ class FieldParser:
         overrides = m.get("allow_overrides", True)
         if not isinstance(overrides, bool):
             self.fail(f"{path}.allow_overrides", "must be true or false")
+        admission = None
+        if m.get("admission") is not None:
+            longest = max(backends[v.backend].timeout_s for v in versions.values())
+            admission = self.admission(m["admission"], f"{path}.admission", defaults=(64, longest))
         return ModelConfig(name=name, versions=versions, default_version=default, labels=labels, schema=schema,
-                           experiment=experiment, shadow=shadow, allow_overrides=overrides)
+                           experiment=experiment, shadow=shadow, allow_overrides=overrides, admission=admission)
 
     def experiment(self, model: str, spec: Any, path: str, versions: Mapping[str, VersionConfig]) -> Experiment:
         m = self.mapping(spec, path, required={"variants"},
-                         allowed={"name", "salt", "variants", "sticky_key", "fallback", "log_assignments"})
+                         allowed={"name", "salt", "variants", "sticky_key", "fallback", "log_assignments",
+                                  "failover"})
         name = self.name(m.get("name", model), f"{path}.name")
         raw = m["variants"]
         if not isinstance(raw, list) or len(raw) < 2:
@@ -356,8 +536,12 @@ class FieldParser:
         if not isinstance(log, bool):
             self.fail(f"{path}.log_assignments", "must be true or false")
         sticky = None if m.get("sticky_key") is None else self.sticky_key(m["sticky_key"], f"{path}.sticky_key")
+        failover = None if m.get("failover") is None else self.name(m["failover"], f"{path}.failover")
+        if failover is not None and failover not in {v.name for v in variants}:
+            self.fail(f"{path}.failover", f"{failover!r} is not one of the variants "
+                                          f"({', '.join(v.name for v in variants)})")
         return Experiment(name=name, salt=self.string(m.get("salt", name), f"{path}.salt"), variants=variants,
-                          sticky_key=sticky, fallback=fallback, log_assignments=log)
+                          sticky_key=sticky, fallback=fallback, log_assignments=log, failover=failover)
 
     def variant(self, spec: Any, path: str, versions: Mapping[str, VersionConfig]) -> Variant:
         m = self.mapping(spec, path, required={"name", "version", "weight"}, allowed={"name", "version", "weight"})

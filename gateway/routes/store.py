@@ -136,6 +136,9 @@ class RouteStore(ABC):
             told(exc)
 
     def _swap(self, table: RouteTable) -> None:
+        if table.revision < self.current.revision:  # a restored backup, a hand edit: served, but worth a look
+            log.warning("routes revision went backwards in worker pid %d: %d -> %d (%s)", os.getpid(),
+                        self.current.revision, table.revision, self.location)
         self.current = table
         for listener in self.on_swap:
             try:
@@ -178,8 +181,8 @@ class FileRouteStore(RouteStore):
         try:
             table = await asyncio.to_thread(lambda: RouteTable.from_config(load_routes(self.path)))
         except Exception as exc:
-            log.error("routes file refused, previous table (revision %s) keeps serving: %s",
-                      self.current.revision, exc)
+            log.error("routes file refused by worker pid %d, previous table (revision %s) keeps serving: %s",
+                      os.getpid(), self.current.revision, exc)
             self._refused(exc)
             return False
         self._swap(table)

@@ -45,7 +45,7 @@ class Route:
     model: ModelConfig
     backend: BackendConfig
     variant: str = ""  # the experiment's variant; "" outside an experiment
-    assigned: str = "default"  # version | label | override | sticky | random | default
+    assigned: str = "default"  # version | label | override | sticky | random | default | failover
     key_hash: str = ""  # sticky key digest (never the key itself), for assignment logs
     shadow: Route | None = None  # also send this request here, in the background
 
@@ -90,6 +90,16 @@ class RouteTable:
         if model.shadow is not None and version != model.shadow.version and rand() * 100 < model.shadow.percent:
             shadow = self._route(model, model.shadow.version)
         return self._route(model, version, variant, assigned, key_hash, shadow)
+
+    def failover(self, route: Route) -> Route | None:
+        """The experiment's failover variant for a request assigned to another variant (not one that named its
+        version, label or variant); None when there is none."""
+        experiment = route.model.experiment
+        if (experiment is None or experiment.failover is None or route.variant in ("", experiment.failover)
+                or route.assigned not in ("sticky", "random", "default")):
+            return None
+        chosen = next(v for v in experiment.variants if v.name == experiment.failover)
+        return self._route(route.model, chosen.version, chosen.name, "failover")
 
     def _route(self, model: ModelConfig, version: str, variant: str = "", assigned: str = "shadow",
                key_hash: str = "", shadow: Route | None = None) -> Route:

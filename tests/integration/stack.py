@@ -71,8 +71,11 @@ def build_routes(ts: localstack.TorchServeEndpoints, tf: localstack.TFServingEnd
                                    "token_file": str(ts.key_file), "timeout_s": 10}
     backends["down"] = {"kind": "torchserve", "url": f"http://127.0.0.1:{localstack.free_port()}",
                         "management_url": f"http://127.0.0.1:{localstack.free_port()}", "connect_timeout_s": 1}
-    backends["hanging"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 0.5}
-    backends["hanging_long"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 30}
+    # Without health checks, which would take them out of service (calls then fail at once): these test timeouts.
+    backends["hanging"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 0.5,
+                           "health_check": False}
+    backends["hanging_long"] = {"kind": "tfserving", "url": f"http://127.0.0.1:{hole_port}", "timeout_s": 30,
+                                "health_check": False}
     models = routes["models"]
     models["affine_grpc"] = {**models["affine"], "versions": {
         v: {**t, "backend": "tfserving_grpc"} for v, t in models["affine"]["versions"].items()}}

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
+from gateway.backends.endpoints import Dropped, Endpoint, Unsent
 from gateway.backends.grpc_channel import CredentialsRefused, GrpcChannel, TargetNotLoaded, channel_target, map_status
 from gateway.backends.tfserving import TFServingBackend
 from gateway.backends.tfserving_grpc import TFServingGrpcBackend
@@ -23,6 +24,7 @@ from gateway.codecs import tf_proto
 from gateway.deadline import set_deadline
 from gateway.dev import localstack
 from gateway.errors import (
+    BackendBusy,
     BackendError,
     BackendTimeout,
     BackendUnavailable,
@@ -249,7 +251,7 @@ async def test_ts_status_needs_the_management_target(torchserve: localstack.Torc
 async def test_ts_without_a_key_is_refused(torchserve: localstack.TorchServeEndpoints) -> None:
     backend = TorchServeGrpcBackend(ts_config(torchserve, token_file=None))
     try:
-        with pytest.raises(CredentialsRefused, match="refused the gateway's credentials: Token Authorization failed"):
+        with pytest.raises(CredentialsRefused, match="refused the gateway's token: Token Authorization failed"):
             await backend.infer(target("scale", "1"), request(x(X3)))
         assert (await backend.status(target("scale", "1"))).state == "UNKNOWN"
     finally:
@@ -297,7 +299,7 @@ async def test_backend_down_is_unavailable_at_once() -> None:
     for backend in (TFServingGrpcBackend(down_config("tfserving")), TorchServeGrpcBackend(down_config("torchserve"))):
         try:
             started = time.monotonic()
-            with pytest.raises(BackendUnavailable, match=r"backend 'down' is unavailable: .*Connection refused"):
+            with pytest.raises(BackendUnavailable, match=r"backend 'down' is unreachable: .*Connection refused"):
                 await backend.infer(target("scale", "1"), request(x(X3)))
             assert time.monotonic() - started < 2
             status = await backend.status(target("scale", "1"))
@@ -426,18 +428,23 @@ def test_status_codes_map_to_gateway_errors(code: grpc.StatusCode, details: str,
     (S.UNAVAILABLE, "Prediction failed\norg.pytorch.serve.http.InternalServerException", BackendError,
      "backend 'ts' model 'm' version 1 failed: Prediction failed"),
     (S.UNAVAILABLE, "No worker is available to serve request: m\norg.pytorch.serve.http."
-     "ServiceUnavailableException", BackendUnavailable, "model 'm' version 1: No worker is available"),
+     "ServiceUnavailableException", BackendBusy, "model 'm' version 1: No worker is available"),
+    # A full job queue, as TorchServe 0.12 answers it over gRPC (503 ServiceUnavailableException over REST).
+    (S.INTERNAL, 'Model "m" Version 1" has no worker to serve inference request. Please use scale workers API to '
+     "add workers.\nInternalServerException.()", BackendBusy, 'model \'m\' version 1: Model "m" Version 1" has no '
+     "worker to serve inference request"),
     (S.RESOURCE_EXHAUSTED, "too big\norg.pytorch.serve.http.RequestEntityTooLargeException", PayloadTooLarge,
      "model 'm' version 1: too big"),
     (S.UNKNOWN, "Worker died.\norg.pytorch.serve.http.InternalServerException", BackendError, "failed: Worker died."),
-    (S.UNAVAILABLE, "failed to connect to all addresses", BackendUnavailable, "backend 'ts' is unavailable"),
-    (S.PERMISSION_DENIED, "Token Authorization failed", CredentialsRefused, "refused the gateway's credentials"),
+    (S.UNAVAILABLE, "failed to connect to all addresses", Unsent, "backend 'ts' is unreachable"),
+    (S.UNAVAILABLE, "Socket closed", Dropped, "backend 'ts' is unreachable"),
+    (S.PERMISSION_DENIED, "Token Authorization failed", CredentialsRefused, "refused the gateway's token"),
 ])
 def test_torchserve_statuses_are_read_with_the_java_exception(code: grpc.StatusCode, details: str,
                                                               error: type[GatewayError], message: str) -> None:
     backend = TorchServeGrpcBackend(BackendConfig(name="ts", kind="torchserve", url="http://x", transport="grpc",
                                                   grpc_target="127.0.0.1:1"))
-    mapped = backend.inference.error(code, details, "model 'm' version 1", 2.5)
+    mapped = backend.inference.channel(Endpoint("127.0.0.1:1")).error(code, details, "model 'm' version 1", 2.5)
     assert type(mapped) is error
     assert message in mapped.message
     assert "org.pytorch" not in mapped.message

@@ -106,7 +106,7 @@ def test_tf_grpc_metadata_and_status(channel: grpc.Channel,
         assert [d.size for d in x.tensor_shape.dim] == [-1, 3]
     status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
         get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "scale_grpc"}), timeout=30)
-    assert [(s.version, s.state) for s in status.model_version_status] == [(2, 30), (1, 30)]
+    assert [(s.version, s.state) for s in status.model_version_status] == [(2, 30), (1, 30)], status
 
 
 # --- Open Inference Protocol v2 with tritonclient's gRPC client ---

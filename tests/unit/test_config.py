@@ -176,3 +176,52 @@ def test_backend_tls() -> None:
     raw["backends"]["tf"]["tls"] = {"ca_file": "/ca.pem", "pin": "x"}
     with pytest.raises(ConfigError, match=r"backends\.tf\.tls\.pin: unknown field"):
         parse(raw)
+def test_a_backend_may_list_several_endpoints_with_its_resilience_settings() -> None:
+    raw = with_change("backends.ts.url", ["http://10.0.0.1:8080", "http://10.0.0.2:8080"])
+    ts = raw["backends"]["ts"]
+    ts.update(grpc_target=["10.0.0.1:7070", "dns:///ts-headless:7070"], per_try_timeout_s=2, dns_refresh_s=0,
+              health_check={"interval_s": 1}, outlier_ejection={"consecutive_failures": 3},
+              retries={"attempts": 1, "on_timeout": True}, admission={"max_inflight": 8, "adaptive": True})
+    config = parse(raw).backends["ts"]
+    assert config.url == "http://10.0.0.1:8080" and config.inference_urls == ("http://10.0.0.1:8080",
+                                                                             "http://10.0.0.2:8080")
+    assert config.grpc_target == "10.0.0.1:7070" and len(config.inference_targets) == 2
+    assert config.per_try_timeout_s == 2 and config.dns_refresh_s == 0
+    assert config.health_check is not None and config.health_check.interval_s == 1
+    assert config.outlier_ejection.consecutive_failures == 3 and config.outlier_ejection.base_ejection_s == 30
+    assert config.retries.attempts == 1 and config.retries.on_timeout and config.retries.budget_percent == 20
+    policy = config.admission_policy
+    assert (policy.max_inflight, policy.max_queue, policy.max_wait_s, policy.adaptive) == (8, 8, 30.0, True)
+    tf = parse(BASE).backends["tf"]
+    assert tf.inference_urls == ("http://127.0.0.1:8501",) and tf.health_check is not None
+    assert tf.admission_policy.max_inflight == tf.max_connections and tf.longest_call_s == 60.0
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("backends.ts.url", [], r"backends\.ts\.url: must not be an empty list"),
+    ("backends.ts.url", ["http://a:1", "http://a:1"], r"backends\.ts\.url: lists the same endpoint twice"),
+    ("backends.ts.url", ["http://a:1", "ftp://b"], r"backends\.ts\.url\[1\]: 'ftp://b' must be an http\(s\) URL"),
+    ("backends.ts.per_try_timeout_s", 60, r"per_try_timeout_s: 60 is longer than timeout_s \(30\)"),
+    ("backends.ts.dns_refresh_s", -1, r"dns_refresh_s: must be seconds >= 0"),
+    ("backends.ts.health_check", {"every": 1}, r"health_check\.every: unknown field"),
+    ("backends.ts.outlier_ejection", {"max_ejected_percent": 120}, r"max_ejected_percent: must be a percentage"),
+    ("backends.ts.outlier_ejection", {"base_ejection_s": 60, "max_ejection_s": 30},
+     r"max_ejection_s: 30 is shorter than base_ejection_s \(60\)"),
+    ("backends.ts.retries", {"on_timeout": "yes"}, r"retries\.on_timeout: must be true or false"),
+    ("backends.ts.admission", {"max_inflight": 4, "min_inflight": 8}, r"min_inflight: 8 is above max_inflight"),
+    ("models.m.admission", {"max_queue": -1}, r"models\.m\.admission\.max_queue: must be an integer >= 0"),
+])
+def test_resilience_settings_are_refused_with_their_field_path(path: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(with_change(path, value))
+
+
+def test_an_experiment_failover_must_name_one_of_its_variants() -> None:
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["models"]["m"]["experiment"] = {"variants": [{"name": "a", "version": 1, "weight": 50},
+                                                     {"name": "b", "version": 2, "weight": 50}], "failover": "c"}
+    with pytest.raises(ConfigError, match=r"models\.m\.experiment\.failover: 'c' is not one of the variants \(a, b\)"):
+        parse(raw)
+    raw["models"]["m"]["experiment"]["failover"] = "a"
+    experiment = parse(raw).models["m"].experiment
+    assert experiment is not None and experiment.failover == "a"

@@ -62,9 +62,11 @@ async def test_backends_of_a_replaced_config_are_closed_after_their_timeout() ->
     backends = Backends()
     old = backends.get(old_config)
     closed = asyncio.Event()
+    real_close = old.close
 
     async def close() -> None:
         closed.set()
+        await real_close()  # its health checks stop, its connections close
 
     old.close = close  # type: ignore[method-assign]
     backends.retire_unused([new_config])

@@ -60,7 +60,7 @@ def test_a_storm_of_server_errors_is_logged_rate_limited_then_summed_up(caplog: 
         storms.flush(force=True)
     assert len(caplog.records) == 4
     assert "47 more server errors" in caplog.records[-1].getMessage()
-    assert "503 x47" in caplog.records[-1].getMessage()
+    assert "503 model - backend - x47" in caplog.records[-1].getMessage()
 
 
 def test_the_access_log_line_is_one_json_object_with_every_field() -> None:
@@ -69,7 +69,7 @@ def test_the_access_log_line_is_one_json_object_with_every_field() -> None:
     assert line["protocol"] == "tf_grpc" and line["status"] == "NOT_FOUND" and line["request_id"] == "rid-1"
     assert line["trace_id"] == "ab" * 16 and line["backend_s"] == 0.0125 and line["request_bytes"] == 120
     assert set(line) == {"ts", "request_id", "trace_id", "model", "version", "variant", "backend", "protocol",
-                         "status", "duration_s", "backend_s", "request_bytes", "response_bytes"}
+                         "status", "duration_s", "backend_s", "request_bytes", "response_bytes", "error"}
 
 
 def test_telemetry_counts_server_errors_without_a_route_and_measures_nothing_else() -> None:
