@@ -215,6 +215,10 @@ class GrpcEndpoints:
         self._closer = EndpointCloser(self._close_endpoint, grace_s=config.timeout_s + 1)
         endpoints.on_removed.append(self._closer)
 
+    def channels(self) -> list[GrpcChannel]:
+        """The channels opened so far, one per endpoint called."""
+        return list(self._channels.values())
+
     def channel(self, ep: Endpoint) -> GrpcChannel:
         found = self._channels.get(ep.address)
         if found is None:

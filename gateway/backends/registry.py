@@ -72,14 +72,16 @@ class Backends:
     def channel_states(self) -> Counter[tuple[str, str]]:
         """The gRPC channels of the backend clients per (backend, connectivity state), for the metrics. Adapters
         hold their channels as attributes (one for inference, one for management); channels never opened are not
-        counted."""
-        from gateway.backends.grpc_channel import GrpcChannel
+        counted. Inference channels are one per endpoint, in the adapter's GrpcEndpoints."""
+        from gateway.backends.grpc_channel import GrpcChannel, GrpcEndpoints
 
         states: Counter[tuple[str, str]] = Counter()
         for config, client in self._clients.items():
             for part in vars(client).values():
-                if isinstance(part, GrpcChannel) and (state := part.state()) is not None:
-                    states[(config.name, state)] += 1
+                channels = part.channels() if isinstance(part, GrpcEndpoints) else [part]
+                for channel in channels:
+                    if isinstance(channel, GrpcChannel) and (state := channel.state()) is not None:
+                        states[(config.name, state)] += 1
         return states
 
     async def close(self) -> None:
