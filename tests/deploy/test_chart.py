@@ -18,17 +18,27 @@ import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
-from helm_python import _native
 
 from gateway.dev.devstack import TF_MODELS, TORCHSERVE_MODELS
 from gateway.settings import Settings
+from tests.deploy.chartkit import (
+    CHART,
+    FULLNAME,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    Docs,
+    ValuesSource,
+    container,
+    env_of,
+    find,
+    notes,
+    render,
+    stand_up,
+    values_from,
+)
 from tests.deploy.tools import REPO, tool
 
-CHART = REPO / "deploy" / "k8s"
-KUBE_VERSION = "1.32.0"
-NAMESPACE = "serving"
-RELEASE = "mg"
-FULLNAME = "mg-model-gateway"
 VALUES_FILES = {"default": None, "cpu": "values-cpu.yaml", "gpu": "values-gpu.yaml",
                 "monitoring": "values-monitoring.yaml", "ha": "values-ha.yaml"}
 #: Renders that no single values file spells out, linted, validated and scanned like the files: the README's
@@ -41,11 +51,9 @@ EXTERNAL_ETCD = {
         "timeoutSeconds": 3, "leaseTTLSeconds": 6}},
         "guards": {"prometheusUrl": "http://prometheus.monitoring.svc:9090", "timeoutSeconds": 4},
         "admin": {"allowedNamespaces": ["ops"]}}}
-VALUES: dict[str, str | tuple[str, ...] | dict[str, Any] | None] = {
+VALUES: dict[str, ValuesSource] = {
     **VALUES_FILES, "gpu-monitoring-ha": ("values-gpu.yaml", "values-monitoring.yaml", "values-ha.yaml"),
     "external-etcd": EXTERNAL_ETCD}
-PROMETHEUS_OPERATOR_APIS = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
-                            "monitoring.coreos.com/v1/PrometheusRule"]
 CRD_MODELS = {"ServiceMonitor": prometheus_operator.ServiceMonitor,
               "PrometheusRule": prometheus_operator.PrometheusRule}
 #: checkov checks that do not apply, one reason each. Everything else must pass.
@@ -55,65 +63,9 @@ CHECKOV_SKIPS = {
     "CKV_K8S_15": "pinned tags with IfNotPresent: pods start without the registry; pullPolicy is a value",
 }
 
-Docs = list[dict[str, Any]]
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Values files given one after another (-f a -f b): maps merge, everything else is replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
 
 def values_of(name: str) -> dict[str, Any] | None:
-    source = VALUES[name]
-    if isinstance(source, dict):
-        return json.loads(json.dumps(source))
-    if source is None:
-        return None
-    merged: dict[str, Any] = {}
-    for file in (source,) if isinstance(source, str) else source:
-        merged = _merged(merged, yaml.safe_load((CHART / file).read_text()))
-    return merged
-
-
-def _render_files(chart: helm.Chart, values: dict[str, Any] | None, *, crds: bool = False) -> dict[str, str]:
-    """Every rendered template by path. Capabilities (kube version, the prometheus-operator's API groups) need the
-    SDK's native render options."""
-    opts: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "kube_version": f"v{KUBE_VERSION}"}
-    if crds:
-        opts["api_versions"] = PROMETHEUS_OPERATOR_APIS
-    return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))  # type: ignore[no-any-return]
-
-
-def notes(chart: helm.Chart, values: dict[str, Any] | None) -> str:
-    return next(text for path, text in _render_files(chart, values).items() if path.endswith("NOTES.txt"))
-
-
-def render(chart: helm.Chart, values: dict[str, Any] | None, *, crds: bool = False) -> Docs:
-    """The manifests of a release (NOTES.txt left out), as the cluster would receive them."""
-    out = _render_files(chart, values, crds=crds)
-    docs: Docs = []
-    for path, text in sorted(out.items()):
-        if not path.endswith("NOTES.txt"):
-            docs += [doc for doc in yaml.safe_load_all(text) if doc]
-    return docs
-
-
-def find(docs: Docs, kind: str, component: str) -> dict[str, Any]:
-    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == f"{FULLNAME}-{component}"]
-    return doc
-
-
-def container(deployment: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if name is None or c["name"] == name)
-
-
-def env_of(c: dict[str, Any]) -> dict[str, Any]:
-    """A container's environment: each variable's value, or its valueFrom."""
-    return {e["name"]: e["value"] if "value" in e else e["valueFrom"] for e in c["env"]}
+    return values_from(VALUES[name])
 
 
 @pytest.fixture(scope="module")
@@ -578,23 +530,17 @@ def test_external_etcd_with_mutual_tls_and_a_password_file(rendered: dict[str, D
     assert volumes["etcd-tls"]["secret"]["secretName"] == "etcd-client-tls"
     assert volumes["etcd-auth"]["secret"]["secretName"] == "etcd-gateway"
     assert volumes["etcd-auth"]["secret"]["items"] == [{"key": "pw", "path": "pw"}]
-    # Stand every *_FILE up where its Secret would be mounted, and let the gateway's own settings parser read them.
-    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
-    local = {}
-    for key, value in env.items():
-        if key.startswith("GATEWAY_ETCD_") and key.endswith("_FILE"):
-            directory, _, file = value.rpartition("/")
-            assert mounts[directory] in ("etcd-tls", "etcd-auth"), key
-            assert file in ({"ca.crt", "tls.crt", "tls.key"} if mounts[directory] == "etcd-tls" else {"pw"}), key
-            local[key] = tmp_path / file
-            local[key].write_text(f"{file} contents\n")
-    settings = Settings.from_env({**{k: v for k, v in env.items() if isinstance(v, str)},
-                                  **{k: str(v) for k, v in local.items()}})
+    # Every *_FILE stood up where its Secret is mounted, read by the gateway's own settings parser.
+    sources = {"etcd-client-tls": {name: f"{name} contents\n".encode() for name in ("ca.crt", "tls.crt", "tls.key")},
+               "etcd-gateway": {"pw": b"pw contents\n"}}
+    settings = Settings.from_env(stand_up(docs, deployment, gateway, tmp_path, sources))
     etcd = settings.etcd
     assert etcd is not None
     assert etcd.endpoints == ("etcd-a.db.svc:2379", "etcd-b.db.svc:2379", "etcd-c.db.svc:2379")
     assert etcd.prefix == "/team-a/gateway" and etcd.tls
     assert etcd.ca_file and etcd.cert_file and etcd.key_file
+    assert [f.read_text() for f in (etcd.ca_file, etcd.cert_file, etcd.key_file)] == [
+        f"{name} contents\n" for name in ("ca.crt", "tls.crt", "tls.key")]
     assert etcd.user == "gateway" and etcd.password == "pw contents"
     assert (etcd.timeout_s, etcd.lease_ttl_s) == (3, 6)
     assert settings.guards_prometheus_url == "http://prometheus.monitoring.svc:9090"
