@@ -19,8 +19,11 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 
+from gateway.auth.keys import add_key, load_keys
+from gateway.auth.tenants import load_policy
 from gateway.dev.devstack import TF_MODELS, TORCHSERVE_MODELS
 from gateway.settings import Settings
+from gateway.tls import CertificateFiles
 from tests.deploy.chartkit import (
     CHART,
     FULLNAME,
@@ -32,12 +35,14 @@ from tests.deploy.chartkit import (
     container,
     env_of,
     find,
+    mounted,
     notes,
     render,
     stand_up,
     values_from,
 )
 from tests.deploy.tools import REPO, tool
+from tests.securitykit import CA, Issuer
 
 VALUES_FILES = {"default": None, "cpu": "values-cpu.yaml", "gpu": "values-gpu.yaml",
                 "monitoring": "values-monitoring.yaml", "ha": "values-ha.yaml"}
@@ -51,9 +56,33 @@ EXTERNAL_ETCD = {
         "timeoutSeconds": 3, "leaseTTLSeconds": 6}},
         "guards": {"prometheusUrl": "http://prometheus.monitoring.svc:9090", "timeoutSeconds": 4},
         "admin": {"allowedNamespaces": ["ops"]}}}
+#: The policy a site gives values-production.yaml: the helm test's tenant, Prometheus', a team's.
+POLICY = {"tenants": {"helm-test": {"models": {"affine": {}, "scale": {}, "digits_onnx": {}},
+                                    "rate": {"rps": 5, "burst": 10}},
+                      "prometheus": {"models": {}, "metrics": True},
+                      "team-a": {"models": "*", "overrides": True}},
+          "model_limits": {"digits_onnx": {"rps": 100, "burst": 200}}}
+#: What values-production.yaml leaves to the site (the chart refuses to render without it): the policy and Secrets.
+PRODUCTION_SITE = {"gateway": {"auth": {"policy": POLICY, "keysSecret": "mg-api-keys"},
+                               "tls": {"secretName": "mg-tls"}},
+                   "helmTest": {"apiKeySecret": "mg-helm-test-key"}}
+#: The other ways in: the policy and keys from existing Secrets under other keys, JWTs from a JWKS ConfigMap, /metrics
+#: behind a key, the CA in a Secret of its own, the admin API over TLS (one replica on the file store).
+AUTH_VARIANTS = {
+    "gateway": {"auth": {"enabled": True, "policySecret": "mg-auth", "policyKey": "policy.yaml",
+                         "keysSecret": "mg-api-keys", "keysKey": "hashed.yaml", "jwksConfigMap": "idp-jwks",
+                         "open": ["health"], "reloadSeconds": 2},
+                "tls": {"enabled": True, "secretName": "mg-tls", "ca": {"secretName": "corp-ca", "key": "root.pem"},
+                        "reloadSeconds": 5},
+                "admin": {"tls": {"enabled": True, "secretName": "mg-admin-tls"}}},
+    "metrics": {"serviceMonitor": {"enabled": True, "apiKeySecret": "mg-prometheus-key"}},
+    "helmTest": {"apiKeySecret": "mg-helm-test-key", "apiKeyKey": "plain"}}
 VALUES: dict[str, ValuesSource] = {
     **VALUES_FILES, "gpu-monitoring-ha": ("values-gpu.yaml", "values-monitoring.yaml", "values-ha.yaml"),
-    "external-etcd": EXTERNAL_ETCD}
+    "external-etcd": EXTERNAL_ETCD, "production": ("values-production.yaml", PRODUCTION_SITE),
+    "gpu-monitoring-ha-production": ("values-gpu.yaml", "values-monitoring.yaml", "values-ha.yaml",
+                                     "values-production.yaml", PRODUCTION_SITE),
+    "auth-variants-monitoring": AUTH_VARIANTS}
 CRD_MODELS = {"ServiceMonitor": prometheus_operator.ServiceMonitor,
               "PrometheusRule": prometheus_operator.PrometheusRule}
 #: checkov checks that do not apply, one reason each. Everything else must pass.
@@ -165,7 +194,7 @@ def test_prometheus_operator_objects_match_their_crds_and_need_them(chart: helm.
                                                                     rendered: dict[str, Docs]) -> None:
     crd_objects = [doc for name, docs in rendered.items() if "monitoring" in name for doc in docs
                    if doc["kind"] in CRD_MODELS]
-    assert len(crd_objects) == 4
+    assert len(crd_objects) == 7 and {doc["kind"] for doc in crd_objects} == set(CRD_MODELS)
     for doc in crd_objects:
         _crd_check(doc)
     monitor = find(rendered["monitoring"], "ServiceMonitor", "metrics")
@@ -283,8 +312,9 @@ def test_pdb_hpa_and_anti_affinity_keep_replicas_apart_and_up(chart: helm.Chart,
 def test_admin_port_is_not_exposed(rendered: dict[str, Docs]) -> None:
     for name, docs in rendered.items():
         public = find(docs, "Service", "gateway")
-        assert {p["name"]: p.get("appProtocol") for p in public["spec"]["ports"]} == {
-            "http": "http", "grpc": "kubernetes.io/h2c"}, name
+        tls = (values_of(name) or {}).get("gateway", {}).get("tls", {}).get("enabled")
+        assert {p["name"]: p.get("appProtocol") for p in public["spec"]["ports"]} == (
+            {"http": "https", "grpc": "https"} if tls else {"http": "http", "grpc": "kubernetes.io/h2c"}), name
         admin = find(docs, "Service", "admin")
         assert admin["spec"]["type"] == "ClusterIP" and [p["name"] for p in admin["spec"]["ports"]] == ["admin"]
         assert not [d for d in docs if d["kind"] == "Ingress"]
@@ -613,3 +643,185 @@ def test_dashboards_and_rules_that_land_under_deploy_are_shipped(chart_copy: Pat
     assert rule["spec"]["groups"] == expected and rules["groups"][0] in expected
     for doc in shipped.values():
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+# ----------------------------------------------------------------------------- client authentication and TLS
+
+
+def _pod_docs(docs: Docs) -> Docs:
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+
+
+def test_local_stack_defaults_keep_authentication_and_tls_off(rendered: dict[str, Docs]) -> None:
+    for name in ("default", "gpu-monitoring-ha"):
+        docs = rendered[name]
+        env = env_of(container(find(docs, "Deployment", "gateway"), "gateway"))
+        settings = Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+        assert settings.auth_file is None and settings.tls_cert_file is None and settings.admin_tls_cert_file is None
+        assert not [d for d in docs if d["metadata"]["name"] == f"{FULLNAME}-auth"]
+        assert "API_KEY_FILE" not in env_of(container({"spec": find(docs, "Job", "test")["spec"]}))
+
+
+@pytest.mark.parametrize("name", ["production", "gpu-monitoring-ha-production"])
+def test_production_env_is_read_by_the_gateways_settings_from_the_mounted_files(rendered: dict[str, Docs],
+                                                                                 tmp_path: Path, name: str) -> None:
+    """The env the chart writes, with every file where its volume puts it, read by the gateway's own parsers: the
+    settings, the policy from the chart's ConfigMap, the keys `gateway auth add-key` made, the certificate pair."""
+    docs = rendered[name]
+    deployment = find(docs, "Deployment", "gateway")
+    gateway = container(deployment, "gateway")
+    ca = CA()
+    server = ca.issue(f"{FULLNAME}-gateway.{NAMESPACE}.svc")
+    keys_file = tmp_path / "keys.yaml"
+    add_key(keys_file, "team-a")
+    sources = {"mg-api-keys": {"keys.yaml": keys_file.read_bytes()},
+               "mg-tls": {"tls.crt": server.cert_pem, "tls.key": server.key_pem, "ca.crt": ca.pem}}
+    settings = Settings.from_env(stand_up(docs, deployment, gateway, tmp_path / "pod", sources))
+    assert settings.auth_file is not None and settings.auth_keys_file is not None
+    policy = load_policy(settings.auth_file)
+    assert set(policy.tenants) == set(POLICY["tenants"]) and policy.tenants["prometheus"].metrics
+    assert [entry.tenant for entry in load_keys(settings.auth_keys_file, policy.tenants).entries] == ["team-a"]
+    assert settings.auth_open == {"health", "metrics"} and settings.auth_reload_s == 1
+    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+    assert CertificateFiles(settings.tls_cert_file, settings.tls_key_file).pem == (server.cert_pem, server.key_pem)
+    assert settings.admin_tls_cert_file is None  # see values-production.yaml: the admin API stays inside its policy
+    policy_volume, key = mounted(deployment, gateway, env_of(gateway)["GATEWAY_AUTH_FILE"])
+    assert policy_volume["configMap"]["name"] == find(docs, "ConfigMap", "auth")["metadata"]["name"]
+    assert yaml.safe_load(find(docs, "ConfigMap", "auth")["data"][key]) == POLICY
+    if "ha" in name:  # the route store is untouched by the security settings
+        assert settings.etcd is not None and len(settings.etcd.endpoints) == 3
+
+
+def test_other_policy_sources_jwks_admin_tls_and_a_closed_metrics_endpoint(rendered: dict[str, Docs],
+                                                                           tmp_path: Path) -> None:
+    docs = rendered["auth-variants-monitoring"]
+    deployment = find(docs, "Deployment", "gateway")
+    gateway = container(deployment, "gateway")
+    ca = CA()
+    public, admin = ca.issue(), ca.issue()
+    keys_file = tmp_path / "keys.yaml"
+    add_key(keys_file, "team-a")
+    issuer = Issuer()
+    policy = {"jwt": {"jwks_file": "/etc/gateway/jwks/jwks.json", "algorithms": ["RS256"]},
+              "tenants": {"team-a": {"models": "*"}, "prometheus": {"models": {}, "metrics": True}}}
+    sources = {"mg-auth": {"policy.yaml": yaml.safe_dump(policy).encode()},
+               "mg-api-keys": {"hashed.yaml": keys_file.read_bytes()},
+               "idp-jwks": {"jwks.json": json.dumps(issuer.jwks()).encode()},
+               "mg-tls": {"tls.crt": public.cert_pem, "tls.key": public.key_pem},
+               "mg-admin-tls": {"tls.crt": admin.cert_pem, "tls.key": admin.key_pem}}
+    settings = Settings.from_env(stand_up(docs, deployment, gateway, tmp_path / "pod", sources))
+    assert settings.auth_file is not None and settings.auth_keys_file is not None
+    policy_read = load_policy(settings.auth_file)
+    assert policy_read.jwt is not None and len(load_keys(settings.auth_keys_file, policy_read.tenants).entries) == 1
+    assert mounted(deployment, gateway, env_of(gateway)["GATEWAY_AUTH_KEYS_FILE"])[1] == "hashed.yaml"
+    assert mounted(deployment, gateway, env_of(gateway)["GATEWAY_AUTH_FILE"])[1] == "policy.yaml"
+    assert settings.auth_open == {"health"} and settings.auth_reload_s == 2 and settings.tls_reload_s == 5
+    assert settings.admin_tls_cert_file is not None and settings.admin_tls_key_file is not None
+    assert settings.admin_tls_cert_file.read_bytes() == admin.cert_pem
+    # The policy's jwks_file is where the JWKS ConfigMap is mounted.
+    jwks, _ = mounted(deployment, gateway, policy["jwt"]["jwks_file"])  # type: ignore[index]
+    assert jwks["configMap"] == {"name": "idp-jwks"}
+    assert find(docs, "Service", "admin")["spec"]["ports"][0]["appProtocol"] == "https"
+    # /metrics takes a key: the ServiceMonitor sends one of a tenant with metrics: true.
+    (endpoint,) = [e for e in find(docs, "ServiceMonitor", "metrics")["spec"]["endpoints"] if e["port"] == "http"]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "mg-prometheus-key", "key": "key"}}
+    assert endpoint["tlsConfig"]["ca"] == {"secret": {"name": "corp-ca", "key": "root.pem"}}
+    test = find(docs, "Job", "test")
+    tester = container({"spec": test["spec"]})
+    assert mounted(test, tester, env_of(tester)["API_KEY_FILE"])[1] == "plain"
+
+
+def test_probes_scrapes_and_services_speak_tls_and_need_no_credentials(rendered: dict[str, Docs]) -> None:
+    docs = rendered["gpu-monitoring-ha-production"]
+    deployment = find(docs, "Deployment", "gateway")
+    gateway = container(deployment, "gateway")
+    env = env_of(gateway)
+    open_without_credentials = env["GATEWAY_AUTH_OPEN"].split(",")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[probe]["httpGet"]["scheme"] == "HTTPS" and gateway[probe]["httpGet"]["port"] == "http"
+        assert gateway[probe]["httpGet"]["path"].startswith("/v2/health/") and "health" in open_without_credentials
+    assert "metrics" in open_without_credentials
+    (endpoint,) = [e for e in find(docs, "ServiceMonitor", "metrics")["spec"]["endpoints"] if e["port"] == "http"]
+    assert endpoint["scheme"] == "https" and "authorization" not in endpoint
+    assert endpoint["tlsConfig"] == {"ca": {"secret": {"name": "mg-tls", "key": "ca.crt"}},
+                                     "serverName": f"{FULLNAME}-gateway.{NAMESPACE}.svc"}
+    annotations = find(rendered["production"], "Deployment", "gateway")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scheme"] == "https" and annotations["prometheus.io/path"] == "/metrics"
+    assert "prometheus.io/scheme" not in find(rendered["default"], "Deployment", "gateway")["spec"]["template"][
+        "metadata"]["annotations"]
+
+
+def test_helm_test_sends_a_key_and_checks_the_gateways_certificate(rendered: dict[str, Docs]) -> None:
+    job = find(rendered["production"], "Job", "test")
+    test = container({"spec": job["spec"]})
+    env = env_of(test)
+    assert env["GATEWAY_URL"] == f"https://{FULLNAME}-gateway.{NAMESPACE}.svc:8000"
+    key, item = mounted(job, test, env["API_KEY_FILE"])
+    assert key["secret"]["secretName"] == "mg-helm-test-key" and item == "key"
+    ca, item = mounted(job, test, env["CA_FILE"])
+    assert ca["secret"]["secretName"] == "mg-tls" and item == "ca.crt"
+    assert [i["key"] for i in ca["secret"]["items"]] == ["ca.crt"]  # never the private key
+    script = test["args"][0]
+    assert 'os.environ["API_KEY_FILE"]' in script and "context=tls" in script
+
+
+def test_secret_and_configmap_volumes_are_directories_never_subpath(rendered: dict[str, Docs]) -> None:
+    """A subPath mount keeps the file it started with: a rotated certificate or a new key would never arrive."""
+    mounted_files = 0
+    for name, docs in rendered.items():
+        for doc in _pod_docs(docs):
+            spec = doc["spec"]["template"]["spec"]
+            sources = {v["name"] for v in spec.get("volumes", []) if "secret" in v or "configMap" in v}
+            for c in spec["containers"] + spec.get("initContainers", []):
+                for mount in c.get("volumeMounts", []):
+                    if mount["name"] in sources:
+                        assert "subPath" not in mount, (name, doc["metadata"]["name"], mount)
+                        mounted_files += 1
+    assert mounted_files > 50
+
+
+@pytest.mark.parametrize(("values", "refusals"), [
+    ("values-production.yaml", ["exactly one policy source", "(none given)", "gateway.auth.keysSecret",
+                                "helmTest.apiKeySecret", "gateway.tls.secretName"]),
+    ({"gateway": {"auth": {"enabled": True, "policy": POLICY, "policyConfigMap": "cm", "keysSecret": "k"}},
+      "helmTest": {"enabled": False}}, ["exactly one policy source", "(policy, cm given)"]),
+    ({"gateway": {"auth": {"enabled": True, "policySecret": "s", "keysSecret": "k", "open": ["metrics"]}},
+      "helmTest": {"enabled": False}}, ["gateway.auth.open must keep health"]),
+    ({"gateway": {"auth": {"enabled": True, "policySecret": "s", "keysSecret": "k", "open": ["health"]}},
+      "helmTest": {"enabled": False}, "metrics": {"serviceMonitor": {"enabled": True}}},
+     ["metrics.serviceMonitor.apiKeySecret"]),
+    ({"gateway": {"auth": {"enabled": True, "keysSecret": "k", "policy": {
+        "tenants": {"a": {"models": "*"}}, "jwt": {"jwks_file": "/keys/jwks.json", "algorithms": ["RS256"]}}}},
+      "helmTest": {"enabled": False}}, ["jwks_file must be /etc/gateway/jwks/KEY"]),
+    ({"gateway": {"tls": {"enabled": True}}}, ["gateway.tls.enabled needs gateway.tls.secretName"]),
+    ({"gateway": {"admin": {"tls": {"enabled": True}}}}, ["gateway.admin.tls.enabled needs"]),
+    (("values-ha.yaml", {"gateway": {"tls": {"enabled": True, "secretName": "t"},
+                                     "admin": {"tls": {"enabled": True}}}}),
+     ["gateway.admin.tls with the etcd route store"]),
+], ids=["production-alone", "two-policies", "health-closed", "metrics-closed", "jwks-unmounted", "tls-no-secret",
+        "admin-tls-no-secret", "admin-tls-on-etcd"])
+def test_security_settings_that_cannot_work_are_refused(chart: helm.Chart, values: ValuesSource,
+                                                        refusals: list[str]) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        render(chart, values_from(values))
+    for refusal in refusals:
+        assert refusal in str(refused.value), (refusal, str(refused.value))
+
+
+def test_jwt_only_policy_needs_no_keys_secret(chart: helm.Chart) -> None:
+    jwt_only = {"tenants": {"a": {"models": "*"}},
+                "jwt": {"jwks_url": "https://idp.example/jwks", "algorithms": ["ES256"]}}
+    docs = render(chart, {"gateway": {"auth": {"enabled": True, "policy": jwt_only}}, "helmTest": {"enabled": False}})
+    env = env_of(container(find(docs, "Deployment", "gateway"), "gateway"))
+    assert "GATEWAY_AUTH_KEYS_FILE" not in env and env["GATEWAY_AUTH_FILE"].endswith("/auth.yaml")
+
+
+def test_notes_say_how_to_call_and_how_to_add_a_key(chart: helm.Chart) -> None:
+    text = notes(chart, values_of("production"))
+    assert "Client authentication ON" in text and "TLS ON (REST and gRPC) from Secret mg-tls" in text
+    assert "gateway auth add-key keys.yaml TENANT --policy auth.yaml" in text
+    assert "get secret mg-api-keys -o jsonpath='{.data.keys\\.yaml}'" in text
+    assert "create secret generic mg-api-keys --from-file=keys.yaml=keys.yaml" in text
+    assert '-H "authorization: Bearer $API_KEY"' in text and "https://" in text
+    plain = notes(chart, None)
+    assert "Client authentication ON" not in plain and "TLS ON" not in plain and "API_KEY" not in plain

@@ -173,6 +173,9 @@ TorchServe's model_store is /srv/model-store (config.properties). */}}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: {{ .path }}
+{{- if .tls }}
+prometheus.io/scheme: https
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -232,4 +235,62 @@ with no members, a bundled etcd nobody uses or one given TLS/auth settings it do
 {{- end -}}
 {{- end -}}
 {{- printf "%s://%s/%s" (ternary "etcds" "etcd" $e.tls.enabled) (join "," $endpoints) (trimAll "/" $e.prefix) -}}
+{{- end -}}
+
+{{/* Refuses client authentication or TLS that cannot work: no policy (or two), no keys, health closed to the probes,
+no key for the helm test or for a Prometheus that must authenticate, TLS without its Secret, admin TLS with the etcd
+store. Every problem at once. */}}
+{{- define "model-gateway.checkSecurity" -}}
+{{- $g := .Values.gateway -}}
+{{- $a := $g.auth -}}
+{{- $problems := list -}}
+{{- if $a.enabled -}}
+{{- $sources := compact (list (ternary "policy" "" (not (empty $a.policy))) $a.policyConfigMap $a.policySecret) -}}
+{{- if ne (len $sources) 1 -}}
+{{- $problems = append $problems (printf "gateway.auth.enabled needs exactly one policy source: gateway.auth.policy (the document), .policyConfigMap or .policySecret (%s given)" (ternary "none" (join ", " $sources) (empty $sources))) -}}
+{{- end -}}
+{{- $jwt := and $a.policy (kindIs "map" $a.policy) (hasKey $a.policy "jwt") -}}
+{{- if not (or $a.keysSecret $jwt) -}}
+{{- $problems = append $problems "gateway.auth.enabled needs gateway.auth.keysSecret: a Secret holding the hashed API keys (`gateway auth add-key keys.yaml TENANT`, then `kubectl create secret generic NAME --from-file=keys.yaml`); only an inline policy with a jwt section may go without" -}}
+{{- end -}}
+{{- if and $jwt (kindIs "map" $a.policy.jwt) $a.policy.jwt.jwks_file -}}
+{{- if not (and $a.jwksConfigMap (hasPrefix "/etc/gateway/jwks/" (toString $a.policy.jwt.jwks_file))) -}}
+{{- $problems = append $problems "gateway.auth.policy.jwt.jwks_file must be /etc/gateway/jwks/KEY with gateway.auth.jwksConfigMap holding KEY (or use jwt.jwks_url)" -}}
+{{- end -}}
+{{- end -}}
+{{- if not (has "health" $a.open) -}}
+{{- $problems = append $problems "gateway.auth.open must keep health: the kubelet's probes carry no credentials" -}}
+{{- end -}}
+{{- if and .Values.helmTest.enabled (not .Values.helmTest.apiKeySecret) -}}
+{{- $problems = append $problems "helm test needs an API key with gateway.auth on: helmTest.apiKeySecret (a Secret holding a plain key of a tenant granted helmTest's models), or helmTest.enabled=false" -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not (has "metrics" $a.open)) (not .Values.metrics.serviceMonitor.apiKeySecret) -}}
+{{- $problems = append $problems "metrics is not in gateway.auth.open: the ServiceMonitor needs metrics.serviceMonitor.apiKeySecret (an API key of a tenant with metrics: true)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $g.tls.enabled (not $g.tls.secretName) -}}
+{{- $problems = append $problems "gateway.tls.enabled needs gateway.tls.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key), e.g. cert-manager's" -}}
+{{- end -}}
+{{- if and $g.admin.enabled $g.admin.tls.enabled -}}
+{{- if not (or $g.admin.tls.secretName $g.tls.secretName) -}}
+{{- $problems = append $problems "gateway.admin.tls.enabled needs gateway.admin.tls.secretName (or gateway.tls.secretName)" -}}
+{{- end -}}
+{{- if include "model-gateway.etcdStore" . -}}
+{{- $problems = append $problems "gateway.admin.tls with the etcd route store: the replicas forward rollout writes to the leader at https://<pod IP>, which no certificate names; keep the admin API on plain HTTP inside its NetworkPolicy" -}}
+{{- end -}}
+{{- end -}}
+{{- with $problems -}}
+{{- fail (join "\n" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret and key of the CA that signed the gateway's certificate (the chart's own clients trust it). */}}
+{{- define "model-gateway.tlsCA" -}}
+secretName: {{ default .Values.gateway.tls.secretName .Values.gateway.tls.ca.secretName }}
+key: {{ .Values.gateway.tls.ca.key }}
+{{- end -}}
+
+{{/* The name in-cluster clients reach the gateway by, which its certificate must carry. */}}
+{{- define "model-gateway.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "model-gateway.component" (dict "root" . "component" "gateway")) .Release.Namespace -}}
 {{- end -}}
