@@ -7,7 +7,7 @@ fast test backends, two black holes, the gateway) plus a second gateway with the
 * 4,000 idle + 300 slow-header connections while a client keeps sending requests (the default header timeout,
   10 s), against both gateways;
 * 3,000 keep-alive clients with a 15 s client keep-alive (pauses of 3-14.5 s between requests), both gateways;
-* 1,024 clients against TorchServe for 20 s: through a backend with admission control (4 calls in flight, 16
+* 1,024 clients against TorchServe for 20 s: through a backend with admission control (8 calls in flight, 16
   waiting, 0.5 s at most), and through one without (as before: no limit, no health checks, no ejection);
 * TorchServe stopped (SIGSTOP) for 20 s under 40 req/s, both ways;
 * two TF Servings behind one backend, a black hole among three endpoints, slow gRPC calls (5 s each, for 60 s)
