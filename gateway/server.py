@@ -75,7 +75,8 @@ class GatewayProcess:
         storms = self.storms
         backends = Backends(metrics, not_ejected=storms.storm(logging.getLogger("gateway.backends"),
                                                               "endpoints not ejected (max_ejected_percent)"),
-                            no_budget=storms.storm(logging.getLogger("gateway.backends"), "retries over budget"))
+                            no_budget=storms.storm(logging.getLogger("gateway.backends"), "retries over budget"),
+                            http_client=settings.http_client)
         backends.sync(store.current)
         for config in store.current.backends.values():
             backends.get(config)

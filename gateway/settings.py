@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_ETCD_PREFIX = "/model-gateway"
+HTTP_CLIENTS = ("aiohttp", "pyreqwest")  # the REST backends' HTTP client (gateway/backends/http.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,8 @@ class Settings:
     admin_tls_cert_file: Path | None = None
     admin_tls_key_file: Path | None = None
     tls_reload_s: float = 1.0  # a new handshake checks the files at most this often
+    # The HTTP client the REST backends are called with: aiohttp, or pyreqwest (Rust's reqwest; less CPU per call).
+    http_client: str = "aiohttp"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -150,6 +153,7 @@ class Settings:
             ratelimit_file=_path(env, "GATEWAY_RATELIMIT_FILE"),
             **_pair(env, "GATEWAY_TLS", "tls"), **_pair(env, "GATEWAY_ADMIN_TLS", "admin_tls"),
             tls_reload_s=_float(env, "GATEWAY_TLS_RELOAD_S", d.tls_reload_s) or d.tls_reload_s,
+            http_client=_choice(env, "GATEWAY_HTTP_CLIENT", d.http_client, HTTP_CLIENTS),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -179,7 +183,7 @@ class Settings:
                 ("GATEWAY_TLS_KEY_FILE", self.tls_key_file), ("GATEWAY_ADMIN_TLS_CERT_FILE", self.admin_tls_cert_file),
                 ("GATEWAY_ADMIN_TLS_KEY_FILE", self.admin_tls_key_file)) if value is not None},
             "GATEWAY_AUTH_OPEN": ",".join(sorted(self.auth_open)), "GATEWAY_AUTH_RELOAD_S": str(self.auth_reload_s),
-            "GATEWAY_TLS_RELOAD_S": str(self.tls_reload_s),
+            "GATEWAY_TLS_RELOAD_S": str(self.tls_reload_s), "GATEWAY_HTTP_CLIENT": self.http_client,
         }
 
 
@@ -206,6 +210,13 @@ def _pair(env: Mapping[str, str], prefix: str, field_prefix: str) -> dict[str, P
     if (cert is None) != (key is None):
         raise SystemExit(f"{prefix}_CERT_FILE and {prefix}_KEY_FILE go together")
     return {f"{field_prefix}_cert_file": cert, f"{field_prefix}_key_file": key}
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(key, "").strip().lower() or default
+    if raw not in choices:
+        raise SystemExit(f"{key}={raw!r} is not one of {', '.join(choices)}")
+    return raw
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

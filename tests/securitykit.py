@@ -54,7 +54,8 @@ class CA:
         path.write_bytes(self.pem)
         return path
 
-    def issue(self, common_name: str = "localhost", *, client: bool = False) -> Issued:
+    def issue(self, common_name: str = "localhost", *, client: bool = False, names: tuple[str, ...] = ()) -> Issued:
+        """A server certificate for localhost and 127.0.0.1 (or only for the DNS ``names``), or a client one."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (x509.CertificateBuilder()
@@ -63,7 +64,10 @@ class CA:
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=1)))
-        if not client:
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                                            critical=False)
+        elif not client:
             builder = builder.add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())

@@ -20,17 +20,18 @@ class Backends:
     (a client is never reused for a config it was not built for). Closed together on shutdown."""
 
     def __init__(self, observer: PoolObserver | None = None, not_ejected: Storm | None = None,
-                 no_budget: Storm | None = None) -> None:
+                 no_budget: Storm | None = None, http_client: str = "aiohttp") -> None:
         self._clients: dict[BackendConfig, Backend] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._models: dict[str, tuple[str, ...]] = {}  # backend name -> the models the routes send there
         self.observer = observer
         self.storms = (not_ejected, no_budget)
+        self.http_client = http_client  # the REST adapters' HTTP client (GATEWAY_HTTP_CLIENT)
 
     def get(self, config: BackendConfig) -> Backend:
         client = self._clients.get(config)
         if client is None:
-            client = self._clients[config] = _create(config)
+            client = self._clients[config] = _create(config, self.http_client)
             pool = client.endpoints
             pool.observer, (pool.not_ejected, pool.no_budget) = self.observer, self.storms
             pool.models = self._models.get(config.name, ())
@@ -92,7 +93,7 @@ class Backends:
             await client.close()
 
 
-def _create(config: BackendConfig) -> Backend:
+def _create(config: BackendConfig, http_client: str) -> Backend:
     # Imported here so the registry does not depend on every adapter module at import time.
     if config.kind == "tfserving":
         if config.transport == "grpc":
@@ -101,11 +102,11 @@ def _create(config: BackendConfig) -> Backend:
             return TFServingGrpcBackend(config)
         from gateway.backends.tfserving import TFServingBackend
 
-        return TFServingBackend(config)
+        return TFServingBackend(config, http_client)
     if config.transport == "grpc":
         from gateway.backends.torchserve_grpc import TorchServeGrpcBackend
 
-        return TorchServeGrpcBackend(config)
+        return TorchServeGrpcBackend(config, http_client)
     from gateway.backends.torchserve import TorchServeBackend
 
-    return TorchServeBackend(config)
+    return TorchServeBackend(config, http_client)

@@ -36,10 +36,10 @@ class Signatures:
 
 
 class TFServingBackend(PassesTFRest, DescribesTFSignatures):
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, http_client: str = "aiohttp") -> None:
         self.config = config
         self.endpoints = EndpointPool(config, config.inference_urls, probe=self._probe)
-        self.http = HttpClient(config, self.endpoints)
+        self.http = HttpClient(config, self.endpoints, client=http_client)
         # SignatureDefs per (model, version): a loaded TF Serving version never changes its graph.
         self.signatures = Signatures()
         self._metadata: dict[tuple[str, str], dict[str, Any]] = {}

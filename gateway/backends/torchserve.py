@@ -18,10 +18,10 @@ from gateway.types import InferRequest, InferResponse, ModelSchema, ModelStatus,
 
 
 class TorchServeBackend(PassesPredictions):
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, http_client: str = "aiohttp") -> None:
         self.config = config
         self.endpoints = EndpointPool(config, config.inference_urls, probe=self._probe)
-        self.http = HttpClient(config, self.endpoints)
+        self.http = HttpClient(config, self.endpoints, client=http_client)
         self.keys = KeyRefresher(config, TokenFile(config.token_file), self.http)
 
     async def _call(self, kind: str, method: str, url: str, body: bytes | None = None,

@@ -33,7 +33,7 @@ _ANSWERS = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMEN
 
 
 class TorchServeGrpcBackend(PassesPredictions):
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, http_client: str = "aiohttp") -> None:
         if config.grpc_target is None:
             raise ValueError(f"backend '{config.name}' has no grpc_target")
         self.config = config
@@ -41,7 +41,7 @@ class TorchServeGrpcBackend(PassesPredictions):
         self.inference = GrpcEndpoints(config, self.endpoints, refine=self._refine)
         self.management = (None if config.grpc_management_target is None
                            else GrpcChannel(config, config.grpc_management_target, refine=self._refine))
-        self.http = HttpClient(config)  # only for key rotation (REST management API)
+        self.http = HttpClient(config, client=http_client)  # only for key rotation (REST management API)
         self.keys = KeyRefresher(config, TokenFile(config.token_file), self.http)
 
     @staticmethod

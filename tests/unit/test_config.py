@@ -122,8 +122,11 @@ def test_settings_round_trip_through_environment() -> None:
     from gateway.settings import Settings
 
     settings = Settings(routes_file=Path("/r.yaml"), port=9, grpc_port=0, workers=3, max_body_bytes=5,
-                        routes_poll_s=0.5, log_level="debug")
+                        routes_poll_s=0.5, log_level="debug", http_client="pyreqwest")
     assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env({}).http_client == "aiohttp"
+    with pytest.raises(SystemExit, match="GATEWAY_HTTP_CLIENT='httpx' is not one of aiohttp, pyreqwest"):
+        Settings.from_env({"GATEWAY_HTTP_CLIENT": "httpx"})
 
 
 def test_grpc_transport_needs_a_grpc_target() -> None:
