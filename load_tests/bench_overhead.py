@@ -11,6 +11,9 @@ Starts, on free 127.0.0.1 ports:
 * with ``--auth``, a second gateway, the same in every way but client authentication (an API key, and a JWT
   verified against a JWKS file; gateway/auth/): the fast scenarios get its rows beside the first gateway's, so
   the cost of authentication per request is read side by side in one run;
+* with ``--pyreqwest``, a gateway twin with the other HTTP client for its REST backends
+  (``GATEWAY_HTTP_CLIENT=pyreqwest``; gateway/backends/http.py): the REST scenarios get its rows
+  ``[pyreqwest]`` beside the first gateway's (aiohttp), so the two clients are compared in one run;
 * the gateway itself (``localstack.start_gateway``, 1 worker, its gRPC front on a free port) with a routes
   file made from examples/routes.local.yaml plus a model ``fast`` served by the fast backend, ``fast_grpc``
   served by the fast gRPC backend, and ``affine_grpc`` / ``scale_grpc``: the real backends over their gRPC
@@ -41,7 +44,7 @@ call is of the same order as a grpc.aio server's, so gRPC req/s are far below th
     python load_tests/bench_overhead.py [--duration S] [--connections C] [--quick] [--json FILE]
                                         [--repeat N] [--scenarios a,b] [--loadgen auto|wrk|python]
                                         [--grpc-channels N] [--grpc-warmup S] [--baseline-repo DIR]
-                                        [--auth]
+                                        [--auth] [--pyreqwest]
 """
 
 from __future__ import annotations
@@ -723,7 +726,7 @@ def start_auth_gateway(stack: localstack.Stack, workdir: Path, routes: Path, env
 
 
 def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[str, str] | None = None,
-                     baseline_repo: Path | None = None, auth: bool = False) -> Endpoints:
+                     baseline_repo: Path | None = None, auth: bool = False, pyreqwest: bool = False) -> Endpoints:
     """Fast backend, TorchServe and TF Serving in parallel, then the gateway. A real backend that fails to
     start is reported and its scenarios skipped; the fast backend or the gateway failing is fatal."""
     failures: dict[str, str] = {}
@@ -777,6 +780,10 @@ def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[s
             print(f"WARNING: the {framework} reference proxy did not start: {exc}", file=sys.stderr, flush=True)
     if baseline_repo is not None:
         others["baseline"] = stack.add_started(start_baseline_gateway(baseline_repo, routes, workdir / "baseline", env))
+    if pyreqwest:  # REST rows only: its gRPC front stays off
+        others["gateway_pyreqwest"] = stack.add_started(localstack.start_gateway(
+            workdir / "gateway_pyreqwest", routes, env={**env, "GATEWAY_GRPC_PORT": "0",
+                                                        "GATEWAY_HTTP_CLIENT": "pyreqwest"}))
     auth_gateway = start_auth_gateway(stack, workdir, routes, env) if auth else None
     if auth_gateway is not None:
         others["gateway_auth"] = (auth_gateway.proc, auth_gateway.url)
@@ -834,6 +841,9 @@ def build_scenarios(ep: Endpoints) -> list[Scenario]:
     if "baseline" in ep.others:
         for scenario in out:
             scenario.gateways = [twin for t in scenario.gateways for twin in (t, *baseline_twin(t, ep))]
+    if "gateway_pyreqwest" in ep.others:
+        for scenario in out[:-1]:  # not fastapi_vs_raw: it compares frameworks over the same client
+            scenario.gateways = [twin for t in scenario.gateways for twin in (t, *client_twin(t, ep))]
     if ep.gateway_grpc_target:
         out += build_grpc_scenarios(ep, tf_kind)
     if ep.auth is not None:
@@ -865,6 +875,15 @@ def baseline_twin(target: Target, ep: Endpoints) -> list[Target]:
         return []
     url = ep.others["baseline"][1] + target.url.removeprefix(ep.gateway_url)
     return [Target(f"{target.label} [baseline]", "gateway", url, target.body, target.headers, process="baseline")]
+
+
+def client_twin(target: Target, ep: Endpoints) -> list[Target]:
+    """The same request to the gateway twin calling its REST backends with pyreqwest (--pyreqwest)."""
+    if target.process != "gateway" or target.protocol != "rest":
+        return []
+    url = ep.others["gateway_pyreqwest"][1] + target.url.removeprefix(ep.gateway_url)
+    return [Target(f"{target.label} [pyreqwest]", "gateway", url, target.body, target.headers,
+                   process="gateway_pyreqwest")]
 
 
 def add_auth_targets(scenarios: list[Scenario], auth: AuthGateway) -> None:
@@ -1179,6 +1198,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--auth", action="store_true",
                    help="also run a gateway with client authentication on and measure the fast scenarios through it "
                         "with an API key and with a JWT, beside the gateway without it")
+    p.add_argument("--pyreqwest", action="store_true",
+                   help="also run a gateway calling its REST backends with pyreqwest (GATEWAY_HTTP_CLIENT) and "
+                        "measure the REST scenarios through it, beside the gateway with aiohttp")
     p.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     p.add_argument("--workdir", type=Path, help="where the processes' logs go (default: a temporary directory, "
                                                 "removed at the end)")
@@ -1250,7 +1272,8 @@ def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoa
         t0 = time.monotonic()
         print("starting the fast backends (REST, gRPC), TorchServe, TF Serving and the gateway ...", flush=True)
         ep = start_everything(stack, workdir, args.gateway_env,
-                              args.baseline_repo.resolve() if args.baseline_repo else None, auth=args.auth)
+                              args.baseline_repo.resolve() if args.baseline_repo else None, auth=args.auth,
+                              pyreqwest=args.pyreqwest)
         tf_kind = ("real binary" if ep.tf.real_binary else "stand-in") if ep.tf else "not started"
         print(f"  started in {time.monotonic() - t0:.1f} s: gateway {ep.gateway_url} + gRPC "
               f"{ep.gateway_grpc_target or 'off'} (pid {ep.gateway_proc.pgid}), fast backend {ep.fast_url}, "
@@ -1260,6 +1283,10 @@ def _run_with(args: argparse.Namespace, workdir: Path, load: WrkLoad | PythonLoa
               flush=True)
         if not ep.gateway_grpc_target:
             print("NOTE: the gateway's gRPC front is off (GATEWAY_GRPC_PORT=0): no gRPC scenarios.", flush=True)
+        if "gateway_pyreqwest" in ep.others:
+            proc, url = ep.others["gateway_pyreqwest"]
+            print(f"  gateway with GATEWAY_HTTP_CLIENT=pyreqwest: {url} (pid {proc.pgid}); its rows are marked "
+                  "'[pyreqwest]'", flush=True)
         if ep.auth is not None:
             print(f"  gateway with client authentication on: {ep.auth.url} + gRPC {ep.auth.grpc_target} (pid "
                   f"{ep.auth.proc.pgid}); its rows are marked '+ API key' / '+ JWT'", flush=True)

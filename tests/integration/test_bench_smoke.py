@@ -1,5 +1,6 @@
 """Smoke test of load_tests/bench_overhead.py: it starts its whole stack, measures every scenario (REST and gRPC,
-each direct and through the gateway, and with --auth the fast ones through a gateway with client authentication)
+each direct and through the gateway, with --auth the fast ones through a gateway with client authentication, with
+--pyreqwest the REST ones through a gateway calling its backends with pyreqwest)
 and cleans up; and of load_tests/bench_auth.py.
 
 No timing thresholds: speed targets are not unit tests. This only checks that every path is measured, that
@@ -25,7 +26,8 @@ GRPC_SCENARIOS = {"grpc_fast_tf_predict", "grpc_fast_v2_translate", "grpc_tfserv
 def test_bench_overhead_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--auth", "--json", str(out), "--workdir", str(tmp_path / "work")],
+        [sys.executable, str(BENCH), "--quick", "--auth", "--pyreqwest", "--json", str(out), "--workdir",
+         str(tmp_path / "work")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=270,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
@@ -54,11 +56,14 @@ def test_bench_overhead_quick(tmp_path: Path) -> None:
                      for m in s["measurements"] if m["target"].endswith((" + API key", " + JWT"))}
     assert authenticated == {(key, what) for key in ("fast_tf_predict", "fast_v2_translate", "grpc_fast_tf_predict")
                              for what in ("API key", "JWT")}, authenticated
+    pyreqwest = {m["scenario"] for s in doc["scenarios"] for m in s["measurements"]
+                 if m["target"].endswith(" [pyreqwest]")}
+    assert pyreqwest == REST_SCENARIOS - {"fastapi_vs_raw"}, pyreqwest
     assert doc["gateway"]["rss_kb_after_warmup"] > 0
     assert doc["gateway"]["rss_kb_end"] > 0
     # Every process group the benchmark started is gone.
-    assert set(doc["process_groups"]) == {"gateway", "gateway_auth", "fast", "fast_grpc", "torchserve", "tfserving",
-                                          "raw_proxy", "fastapi_proxy"}
+    assert set(doc["process_groups"]) == {"gateway", "gateway_auth", "gateway_pyreqwest", "fast", "fast_grpc",
+                                          "torchserve", "tfserving", "raw_proxy", "fastapi_proxy"}
     reference = {m["target"] for m in scenarios["fastapi_vs_raw"]["measurements"]}
     assert {"raw ASGI + aiohttp", "FastAPI route + aiohttp", "gateway /v1 (pass-through)"} <= reference, reference
     for name, pgid in doc["process_groups"].items():
