@@ -2,22 +2,26 @@
 (GATEWAY_HTTP_CLIENT), against real sockets: what a try answers, Unsent / Dropped / BackendTimeout as the
 endpoint pool relies on, exact limits, a stale keep-alive connection replaced once, the Host header and TLS name
 of an endpoint resolved to an address, TLS and mutual TLS; then the REST adapters over both against the real
-TorchServe and TF Serving."""
+TorchServe and TF Serving, and a gateway process started with each setting."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import yaml
 
 from gateway import tracing
 from gateway.backends.endpoints import Dropped, EndpointPool, Unsent
@@ -31,6 +35,7 @@ from gateway.settings import HTTP_CLIENTS
 from gateway.types import InferRequest, ModelRef, Target, Tensor
 
 from ..securitykit import CA
+from .stack import Blackhole
 
 pytestmark = pytest.mark.parametrize("kind", HTTP_CLIENTS)
 LATE_S = 1.0  # how far past its limit a try may end on a busy machine
@@ -322,3 +327,68 @@ async def test_torchserve_rest_adapter(kind: str, torchserve: localstack.TorchSe
         assert (await ts.status(target("scale", "1"))).state == "AVAILABLE"
     finally:
         await ts.close()
+
+
+# --- a gateway process with GATEWAY_HTTP_CLIENT set ----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_gateway_calls_its_rest_backends_with_the_chosen_client(kind: str, tmp_path: Path, blackhole: Blackhole,
+                                                                 tfserving: localstack.TFServingEndpoints) -> None:
+    """Mutual TLS to a backend named by a host name (resolved, called by that name) beside an endpoint that refuses,
+    a real TF Serving, and a backend that never answers (504 at its exact timeout_s)."""
+    ca = CA()
+    ca_file = ca.write(tmp_path / "ca.pem")
+    ca.issue().write(tmp_path / "backend.crt", tmp_path / "backend.key")
+    ca.issue("model-gateway", client=True).write(tmp_path / "client.crt", tmp_path / "client.key")
+    port = localstack.free_port()
+    fast = localstack.spawn_process(
+        "fast-mtls", [sys.executable, str(REPO / "load_tests" / "fast_backend.py"), "--port", str(port),
+                      "--tls-cert", str(tmp_path / "backend.crt"), "--tls-key", str(tmp_path / "backend.key"),
+                      "--client-ca", str(ca_file)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, log_path=tmp_path / "fast.log")
+    tls = {"ca_file": str(ca_file), "cert_file": str(tmp_path / "client.crt"), "key_file": str(tmp_path / "client.key")}
+    routes = {"revision": 1, "backends": {
+        "fast_mtls": {"kind": "tfserving", "url": [f"https://localhost:{port}", f"https://127.0.0.1:{refused_port()}"],
+                      "tls": tls, "timeout_s": 10, "health_check": False},
+        "tf": {"kind": "tfserving", "url": tfserving.rest_url, "timeout_s": 10},
+        "hanging": {"kind": "tfserving", "url": f"http://127.0.0.1:{blackhole.port}", "timeout_s": 1.3,
+                    "health_check": False}},
+        "models": {name: {"versions": {1: {"backend": backend, "model": model, "version": 1}}}
+                   for name, backend, model in (("fast", "fast_mtls", "fast"), ("affine", "tf", "affine"),
+                                                ("hang", "hanging", "fast"))}}
+    (tmp_path / "routes.yaml").write_text(yaml.safe_dump(routes))
+    try:
+        proc, url = localstack.start_gateway(tmp_path / "gateway", tmp_path / "routes.yaml",
+                                             env={"GATEWAY_HTTP_CLIENT": kind, "GATEWAY_GRPC_PORT": "0",
+                                                  "GATEWAY_ADMIN_PORT": "0"})
+    except BaseException:
+        fast.stop()
+        raise
+    try:
+        with httpx.Client(base_url=url, timeout=30) as gw:
+            for _ in range(8):  # every call answered: the refusing endpoint's tries went to the other one
+                r = gw.post("/v1/models/fast:predict", json={"instances": [[1, 2, 3]]})
+                assert r.status_code == 200 and len(r.json()["predictions"]) == 8, r.text
+            r = gw.post("/v1/models/affine:predict", json={"instances": [[1, 2, 3]]})
+            assert r.status_code == 200 and r.json()["predictions"] == [[2.5, 3.0, 3.5]], r.text
+            began = time.monotonic()
+            r = gw.post("/v1/models/hang:predict", json={"instances": [[1, 2, 3]]})
+            assert r.status_code == 504 and "1.3s" in r.text, r.text
+            assert 1.3 <= time.monotonic() - began < 1.3 + LATE_S
+        assert loaded_in_group(proc.pgid, "_pyreqwest") == (kind == "pyreqwest")  # the setting chose the client
+    finally:
+        proc.stop()
+        fast.stop()
+
+
+def loaded_in_group(pgid: int, library: str) -> bool:
+    """Whether a live process of the group has mapped a shared library whose path contains ``library``."""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            stat = (entry / "stat").read_text()
+            if entry.name.isdigit() and stat[stat.rfind(")") + 2:].split()[2] == str(pgid) and \
+                    library in (entry / "maps").read_text():
+                return True
+    return False
