@@ -179,6 +179,15 @@ async def test_an_endpoint_resolved_from_a_name_gets_that_name_as_its_host(kind:
         assert f"host: tf.backend.test:{backend.port}\r\n" in backend.heads[-1].decode().lower()
 
 
+async def test_an_endpoint_that_left_the_pool_has_its_connections_closed(kind: str) -> None:
+    async with serving(answers) as backend, client(kind, config(backend.port)) as http:
+        await http.send("GET", backend.url + "/v1/models/m", body=None, headers=None, limit=5)
+        await http.transport.release(backend.url)
+        await http.send("GET", backend.url + "/v1/models/m", body=None, headers=None, limit=5)
+        # pyreqwest: that endpoint's client closed, a new one opened; aiohttp: its pool is shared (idle ones age out)
+        assert backend.connections == (2 if kind == "pyreqwest" else 1)
+
+
 async def test_no_connection_is_unsent_and_goes_to_another_endpoint(kind: str) -> None:
     dead = f"http://127.0.0.1:{refused_port()}"
     async with serving(answers) as backend:
