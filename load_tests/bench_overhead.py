@@ -18,8 +18,10 @@ Starts, on free 127.0.0.1 ports:
   file made from examples/routes.local.yaml plus a model ``fast`` served by the fast backend, ``fast_grpc``
   served by the fast gRPC backend, and ``affine_grpc`` / ``scale_grpc``: the real backends over their gRPC
   APIs (``transport: grpc``);
-* two reference proxies in front of the fast backend (``load_tests/reference_proxy.py``): the same aiohttp
-  forwarding as a raw ASGI app and as a FastAPI route, for the ``fastapi_vs_raw`` scenario;
+* the references in front of the fast backend, for the ``fastapi_vs_raw`` scenario: nginx (one worker, a
+  keep-alive upstream pool, no access log; its row is left out, with the reason, where nginx is not installed) and
+  ``load_tests/reference_proxy.py``: the bare Python stack (a raw ASGI app on uvicorn forwarding with pyreqwest,
+  and with aiohttp) and the same aiohttp forwarding as a FastAPI route;
 * with ``--baseline-repo DIR``, a second gateway from another checkout (e.g. ``main``: ``git worktree add`` or
   ``git archive main | tar -x -C DIR``), same interpreter and routes: every REST gateway row gets a twin row
   ``[baseline]`` measured in the same run, interleaved, to show a change did not slow the hot path.
@@ -641,16 +643,68 @@ def start_fast_grpc_backend(workdir: Path) -> tuple[localstack.ManagedProcess, s
     return proc, f"127.0.0.1:{port}"
 
 
-def start_reference_proxy(framework: str, backend_url: str, workdir: Path) -> tuple[localstack.ManagedProcess, str]:
+def start_reference_proxy(framework: str, backend_url: str, workdir: Path,
+                          client: str = "aiohttp") -> tuple[localstack.ManagedProcess, str]:
     """load_tests/reference_proxy.py in front of the fast backend; ready when a forwarded request answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = localstack.free_port()
-    proc = localstack.spawn_process(f"{framework}-proxy", [sys.executable, str(REFERENCE_PROXY), "--framework",
-                                                            framework, "--port", str(port), "--backend", backend_url],
-                                    cwd=workdir, env=dict(os.environ), log_path=workdir / f"{framework}_proxy.log")
+    proc = localstack.spawn_process(f"{framework}-{client}-proxy", [
+        sys.executable, str(REFERENCE_PROXY), "--framework", framework, "--client", client, "--port", str(port),
+        "--backend", backend_url], cwd=workdir, env=dict(os.environ), log_path=workdir / f"{framework}_proxy.log")
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(timeout=2.0) as client_:
+        wait_ready(proc, f"{framework} proxy ({client})", lambda: client_.post(
+            f"{url}/v1/models/fast/versions/1:predict", content=TF_ROW_BODY).status_code == 200)
+    return proc, url
+
+
+NGINX_CONF = """# nginx as a reverse proxy in front of the fast backend: the benchmark's reference proxy.
+worker_processes 1;
+daemon off;
+master_process on;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    client_max_body_size 64m;
+    keepalive_requests 1000000;
+    upstream backend {{ server {backend}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(backend_url: str, workdir: Path) -> tuple[localstack.ManagedProcess, str]:
+    """nginx (one worker, keep-alive upstream pool, no access log) in front of the fast backend: the reference the
+    issue measures the gateway against. Skipped with its reason where nginx is not installed."""
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if binary is None:
+        raise localstack.LocalStackError("nginx is not installed (Debian: apt-get install -y nginx-light)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = localstack.free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workdir=workdir, port=port, backend=backend_url.removeprefix("http://")))
+    for temp in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (workdir / temp).mkdir(exist_ok=True)
+        (workdir / temp).chmod(0o777)  # the worker may run as another user than the master (root: nobody)
+    argv = [binary, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")]
+    proc = localstack.spawn_process("nginx", argv, cwd=workdir, env=dict(os.environ), log_path=workdir / "nginx.log")
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(timeout=2.0) as client:
-        wait_ready(proc, f"{framework} proxy", lambda: client.post(
+        wait_ready(proc, "nginx", lambda: client.post(
             f"{url}/v1/models/fast/versions/1:predict", content=TF_ROW_BODY).status_code == 200)
     return proc, url
 
@@ -771,13 +825,19 @@ def start_everything(stack: localstack.Stack, workdir: Path, gateway_env: dict[s
     grpc_port = int(env["GATEWAY_GRPC_PORT"])
     gw_proc, gw_url = stack.add_started(localstack.start_gateway(workdir / "gateway", routes, env=env))
     others: dict[str, tuple[localstack.ManagedProcess, str]] = {}
-    for framework in ("raw", "fastapi"):
+    references: dict[str, Callable[[], tuple[localstack.ManagedProcess, str]]] = {
+        "raw_proxy": lambda: start_reference_proxy("raw", fast_url, workdir / "raw_proxy"),
+        "raw_pyreqwest_proxy": lambda: start_reference_proxy("raw", fast_url, workdir / "raw_pyreqwest_proxy",
+                                                             client="pyreqwest"),
+        "fastapi_proxy": lambda: start_reference_proxy("fastapi", fast_url, workdir / "fastapi_proxy"),
+        "nginx": lambda: start_nginx(fast_url, workdir / "nginx"),
+    }
+    for key, start in references.items():
         try:
-            others[f"{framework}_proxy"] = stack.add_started(
-                start_reference_proxy(framework, fast_url, workdir / f"{framework}_proxy"))
+            others[key] = stack.add_started(start())
         except localstack.LocalStackError as exc:
-            failures[f"{framework}_proxy"] = str(exc)
-            print(f"WARNING: the {framework} reference proxy did not start: {exc}", file=sys.stderr, flush=True)
+            failures[key] = str(exc)
+            print(f"WARNING: the reference {key} did not start: {exc}", file=sys.stderr, flush=True)
     if baseline_repo is not None:
         others["baseline"] = stack.add_started(start_baseline_gateway(baseline_repo, routes, workdir / "baseline", env))
     if pyreqwest:  # REST rows only: its gRPC front stays off
@@ -851,21 +911,26 @@ def build_scenarios(ep: Endpoints) -> list[Scenario]:
     return out
 
 
+REFERENCES = (("nginx", "nginx (1 worker, keep-alive upstream)"), ("raw_pyreqwest_proxy", "raw ASGI + pyreqwest"),
+              ("raw_proxy", "raw ASGI + aiohttp"), ("fastapi_proxy", "FastAPI route + aiohttp"))
+
+
 def fastapi_vs_raw(ep: Endpoints) -> Scenario:
-    """What a FastAPI route costs against a raw ASGI app doing the same forwarding (same aiohttp client, same
-    backend), beside the gateway's own path for the same request."""
+    """The references for the same request to the same backend: nginx, the bare Python stacks (a raw ASGI app on
+    uvicorn forwarding with pyreqwest or aiohttp) and a FastAPI route doing the same, beside the gateway's own path.
+    nginx missing (not installed) leaves its row out, said in the output; a missing proxy skips the scenario."""
     path = "/v1/models/fast/versions/1:predict"
     proxies = [Target(label, "gateway", f"{ep.others[key][1]}{path}", TF_ROW_BODY, JSON_HEADERS, process=key)
-               for key, label in (("raw_proxy", "raw ASGI + aiohttp"), ("fastapi_proxy", "FastAPI route + aiohttp"))
-               if key in ep.others]
-    missing = [key for key in ("raw_proxy", "fastapi_proxy") if key not in ep.others]
+               for key, label in REFERENCES if key in ep.others]
+    missing = [key for key, _ in REFERENCES if key not in ep.others and key != "nginx"]
     return Scenario(
         "fastapi_vs_raw", "fast backend, TF predict: FastAPI vs raw ASGI", "fast",
         Target("direct", "direct", f"{ep.fast_url}{path}", TF_ROW_BODY, JSON_HEADERS),
         [*proxies, Target("gateway /v1 (pass-through)", "gateway", f"{ep.gateway_url}{path}", TF_ROW_BODY,
                           JSON_HEADERS)],
-        note="the same forwarding (body read, one pooled aiohttp session) as a raw ASGI app and as a FastAPI route "
-             "(load_tests/reference_proxy.py), beside the gateway's route",
+        note="nginx, then the same forwarding (body read, one pooled client) as a raw ASGI app over pyreqwest and "
+             "aiohttp and as a FastAPI route (load_tests/reference_proxy.py), beside the gateway's route"
+             + ("" if "nginx" in ep.others else f"; nginx: {ep.failures.get('nginx', '?')}"),
         skipped="; ".join(f"{key}: {ep.failures.get(key, '?')}" for key in missing))
 
 

@@ -1,11 +1,13 @@
 """Reference proxies for the overhead benchmark: the same forwarding, once as a raw ASGI app and once as a FastAPI
-route, to measure what FastAPI's per-request machinery costs (the README's reason to keep it off the hot path).
+route, to measure what FastAPI's per-request machinery costs (the README's reason to keep it off the hot path), and
+the raw app over pyreqwest instead of aiohttp (what the HTTP client alone costs: the bare stack the gateway runs on).
 
-Both forward ``POST <path>`` with its body to the backend's same path through one pooled aiohttp session (as the
-gateway does) and answer the backend's status, content type and body. Nothing else: no routing table, no metrics.
+Each forwards ``POST <path>`` with its body to the backend's same path through one pooled client (aiohttp, as the
+gateway does by default, or pyreqwest) and answers the backend's status, content type and body. Nothing else: no
+routing table, no metrics.
 
-Run: ``python load_tests/reference_proxy.py --framework raw|fastapi --port 9100 --backend http://127.0.0.1:9000``
-(uvicorn, httptools, uvloop, 1 worker, no access log, like the gateway).
+Run: ``python load_tests/reference_proxy.py --framework raw|fastapi [--client aiohttp|pyreqwest] --port 9100
+--backend http://127.0.0.1:9000`` (uvicorn, httptools, uvloop, 1 worker, no access log, like the gateway).
 """
 
 import argparse
@@ -31,23 +33,50 @@ async def forward(client: aiohttp.ClientSession, url: str, body: bytes) -> tuple
         return r.status, await r.read(), r.headers.get("Content-Type", "application/json")
 
 
+class PyreqwestForwarder:
+    """``forward`` over one pyreqwest client (the same pool size and limits)."""
+
+    def __init__(self) -> None:
+        from datetime import timedelta
+
+        from pyreqwest.client import ClientBuilder
+
+        self.client = (ClientBuilder().timeout(timedelta(seconds=10)).connect_timeout(timedelta(seconds=1))
+                       .max_connections(256).gzip(False).brotli(False).zstd(False).deflate(False).build())
+
+    async def __call__(self, url: str, body: bytes) -> tuple[int, bytes, str]:
+        request = self.client.post(url).body_bytes(body).header("Content-Type", "application/json").build()
+        response = await request.send()
+        return response.status, bytes(await response.bytes()), response.headers.get("content-type",
+                                                                                      "application/json")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
 class RawProxy:
     """A plain ASGI app: read the body, forward, answer."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, client: str = "aiohttp") -> None:
         self.backend = backend
+        self.kind = client
         self.client: aiohttp.ClientSession | None = None
+        self.reqwest: PyreqwestForwarder | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    self.client = session()
+                    if self.kind == "pyreqwest":
+                        self.reqwest = PyreqwestForwarder()
+                    else:
+                        self.client = session()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    assert self.client is not None
-                    await self.client.close()
+                    for client in (self.client, self.reqwest):
+                        if client is not None:
+                            await client.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         chunks = []
@@ -56,8 +85,12 @@ class RawProxy:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        assert self.client is not None
-        status, body, content_type = await forward(self.client, self.backend + scope["path"], b"".join(chunks))
+        url, data = self.backend + scope["path"], b"".join(chunks)
+        if self.reqwest is not None:
+            status, body, content_type = await self.reqwest(url, data)
+        else:
+            assert self.client is not None
+            status, body, content_type = await forward(self.client, url, data)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", content_type.encode()),
                                 (b"content-length", str(len(body)).encode())]})
@@ -90,12 +123,14 @@ def fastapi_proxy(backend: str) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", choices=("raw", "fastapi"), required=True)
+    parser.add_argument("--client", choices=("aiohttp", "pyreqwest"), default="aiohttp",
+                        help="the HTTP client (raw only; FastAPI's route uses aiohttp)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", required=True, help="base URL of the backend, e.g. http://127.0.0.1:9000")
     args = parser.parse_args()
     import uvicorn
 
-    app = RawProxy(args.backend) if args.framework == "raw" else fastapi_proxy(args.backend)
+    app = RawProxy(args.backend, args.client) if args.framework == "raw" else fastapi_proxy(args.backend)
     uvicorn.run(app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", access_log=False,
                 log_level="warning", lifespan="on")
 

@@ -63,9 +63,11 @@ def test_bench_overhead_quick(tmp_path: Path) -> None:
     assert doc["gateway"]["rss_kb_end"] > 0
     # Every process group the benchmark started is gone.
     assert set(doc["process_groups"]) == {"gateway", "gateway_auth", "gateway_pyreqwest", "fast", "fast_grpc",
-                                          "torchserve", "tfserving", "raw_proxy", "fastapi_proxy"}
+                                          "torchserve", "tfserving", "raw_proxy", "raw_pyreqwest_proxy",
+                                          "fastapi_proxy", "nginx"}  # nginx: scripts/bootstrap installs it
     reference = {m["target"] for m in scenarios["fastapi_vs_raw"]["measurements"]}
-    assert {"raw ASGI + aiohttp", "FastAPI route + aiohttp", "gateway /v1 (pass-through)"} <= reference, reference
+    assert {"nginx (1 worker, keep-alive upstream)", "raw ASGI + pyreqwest", "raw ASGI + aiohttp",
+            "FastAPI route + aiohttp", "gateway /v1 (pass-through)"} <= reference, reference
     for name, pgid in doc["process_groups"].items():
         assert not _live_members(pgid), f"{name}: process group {pgid} still has live processes"
     assert not _alive(doc["meta"]["grpc_load_generator_pid"]), "the gRPC load generator is still running"
